@@ -1,0 +1,42 @@
+# Every target works from a fresh clone: `make install` builds .venv from constraints.txt.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+STAMP := $(VENV)/.installed
+
+.PHONY: all install test lint format demo bench chart-lint image clean lock
+
+all: lint test
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check coredump_shipper tests bench
+	$(BIN)/ruff format --check coredump_shipper tests bench
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff format coredump_shipper tests bench
+	$(BIN)/ruff check --fix coredump_shipper tests bench
+
+demo: $(STAMP)
+	$(PY) -m tests.demo
+
+lock:
+	rm -rf /tmp/cds-lock && $(PYTHON) -m venv /tmp/cds-lock
+	/tmp/cds-lock/bin/pip install --quiet -e '.[dev]'
+	( echo '# Exact versions for every install (make install, .ci/run, the image). Regenerate with: make lock'; \
+	  /tmp/cds-lock/bin/pip freeze --exclude-editable | grep -v '^coredump' ) > constraints.txt
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,3 @@
+from coredump_shipper.cli import main
+
+raise SystemExit(main())
