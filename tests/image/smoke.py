@@ -1,0 +1,174 @@
+"""Runs the built image the way the Helm chart does and ships one core through it.
+
+    python -m tests.image.smoke --image localhost/coredump-shipper:ci
+
+The container gets a read-only root filesystem, uid/gid 1000, no capabilities, no privilege
+escalation, the host's network namespace (to reach moto on 127.0.0.1) and a bind-mounted watch
+directory. A core placed in the directory must arrive in the bucket byte for byte (after zstd
+decompression), /healthz and /metrics must answer, and SIGTERM must end the container cleanly.
+Called by docker/ci-image.sh; not collected by pytest (it needs podman and a built image).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import boto3
+import zstandard
+
+from tests.servers import S3Endpoint, free_port
+from tests.servers.moto import run_moto
+
+BUCKET = "cores"
+UID = 1000
+T = TypeVar("T")
+
+
+def podman(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["podman", *args], check=check, capture_output=True, text=True)
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float) -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = probe()
+        if result is not None:
+            return result
+        time.sleep(0.2)
+    raise TimeoutError(f"{what}: not after {timeout:.0f}s")
+
+
+def http_get(url: str) -> str | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback URL
+            body: bytes = response.read()
+            return body.decode() if response.status == 200 else None
+    except OSError:
+        return None
+
+
+def fake_core(size: int) -> bytes:
+    """An ELF-core-looking file: header magic, a compressible run and an incompressible one."""
+    header = b"\x7fELF\x02\x01\x01" + b"\x00" * 9 + b"\x04\x00"  # e_type ET_CORE
+    half = (size - len(header)) // 2
+    return header + b"\x00" * half + os.urandom(size - len(header) - half)
+
+
+@contextlib.contextmanager
+def container(image: str, endpoint: S3Endpoint, watch: Path, listen: int) -> Iterator[str]:
+    name = f"cds-smoke-{os.getpid()}"
+    env = {
+        "COREDUMP_SHIPPER_BUCKET": BUCKET,
+        "COREDUMP_SHIPPER_ENDPOINT_URL": endpoint.url,
+        "COREDUMP_SHIPPER_REGION": endpoint.region,
+        "COREDUMP_SHIPPER_CLUSTER_NAME": "ci",
+        "COREDUMP_SHIPPER_NODE_NAME": "node-1",
+        "COREDUMP_SHIPPER_LISTEN": f"127.0.0.1:{listen}",
+        "COREDUMP_SHIPPER_FILENAME_PATTERN": "core.%h.%e.sig%s.%p.%t",
+        "COREDUMP_SHIPPER_LOG_FORMAT": "json",
+        "AWS_ACCESS_KEY_ID": endpoint.access_key,
+        "AWS_SECRET_ACCESS_KEY": endpoint.secret_key,
+    }
+    run = [
+        "run", "--detach", "--name", name,
+        "--read-only", "--user", f"{UID}:{UID}", "--cap-drop", "ALL",
+        "--security-opt", "no-new-privileges", "--network", "host",
+        "--volume", f"{watch}:/var/coredump",
+        *[arg for key, value in env.items() for arg in ("--env", f"{key}={value}")],
+        image,
+    ]  # fmt: skip
+    podman(*run)
+    try:
+        yield name
+    finally:
+        logs = podman("logs", name, check=False)
+        print(f"--- container logs ---\n{logs.stdout}{logs.stderr}", file=sys.stderr)
+        podman("rm", "--force", "--time", "0", name, check=False)
+
+
+def check_ship(image: str, work: Path) -> None:
+    with run_moto(work) as endpoint:
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=endpoint.url,
+            region_name=endpoint.region,
+            aws_access_key_id=endpoint.access_key,
+            aws_secret_access_key=endpoint.secret_key,
+        )
+        s3.create_bucket(Bucket=BUCKET)
+        watch = work / "coredump"
+        watch.mkdir()
+        os.chown(watch, UID, UID)  # what the chart's node-setup init container does
+        listen = free_port()
+        base = f"http://127.0.0.1:{listen}"
+        with container(image, endpoint, watch, listen) as name:
+            wait_for("/healthz answers", lambda: http_get(f"{base}/healthz"), 60)
+            wait_for("/readyz answers", lambda: http_get(f"{base}/readyz"), 60)
+
+            filename = "core.app-7d9f-x2.myprog.sig11.4242.1767323045"
+            body = fake_core(3 * 1024 * 1024 + 17)
+            (watch / filename).write_bytes(body)  # one open/write/close, as the kernel does
+
+            def shipped() -> str | None:
+                listing = s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])
+                keys = [str(item.get("Key", "")) for item in listing]
+                return next((key for key in keys if filename in key), None)
+
+            key = wait_for(f"{filename} in s3://{BUCKET}", shipped, 60)
+            data = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+            if key.endswith(".zst"):
+                data = zstandard.ZstdDecompressor().stream_reader(data).read()
+            assert data == body, f"{key}: {len(data)} bytes differ from the {len(body)} written"
+            assert key.startswith("ci/node-1."), key
+            print(f"shipped {filename} -> s3://{BUCKET}/{key}")
+
+            metrics = http_get(f"{base}/metrics") or ""
+            assert 'coredump_shipper_uploads_total{result="success"} 1.0' in metrics, metrics
+            wait_for("core deleted after upload", lambda: (not (watch / filename).exists()) or None, 30)
+
+            podman("stop", "--time", "25", name)
+            state = podman("inspect", "--format", "{{.State.ExitCode}}", name).stdout.strip()
+            assert state == "0", f"exit code after SIGTERM: {state}"
+
+
+def check_cli(image: str) -> None:
+    """Enough to prove the venv, the entry point and the read-only root work together."""
+    result = podman(
+        "run", "--rm", "--read-only", "--user", f"{UID}:{UID}", "--cap-drop", "ALL",
+        "--network", "none", image, "--help",
+    )  # fmt: skip
+    assert "run" in result.stdout, result.stdout
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--image", required=True)
+    parser.add_argument("--cli-only", action="store_true", help="skip the ship check")
+    args = parser.parse_args()
+    user = podman("image", "inspect", "--format", "{{.Config.User}}", args.image).stdout.strip()
+    assert user == f"{UID}:{UID}", f"image user is {user!r}"
+    check_cli(args.image)
+    print("cli: ok")
+    if not args.cli_only:
+        work = Path(tempfile.mkdtemp(prefix="cds-smoke-"))
+        try:
+            check_ship(args.image, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        print("ship: ok")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
