@@ -1,0 +1,111 @@
+"""Command line: `run` (the daemon), `ship FILE...` (one-shot). Exit codes are defined here only."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from coredump_shipper import __version__
+from coredump_shipper.config import SETTINGS, Config, load_config
+from coredump_shipper.errors import ConfigError, FileChanged, SkipFile, UploadError
+from coredump_shipper.logs import setup_logging
+from coredump_shipper.metrics import Metrics
+from coredump_shipper.retry import Backoff
+from coredump_shipper.service import Service, backoff_for, client_settings
+from coredump_shipper.shipper import Shipper
+from coredump_shipper.uploader import S3Store, s3_client
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+
+log = logging.getLogger(__name__)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, no usage dump: it lands in pod logs and must name the problem plainly.
+        self.exit(EXIT_CONFIG, f"coredump-shipper: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="coredump-shipper",
+        description="Ship finished core dumps to S3 or any S3-compatible store.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = commands.add_parser("run", help="watch the directory and ship every finished core")
+    ship = commands.add_parser("ship", help="ship the given files once; exit 0 only if all shipped")
+    ship.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    for sub, command in ((run, "run"), (ship, "ship")):
+        for setting in SETTINGS:
+            if setting.commands and command not in setting.commands:
+                continue
+            sub.add_argument(
+                setting.flag,
+                dest=setting.attribute,
+                default=None,
+                metavar=setting.name.upper().replace("-", "_"),
+                help=f"{setting.help} [env {setting.env}; default {setting.default!r}]",
+            )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(vars(args), command=args.command)
+        setup_logging(config.log_format, config.log_level)
+        if args.command == "run":
+            return asyncio.run(_run(config))
+        return asyncio.run(_ship(config, args.files))
+    except ConfigError as error:
+        print(f"coredump-shipper: error: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return EXIT_FAILED
+
+
+async def _run(config: Config) -> int:
+    await Service(config).serve()
+    return EXIT_OK
+
+
+async def _ship(config: Config, files: Sequence[Path]) -> int:
+    """Ship each file with a bounded number of attempts; never deletes what it shipped."""
+    metrics = Metrics(process=False)
+    backoff = backoff_for(config)
+    async with s3_client(client_settings(config)) as client:
+        store = S3Store(client, config.bucket, metrics, backoff, config.parts_in_flight)
+        shipper = Shipper(config, store, metrics, delete_after=False)
+        limit = asyncio.Semaphore(config.workers)
+
+        async def one(path: Path) -> bool:
+            async with limit:
+                return await _ship_one(shipper, path, config.ship_attempts, backoff)
+
+        results = await asyncio.gather(*(one(path) for path in files))
+    return EXIT_OK if all(results) else EXIT_FAILED
+
+
+async def _ship_one(shipper: Shipper, path: Path, attempts: int, backoff: Backoff) -> bool:
+    for attempt in range(1, attempts + 1):
+        try:
+            await shipper.ship(path)
+            return True
+        except SkipFile as skip:
+            log.error("not shipped: %s", skip.detail)
+            return False
+        except (UploadError, FileChanged) as error:
+            if attempt == attempts:
+                log.error("giving up on %s after %d attempts: %s", path, attempts, error)
+                return False
+            log.warning("attempt %d for %s failed: %s", attempt, path, error)
+            await asyncio.sleep(backoff.delay(attempt))
+    return False

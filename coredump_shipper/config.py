@@ -1,0 +1,376 @@
+"""Every setting in one table, parsed from flags or their environment twins into a frozen Config.
+
+Each setting has a flag (`--watch-dir`), an environment twin (`COREDUMP_SHIPPER_WATCH_DIR`) and, for the
+original script's variables, an alias (`LOCAL_PATH`). Values from every source go through the same
+parser, so a bad value gives the same one-line error whichever way it came in.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import socket
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from coredump_shipper.errors import ConfigError
+from coredump_shipper.naming import BASE_FIELDS, KeyTemplate
+
+ENV_PREFIX = "COREDUMP_SHIPPER_"
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": MiB,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": GiB,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "tib": 1024**4,
+}
+_DURATION_UNITS = {"": 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_size(text: str) -> int:
+    """'8MiB' -> 8388608. Decimal and binary units, case-insensitive."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    if not match or match.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError(f"{text!r} is not a size (examples: 8MiB, 512k, 1G)")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '2h', '1.5' (seconds) -> seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*", text)
+    if not match or match.group(2) not in _DURATION_UNITS:
+        raise ValueError(f"{text!r} is not a duration (examples: 20s, 5m, 1h)")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+@dataclass(frozen=True)
+class DiskLimit:
+    """A byte count, or a percentage of the watched filesystem's size."""
+
+    bytes: int = 0
+    percent: float = 0.0
+
+    def resolve(self, filesystem_bytes: int) -> int:
+        if self.percent:
+            return int(filesystem_bytes * self.percent / 100)
+        return self.bytes
+
+
+def parse_disk_limit(text: str) -> DiskLimit:
+    stripped = text.strip()
+    if stripped.endswith("%"):
+        percent = float(stripped[:-1])
+        if not 0 <= percent <= 100:
+            raise ValueError(f"{text!r}: a percentage must be between 0% and 100%")
+        return DiskLimit(percent=percent)
+    return DiskLimit(bytes=parse_size(stripped))
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"{text!r} must be at least 1")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"{text!r} must not be negative")
+    return value
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise ValueError(f"{text!r} is not one of {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+def _on_off(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"on", "true", "yes", "1"}:
+        return True
+    if lowered in {"off", "false", "no", "0"}:
+        return False
+    raise ValueError(f"{text!r} is not on or off")
+
+
+def _globs(text: str) -> tuple[str, ...]:
+    return tuple(glob.strip() for glob in text.split(",") if glob.strip())
+
+
+def _listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{text!r} is not HOST:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - a DaemonSet is scraped from outside
+
+
+def _text(text: str) -> str:
+    return text
+
+
+def _optional_text(text: str) -> str | None:
+    return text or None
+
+
+def _part_size(text: str) -> int:
+    size = parse_size(text)
+    if size < 5 * MiB or size > 5 * GiB:
+        raise ValueError(f"{text!r} is outside S3's part size range 5MiB..5GiB")
+    return size
+
+
+def _level(text: str) -> int:
+    level = int(text)
+    if not -7 <= level <= 22:
+        raise ValueError(f"{text!r} is outside zstd's levels -7..22")
+    return level
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One configuration setting: its flag, parser, default and documentation."""
+
+    name: str
+    parse: Callable[[str], Any]
+    default: str | None
+    help: str
+    aliases: tuple[str, ...] = ()
+    commands: frozenset[str] = frozenset()  # empty: every command
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper().replace("-", "_")
+
+    @property
+    def attribute(self) -> str:
+        return self.name.replace("-", "_")
+
+
+_DAEMON = frozenset({"run", "doctor"})
+_UPLOAD = frozenset({"run", "ship", "doctor"})
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "watch-dir",
+        Path,
+        "/var/coredump",
+        "directory the kernel writes cores into",
+        ("LOCAL_PATH",),
+        _DAEMON,
+    ),
+    Setting("bucket", _text, None, "S3 bucket to ship cores to (required)", ("S3_BUCKET",)),
+    Setting(
+        "node-name",
+        _text,
+        "",
+        "node name for keys and metadata (default: host name)",
+        ("NODE_NAME",),
+    ),
+    Setting("cluster-name", _text, "unknown", "cluster name for keys and metadata", ("CLUSTER_NAME",)),
+    Setting(
+        "endpoint-url",
+        _optional_text,
+        "",
+        "S3 endpoint (default: botocore's AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, else AWS)",
+    ),
+    Setting("region", _optional_text, "", "S3 region (default: the AWS chain, AWS_REGION)"),
+    Setting("addressing-style", _choice("auto", "path", "virtual"), "auto", "bucket addressing style"),
+    Setting(
+        "checksum-mode",
+        _choice("when_required", "when_supported"),
+        "when_required",
+        "botocore request checksums; when_supported breaks many S3-compatible stores",
+    ),
+    Setting("ca-bundle", _optional_text, "", "CA bundle for HTTPS endpoints (default: AWS_CA_BUNDLE)"),
+    Setting("connect-timeout", parse_duration, "10s", "S3 connect timeout"),
+    Setting("read-timeout", parse_duration, "60s", "S3 read timeout"),
+    Setting(
+        "key-template",
+        _text,
+        "{cluster}/{node}.{filename}",
+        "object key template; fields: cluster, node, filename, and those from --filename-pattern",
+    ),
+    Setting(
+        "filename-pattern",
+        _text,
+        "core.%e.sig%s.%p.%t",
+        "the node's core_pattern file name, to read crash fields from file names",
+    ),
+    Setting(
+        "after-upload",
+        _choice("delete", "keep"),
+        "delete",
+        "delete shipped cores, or keep them and record them in --state-file",
+        commands=_DAEMON,
+    ),
+    Setting(
+        "state-file",
+        _optional_text,
+        "",
+        "record of shipped files in keep mode (default: WATCH_DIR/.coredump-shipper-state.json)",
+        commands=_DAEMON,
+    ),
+    Setting("ignore", _globs, ".*,*.tmp,*.part,*~", "comma-separated globs of names never shipped"),
+    Setting("workers", _positive_int, "2", "files uploaded at the same time"),
+    Setting("queue-size", _positive_int, "64", "files waiting for a worker", commands=_DAEMON),
+    Setting("part-size", _part_size, "8MiB", "multipart part size (raised for huge files)"),
+    Setting("parts-in-flight", _positive_int, "2", "parts of one file uploaded at the same time"),
+    Setting("compression", _choice("zstd", "none"), "zstd", "compress cores before upload"),
+    Setting("compression-level", _level, "1", "zstd level"),
+    Setting(
+        "shutdown-timeout",
+        parse_duration,
+        "20s",
+        "on SIGTERM, how long in-flight uploads may finish (keep below the pod's grace period)",
+        commands=_DAEMON,
+    ),
+    Setting("retry-base-delay", parse_duration, "0.5s", "first retry delay (doubles each time)"),
+    Setting("retry-max-delay", parse_duration, "60s", "longest delay between retries"),
+    Setting(
+        "ship-attempts",
+        _positive_int,
+        "5",
+        "attempts per file for the one-shot ship command (the daemon retries forever)",
+    ),
+    Setting(
+        "rescan-interval",
+        parse_duration,
+        "5m",
+        "safety rescan of the directory for anything events missed (0 = off)",
+        commands=_DAEMON,
+    ),
+    Setting("listen", _listen, "0.0.0.0:9823", "HTTP address for /healthz, /readyz and /metrics"),
+    Setting("log-format", _choice("text", "json"), "text", "log line format"),
+    Setting("log-level", _choice("debug", "info", "warning", "error"), "info", "log level"),
+)
+SETTINGS_BY_NAME = {setting.name: setting for setting in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Config:
+    """Validated settings. Build it with `load_config`."""
+
+    watch_dir: Path
+    bucket: str
+    node_name: str
+    cluster_name: str
+    endpoint_url: str | None
+    region: str | None
+    addressing_style: str
+    checksum_mode: str
+    ca_bundle: str | None
+    connect_timeout: float
+    read_timeout: float
+    key_template: str
+    filename_pattern: str
+    after_upload: str
+    state_file: str | None
+    ignore: tuple[str, ...]
+    workers: int
+    queue_size: int
+    part_size: int
+    parts_in_flight: int
+    compression: str
+    compression_level: int
+    shutdown_timeout: float
+    retry_base_delay: float
+    retry_max_delay: float
+    ship_attempts: int
+    rescan_interval: float
+    listen: tuple[str, int]
+    log_format: str
+    log_level: str
+    extras: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.state_file) if self.state_file else self.watch_dir / ".coredump-shipper-state.json"
+
+    def ignored(self, name: str) -> bool:
+        """True for names that are never shipped: the configured globs and the shipper's own files."""
+        if self.after_upload == "keep" and name in {
+            self.state_path.name,
+            f".{self.state_path.name}.tmp",
+        }:
+            return True
+        return any(fnmatch.fnmatchcase(name, glob) for glob in self.ignore)
+
+
+def raw_value(setting: Setting, cli_values: Mapping[str, str | None], env: Mapping[str, str]) -> str | None:
+    """The flag if given, else its environment twin, else an alias, else the default."""
+    if cli_values.get(setting.attribute) is not None:
+        return cli_values[setting.attribute]
+    for name in (setting.env, *setting.aliases):
+        if env.get(name, "") != "":
+            return env[name]
+    return setting.default
+
+
+def load_config(
+    cli_values: Mapping[str, str | None],
+    env: Mapping[str, str] | None = None,
+    command: str = "run",
+    settings: Sequence[Setting] = SETTINGS,
+) -> Config:
+    """Parse and validate every setting; raise ConfigError naming the first bad one."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for setting in settings:
+        raw = raw_value(setting, cli_values, env)
+        if raw is None:
+            if setting.commands and command not in setting.commands:
+                values[setting.attribute] = None
+                continue
+            raise ConfigError(setting.flag, f"is required (or set {setting.env})")
+        try:
+            values[setting.attribute] = setting.parse(raw)
+        except ValueError as error:
+            raise ConfigError(setting.flag, str(error)) from None
+    known = {f.name for f in Config.__dataclass_fields__.values()} - {"extras"}
+    extras = {name: value for name, value in values.items() if name not in known}
+    config = Config(**{name: values[name] for name in known}, extras=extras)
+    if not config.node_name:
+        config = replace(config, node_name=socket.gethostname())
+    _validate(config, command)
+    return config
+
+
+def _validate(config: Config, command: str) -> None:
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.\-_]{1,254}", config.bucket):
+        raise ConfigError("--bucket", f"{config.bucket!r} is not a valid bucket name")
+    KeyTemplate(config.key_template, (*BASE_FIELDS, "crash_time"))
+    if config.retry_max_delay < config.retry_base_delay:
+        raise ConfigError("--retry-max-delay", "must not be shorter than --retry-base-delay")
+    if command in _DAEMON:
+        _validate_watch_dir(config.watch_dir)
+
+
+def _validate_watch_dir(path: Path) -> None:
+    if not path.is_dir():
+        raise ConfigError("--watch-dir", f"{str(path)!r} is not an existing directory")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise ConfigError("--watch-dir", f"{str(path)!r} is not readable by this user")

@@ -1,0 +1,110 @@
+"""Every metric the shipper exports, registered on an injected registry (a fresh one per test)."""
+
+from __future__ import annotations
+
+import platform
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    gc_collector,
+    platform_collector,
+    process_collector,
+)
+
+from coredump_shipper import __version__
+
+PREFIX = "coredump_shipper"
+# Core uploads take from tens of milliseconds (1 MiB on a LAN) to many minutes (10 GiB over a WAN).
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 3600)
+SKIP_REASONS = (
+    "symlink",
+    "directory",
+    "fifo",
+    "socket",
+    "device",
+    "not_regular",
+    "unreadable",
+    "vanished",
+)
+DROP_REASONS = ("disk_budget", "rate_limited")
+
+
+class Metrics:
+    """The shipper's metrics. Label values are fixed sets: never file, pod or key names."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, process: bool = True) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        if process:
+            process_collector.ProcessCollector(registry=r)
+            platform_collector.PlatformCollector(registry=r)
+            gc_collector.GCCollector(registry=r)
+
+        def name(short: str) -> str:
+            return f"{PREFIX}_{short}"
+
+        self.build_info = Info(name("build"), "Version of the running shipper.", registry=r)
+        self.build_info.info({"version": __version__, "python": platform.python_version()})
+        self.cores_detected = Counter(
+            name("cores_detected"), "Core files found in the watched directory.", registry=r
+        )
+        self.uploads = Counter(
+            name("uploads"), "Upload attempts of whole files, by result.", ["result"], registry=r
+        )
+        self.upload_bytes = Counter(name("upload_bytes"), "Bytes sent to S3 (after compression).", registry=r)
+        self.core_bytes = Counter(
+            name("core_bytes"), "Bytes of core files shipped (before compression).", registry=r
+        )
+        self.upload_duration = Histogram(
+            name("upload_duration_seconds"),
+            "Time to ship one core, from opening it to its object being complete.",
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.upload_retries = Counter(
+            name("upload_retries"), "S3 calls and whole-file uploads tried again.", registry=r
+        )
+        self.queue_depth = Gauge(name("queue_depth"), "Files waiting for a worker.", registry=r)
+        self.pending_files = Gauge(
+            name("pending_files"), "Cores on disk found but not yet shipped.", registry=r
+        )
+        self.pending_bytes = Gauge(
+            name("pending_bytes"), "Bytes of cores on disk found but not yet shipped.", registry=r
+        )
+        self.skipped_files = Counter(
+            name("skipped_files"),
+            "Files not shipped (not regular, vanished...), by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.dropped = Counter(
+            name("dropped"),
+            "Cores deleted or not shipped to protect the node, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.inotify_overflows = Counter(
+            name("inotify_overflows"),
+            "inotify queue overflows (each triggers a rescan).",
+            registry=r,
+        )
+        self.last_success = Gauge(
+            name("last_success_timestamp_seconds"),
+            "Unix time of the last shipped core.",
+            registry=r,
+        )
+        self.truncated_cores = Counter(
+            name("truncated_cores"),
+            "Cores shipped whose ELF headers say they are incomplete.",
+            registry=r,
+        )
+        for result in ("success", "failure"):
+            self.uploads.labels(result)
+        for reason in SKIP_REASONS:
+            self.skipped_files.labels(reason)
+        for reason in DROP_REASONS:
+            self.dropped.labels(reason)

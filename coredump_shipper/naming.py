@@ -1,0 +1,134 @@
+"""Object keys and metadata from a core's file name and the environment.
+
+File names are hostile input: they may hold control characters, bytes that are not UTF-8 (decoded by
+os.fsdecode into surrogate escapes) or values such as `..`. Every value is made safe before it reaches a
+key or a header, so a name can neither break out of the key prefix nor inject a header.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from coredump_shipper.errors import ConfigError
+
+# Fields a template may use whatever the file name says; fields parsed from names are added by callers.
+BASE_FIELDS = ("cluster", "node", "filename")
+UNKNOWN = "unknown"
+_SAMPLE_TIME = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def _escape_byte(byte: int) -> str:
+    return f"%{byte:02X}"
+
+
+def key_safe(value: str) -> str:
+    """A value usable as (part of) one key segment: no '/', no control characters, valid UTF-8.
+
+    Bytes that are not UTF-8 and control characters become %XX, as does '%' itself so the
+    encoding stays reversible; '.' and '..' cannot form a segment of their own.
+    """
+    raw = value.encode("utf-8", "surrogateescape")
+    text = raw.decode("utf-8", "replace")
+    if text.encode("utf-8") != raw:  # not valid UTF-8: escape every byte outside printable ASCII
+        out = "".join(chr(b) if 0x20 <= b < 0x7F else _escape_byte(b) for b in raw)
+    else:
+        out = text
+    out = "".join(
+        _escape_byte(ord(ch)) if ch in "%/\\" or ord(ch) < 0x20 or ord(ch) == 0x7F else ch for ch in out
+    )
+    if out in {"", ".", ".."}:
+        out = out.replace(".", "%2E") or "_"
+    return out
+
+
+def header_safe(value: str, limit: int = 512) -> str:
+    """A metadata value that is plain printable ASCII (what every S3 store accepts in headers)."""
+    raw = value.encode("utf-8", "surrogateescape")[:limit]
+    return "".join(chr(b) if 0x20 <= b < 0x7F and b != 0x25 else _escape_byte(b) for b in raw)
+
+
+class KeyTemplate:
+    """A validated `--key-template`; renders keys with sanitised field values."""
+
+    def __init__(self, template: str, known_fields: tuple[str, ...], suffix: str = "") -> None:
+        self.template = template
+        self.suffix = suffix
+        self.fields = self._check(template, set(known_fields))
+
+    @staticmethod
+    def _check(template: str, known: set[str]) -> tuple[str, ...]:
+        try:
+            parsed = list(string.Formatter().parse(template))
+        except ValueError as error:
+            raise ConfigError("--key-template", f"{template!r}: {error}") from None
+        used: list[str] = []
+        for _, name, _, conversion in parsed:
+            if name is None:
+                continue
+            if name not in known:
+                raise ConfigError(
+                    "--key-template",
+                    f"unknown field {{{name}}}; known: {', '.join(sorted(known))}",
+                )
+            if conversion:
+                raise ConfigError("--key-template", f"conversions such as !{conversion} are not allowed")
+            used.append(name)
+        if "filename" not in used:
+            # Without the file name two cores of one node could get the same key and overwrite each other.
+            raise ConfigError("--key-template", "must contain {filename} so that keys are unique")
+        if template.startswith("/"):
+            raise ConfigError("--key-template", "must not start with '/'")
+        sample = {name: "x" for name in known} | {"crash_time": _SAMPLE_TIME}
+        try:
+            template.format(**sample)
+        except (ValueError, TypeError, KeyError) as error:
+            raise ConfigError("--key-template", f"{template!r}: {error}") from None
+        return tuple(used)
+
+    def render(self, values: Mapping[str, Any]) -> str:
+        safe: dict[str, Any] = {}
+        for name in self.fields:
+            value = values.get(name)
+            if isinstance(value, datetime):
+                safe[name] = value
+            else:
+                safe[name] = key_safe(str(value)) if value not in (None, "") else UNKNOWN
+        key = self.template.format(**safe)
+        # A date format such as {crash_time:%Y/%m} adds segments of its own; none may be "." or "..".
+        key = "/".join("%2E" * len(seg) if seg in {".", ".."} else seg for seg in key.split("/"))
+        return key + self.suffix
+
+    def node_prefix(self, cluster: str, node: str) -> str | None:
+        """The literal key prefix that only this node's keys start with, if the template has one.
+
+        Used to find this node's own stale multipart uploads. It must end with a literal delimiter
+        after {node}: with `{node}{filename}`, node "a" would also match node "ab"'s keys.
+        """
+        prefix = ""
+        after_node = False
+        for literal, name, spec, _ in string.Formatter().parse(self.template):
+            if after_node:
+                return prefix + literal if literal else None
+            prefix += literal
+            if name == "cluster" and not spec:
+                prefix += key_safe(cluster)
+            elif name == "node" and not spec:
+                prefix += key_safe(node)
+                after_node = True
+            else:
+                return None
+        return None
+
+
+def metadata(values: Mapping[str, Any]) -> dict[str, str]:
+    """x-amz-meta-* values: printable ASCII, lower-case names, bounded length."""
+    out: dict[str, str] = {}
+    for name, value in values.items():
+        if value is None or value == "":
+            continue
+        text = value.strftime("%Y-%m-%dT%H:%M:%SZ") if isinstance(value, datetime) else str(value)
+        out[name.lower().replace("_", "-")] = header_safe(text)
+    return out

@@ -1,0 +1,137 @@
+"""Shipping one core: open it safely, name it, upload it, then delete or record it.
+
+Used by the daemon's workers and by the one-shot `ship` command alike, so both name and store cores
+the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from coredump_shipper import __version__
+from coredump_shipper.config import Config
+from coredump_shipper.corefile import CoreFile
+from coredump_shipper.errors import FileChanged
+from coredump_shipper.metrics import Metrics
+from coredump_shipper.naming import BASE_FIELDS, KeyTemplate, metadata
+from coredump_shipper.parts import choose_part_size
+from coredump_shipper.record import ShippedRecord
+from coredump_shipper.uploader import S3Store
+
+log = logging.getLogger(__name__)
+MANIFEST_SUFFIX = ".manifest.json"
+
+
+@dataclass(frozen=True)
+class Shipped:
+    """What happened to one file. `key` is None when it had been shipped before (keep mode)."""
+
+    path: Path
+    key: str | None
+    core_bytes: int = 0
+    bytes_sent: int = 0
+    seconds: float = 0.0
+
+
+class Shipper:
+    def __init__(
+        self,
+        config: Config,
+        store: S3Store,
+        metrics: Metrics,
+        *,
+        delete_after: bool,
+        record: ShippedRecord | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.metrics = metrics
+        self.delete_after = delete_after
+        self.record = record
+        self.compressed = config.compression == "zstd"
+        self.keys = KeyTemplate(
+            config.key_template, (*BASE_FIELDS, "crash_time"), ".zst" if self.compressed else ""
+        )
+
+    def _fields(self, core: CoreFile) -> dict[str, Any]:
+        return {
+            "cluster": self.config.cluster_name,
+            "node": self.config.node_name,
+            "filename": core.name,
+            "crash_time": datetime.fromtimestamp(core.mtime, UTC),
+        }
+
+    def _metadata(self, core: CoreFile, fields: Mapping[str, Any]) -> dict[str, str]:
+        return metadata(
+            {
+                **fields,
+                "size": core.size,
+                "compression": self.config.compression,
+                "shipper-version": __version__,
+            }
+        )
+
+    async def ship(self, path: Path) -> Shipped:
+        """Ship one file. Raises SkipFile, FileChanged or UploadError; the file stays on failure."""
+        started = time.monotonic()
+        with CoreFile(path) as core:
+            if self.record is not None and self.record.contains(core.name, core.identity):
+                return Shipped(path, None)
+            fields = self._fields(core)
+            key = self.keys.render(fields)
+            meta = self._metadata(core, fields)
+            part_size = choose_part_size(core.size, self.config.part_size, self.compressed)
+            result = await self.store.upload(
+                core,
+                key,
+                meta,
+                part_size,
+                self.config.compression_level if self.compressed else None,
+                "application/zstd" if self.compressed else "application/octet-stream",
+            )
+            await self.store.put_json(
+                key + MANIFEST_SUFFIX,
+                {
+                    **meta,
+                    "key": key,
+                    "bucket": self.store.bucket,
+                    "sha256": result.sha256,
+                    "stored-bytes": result.bytes_sent,
+                    "filename": core.name,
+                },
+            )
+            self._finish(core, key)
+        seconds = time.monotonic() - started
+        self.metrics.uploads.labels("success").inc()
+        self.metrics.core_bytes.inc(core.size)
+        self.metrics.upload_duration.observe(seconds)
+        self.metrics.last_success.set(time.time())
+        log.info(
+            "[coredump] '%s' has been uploaded to 's3://%s/%s'",
+            path,
+            self.store.bucket,
+            key,
+            extra={
+                "event": "uploaded",
+                "file": str(path),
+                "key": key,
+                "bytes": core.size,
+                "bytes_sent": result.bytes_sent,
+                "duration_seconds": round(seconds, 3),
+            },
+        )
+        return Shipped(path, key, core.size, result.bytes_sent, seconds)
+
+    def _finish(self, core: CoreFile, key: str) -> None:
+        # Checked once more: a file rewritten after the upload completed must be shipped again.
+        core.check_unchanged()
+        if self.record is not None:
+            self.record.add(core.name, core.identity, key)
+        elif self.delete_after and not core.remove():
+            raise FileChanged(f"{str(core.path)!r} was replaced after upload")

@@ -1,0 +1,303 @@
+"""The S3 side: one client for the process, single PUTs and streaming multipart uploads, aborts.
+
+Memory is bounded by one process-wide budget of parts held in memory (`parts_in_flight`), shared by all
+workers: whatever the number and size of files, at most that many part bodies exist at once (plus one
+compressor window per worker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+
+from coredump_shipper.corefile import CoreFile
+from coredump_shipper.errors import UploadError
+from coredump_shipper.metrics import Metrics
+from coredump_shipper.parts import PartSource
+from coredump_shipper.retry import Backoff, call_with_retries, describe, is_transient
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
+else:
+    S3Client = Any
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+ABORT_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """What it takes to build the S3 client (a subset of Config, so `ls`/`fetch` need no watch dir)."""
+
+    endpoint_url: str | None
+    region: str | None
+    addressing_style: str
+    checksum_mode: str
+    ca_bundle: str | None
+    connect_timeout: float
+    read_timeout: float
+    max_connections: int
+
+
+@contextlib.asynccontextmanager
+async def s3_client(settings: ClientSettings) -> AsyncIterator[S3Client]:
+    """One S3 client for the whole run: creating clients repeatedly grows memory."""
+    config = AioConfig(
+        signature_version="s3v4",
+        s3={"addressing_style": settings.addressing_style},
+        # Our own retry loop backs off with jitter and counts retries; botocore's would multiply it.
+        retries={"mode": "standard", "max_attempts": 1},
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
+        max_pool_connections=settings.max_connections,
+        request_checksum_calculation=settings.checksum_mode,
+        response_checksum_validation=settings.checksum_mode,
+    )
+    session = get_session()
+    async with session.create_client(
+        "s3",
+        endpoint_url=settings.endpoint_url,
+        region_name=settings.region,
+        verify=settings.ca_bundle,
+        config=config,
+    ) as client:
+        yield client
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    key: str
+    bytes_sent: int
+    sha256: str
+    parts: int
+
+
+class S3Store:
+    """Uploads to one bucket with retries on every call; aborts what it cannot finish."""
+
+    def __init__(
+        self,
+        client: S3Client,
+        bucket: str,
+        metrics: Metrics,
+        backoff: Backoff,
+        parts_in_flight: int,
+        call_attempts: int = 5,
+        object_args: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.metrics = metrics
+        self.backoff = backoff
+        self.call_attempts = call_attempts
+        self.object_args = dict(object_args or {})
+        self._part_slots = asyncio.Semaphore(parts_in_flight)
+        # Monotonic times of the last S3 call that ended (well or badly) and that succeeded:
+        # liveness looks at the first, readiness at the second.
+        self.last_progress = time.monotonic()
+        self.last_success: float | None = None
+        self.last_error = "no S3 call made yet"
+        # Uploads this process started: never aborted as stale, whatever the server's clock says.
+        self._own_uploads: set[str] = set()
+
+    async def _call(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+        def on_retry(attempt: int, error: BaseException) -> None:
+            self.metrics.upload_retries.inc()
+            log.warning("%s failed (attempt %d), trying again: %s", operation, attempt, describe(error))
+
+        try:
+            result = await call_with_retries(call, self.backoff, self.call_attempts, on_retry)
+        except Exception as error:
+            self.last_progress = time.monotonic()
+            failure = UploadError(operation, describe(error), transient=is_transient(error))
+            self.last_error = str(failure)
+            raise failure from error
+        self.last_progress = self.last_success = time.monotonic()
+        return result
+
+    async def upload(
+        self,
+        core: CoreFile,
+        key: str,
+        metadata: Mapping[str, str],
+        part_size: int,
+        compression_level: int | None,
+        content_type: str,
+    ) -> UploadResult:
+        """Upload `core` under `key`. Raises FileChanged if the file changed before completion."""
+        source = PartSource(core.fd, core.size, part_size, compression_level)
+        if core.size <= part_size:
+            return await self._put(core, source, key, metadata, content_type)
+        return await self._multipart(core, source, key, metadata, content_type)
+
+    async def _put(
+        self,
+        core: CoreFile,
+        source: PartSource,
+        key: str,
+        metadata: Mapping[str, str],
+        content_type: str,
+    ) -> UploadResult:
+        async with self._part_slots:
+            body = await asyncio.to_thread(source.read_all)
+            core.check_unchanged()
+            sha256 = source.sha256.hexdigest()
+            await self._call(
+                "PutObject",
+                lambda: self.client.put_object(
+                    Bucket=self.bucket,
+                    Key=key,
+                    Body=body,
+                    Metadata={**metadata, "sha256": sha256},
+                    ContentType=content_type,
+                    **self.object_args,
+                ),
+            )
+        self.metrics.upload_bytes.inc(len(body))
+        return UploadResult(key, len(body), sha256, 1)
+
+    async def _multipart(
+        self,
+        core: CoreFile,
+        source: PartSource,
+        key: str,
+        metadata: Mapping[str, str],
+        content_type: str,
+    ) -> UploadResult:
+        created = await self._call(
+            "CreateMultipartUpload",
+            lambda: self.client.create_multipart_upload(
+                Bucket=self.bucket,
+                Key=key,
+                Metadata=dict(metadata),
+                ContentType=content_type,
+                **self.object_args,
+            ),
+        )
+        upload_id = created["UploadId"]
+        self._own_uploads.add(upload_id)
+        etags: dict[int, str] = {}
+        try:
+            await self._send_parts(source, key, upload_id, etags)
+            # Checked before completing, so a changed file never becomes a complete object.
+            core.check_unchanged()
+            parts = [{"PartNumber": n, "ETag": etags[n]} for n in sorted(etags)]
+            await self._call(
+                "CompleteMultipartUpload",
+                lambda: self.client.complete_multipart_upload(
+                    Bucket=self.bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": parts},  # type: ignore[typeddict-item]
+                ),
+            )
+        except BaseException:
+            await self.abort(key, upload_id)
+            raise
+        finally:
+            self._own_uploads.discard(upload_id)
+        return UploadResult(key, source.bytes_out, source.sha256.hexdigest(), len(etags))
+
+    async def _send_parts(self, source: PartSource, key: str, upload_id: str, etags: dict[int, str]) -> None:
+        number = 0
+        try:
+            async with asyncio.TaskGroup() as group:
+                while True:
+                    # The slot is taken before the part is read, so it bounds parts held in memory.
+                    await self._part_slots.acquire()
+                    try:
+                        body = await asyncio.to_thread(source.next_part)
+                    except BaseException:
+                        self._part_slots.release()
+                        raise
+                    if body is None:
+                        self._part_slots.release()
+                        return
+                    number += 1
+                    group.create_task(self._send_part(key, upload_id, number, body, etags))
+        except BaseExceptionGroup as group_error:
+            raise group_error.exceptions[0] from None
+
+    async def _send_part(
+        self, key: str, upload_id: str, number: int, body: bytes, etags: dict[int, str]
+    ) -> None:
+        try:
+            answer = await self._call(
+                "UploadPart",
+                lambda: self.client.upload_part(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
+                ),
+            )
+            etags[number] = answer["ETag"]
+            self.metrics.upload_bytes.inc(len(body))
+        finally:
+            self._part_slots.release()
+
+    async def abort(self, key: str, upload_id: str) -> None:
+        """Abort a multipart upload, even while being cancelled; failures are logged, not raised."""
+
+        async def abort() -> None:
+            await self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+
+        task = asyncio.ensure_future(asyncio.wait_for(abort(), ABORT_TIMEOUT))
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            # A second cancellation (hard stop): still give the abort its chance to finish.
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(task, ABORT_TIMEOUT)
+            raise
+        except Exception as error:
+            log.warning(
+                "could not abort multipart upload of %r (cleaned up at next start): %s",
+                key,
+                describe(error),
+            )
+
+    async def put_json(self, key: str, document: Mapping[str, Any]) -> None:
+        body = json.dumps(document, indent=2, sort_keys=True).encode()
+        await self._call(
+            "PutObject",
+            lambda: self.client.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=body,
+                ContentType="application/json",
+                **self.object_args,
+            ),
+        )
+
+    async def head_bucket(self) -> None:
+        await self._call("HeadBucket", lambda: self.client.head_bucket(Bucket=self.bucket))
+
+    async def abort_stale_uploads(self, prefix: str, started_before: datetime) -> int:
+        """Abort multipart uploads under `prefix` begun before this process: a killed process's leftovers."""
+        aborted = 0
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        try:
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                for upload in page.get("Uploads", []):
+                    initiated = upload.get("Initiated")
+                    if upload["UploadId"] in self._own_uploads or (
+                        initiated is not None and initiated >= started_before
+                    ):
+                        continue
+                    log.warning("aborting stale multipart upload of %r begun %s", upload["Key"], initiated)
+                    await self.abort(upload["Key"], upload["UploadId"])
+                    aborted += 1
+        except Exception as error:
+            raise UploadError(
+                "ListMultipartUploads", describe(error), transient=is_transient(error)
+            ) from error
+        return aborted
