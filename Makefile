@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 STAMP := $(VENV)/.installed
 
-.PHONY: all install test lint format demo bench chart-lint image clean lock
+.PHONY: all install test lint format demo bench chart-lint image image-test clean lock
 
 all: lint test
 
@@ -31,6 +31,15 @@ format: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m tests.demo
+
+chart-lint: $(STAMP)
+	charts/tools/lint.sh
+
+image: $(STAMP)
+	docker/ci-image.sh build
+
+image-test: $(STAMP)
+	docker/ci-image.sh test
 
 lock:
 	rm -rf /tmp/cds-lock && $(PYTHON) -m venv /tmp/cds-lock

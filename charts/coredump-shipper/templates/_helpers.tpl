@@ -1,0 +1,134 @@
+{{/*
+Chart name, cut to 63 characters (the DNS label limit).
+*/}}
+{{- define "coredump-shipper.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Fully qualified app name: release-chart unless the release name already contains the chart name.
+*/}}
+{{- define "coredump-shipper.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "coredump-shipper.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "coredump-shipper.labels" -}}
+helm.sh/chart: {{ include "coredump-shipper.chart" . }}
+{{ include "coredump-shipper.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: coredump-shipper
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "coredump-shipper.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "coredump-shipper.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "coredump-shipper.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "coredump-shipper.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+Image reference from a {registry, repository, tag, digest} map; a digest wins over the tag.
+Usage: include "coredump-shipper.image" (dict "image" .Values.image "root" .)
+*/}}
+{{- define "coredump-shipper.image" -}}
+{{- $image := .image }}
+{{- $repository := $image.repository }}
+{{- if $image.registry }}
+{{- $repository = printf "%s/%s" $image.registry $image.repository }}
+{{- end }}
+{{- if $image.digest }}
+{{- printf "%s@%s" $repository $image.digest }}
+{{- else }}
+{{- printf "%s:%s" $repository (default .root.Chart.AppVersion $image.tag | toString) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Whether the cluster serves the Prometheus Operator's API (or the caller says so with --api-versions).
+*/}}
+{{- define "coredump-shipper.hasMonitoringAPI" -}}
+{{- if .Capabilities.APIVersions.Has "monitoring.coreos.com/v1" }}true{{ end }}
+{{- end }}
+
+{{/*
+Label matchers that pick this release's series in PromQL. The ServiceMonitor and PodMonitor set the
+job label to the fullname, so both scrape styles give the same series.
+*/}}
+{{- define "coredump-shipper.promSelector" -}}
+job="{{ include "coredump-shipper.fullname" . }}", namespace="{{ .Release.Namespace }}"
+{{- end }}
+
+{{/*
+Consistency checks that a schema cannot express.
+*/}}
+{{- define "coredump-shipper.validate" -}}
+{{- $timeout := include "coredump-shipper.shutdownSeconds" . | int }}
+{{- if le (int .Values.terminationGracePeriodSeconds) $timeout }}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must be above config.shutdownTimeout (%ds): the kubelet kills the pod before in-flight uploads can finish" (int .Values.terminationGracePeriodSeconds) $timeout) }}
+{{- end }}
+{{- if .Values.nodeSetup.enabled }}
+{{- $pattern := .Values.nodeSetup.corePattern }}
+{{- if hasPrefix "|" $pattern }}
+{{- fail "nodeSetup.corePattern: pipe patterns run a helper on the host; the shipper needs a file pattern inside coreDirectory.path" }}
+{{- end }}
+{{- if ne (dir $pattern) (clean .Values.coreDirectory.path) }}
+{{- fail (printf "nodeSetup.corePattern (%s) must write into coreDirectory.path (%s)" $pattern .Values.coreDirectory.path) }}
+{{- end }}
+{{- if and .Values.config.filenamePattern (ne (base $pattern) (toString .Values.config.filenamePattern)) }}
+{{- fail (printf "config.filenamePattern (%s) must be the file name part of nodeSetup.corePattern (%s)" .Values.config.filenamePattern (base $pattern)) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+config.shutdownTimeout in whole seconds: a number, or a duration string such as "20s" / "1m".
+*/}}
+{{- define "coredump-shipper.shutdownSeconds" -}}
+{{- $v := toString (default "20" .Values.config.shutdownTimeout) }}
+{{- if hasSuffix "ms" $v }}{{ div (trimSuffix "ms" $v | int) 1000 }}
+{{- else if hasSuffix "s" $v }}{{ trimSuffix "s" $v | int }}
+{{- else if hasSuffix "m" $v }}{{ mul (trimSuffix "m" $v | int) 60 }}
+{{- else }}{{ $v | float64 | ceil | int }}
+{{- end }}
+{{- end }}
+
+{{/*
+The environment built from .Values.config: each key becomes COREDUMP_SHIPPER_<UPPER_SNAKE>, so a new
+shipper flag needs no template change. Empty and null values are left out (the shipper's default).
+*/}}
+{{- define "coredump-shipper.configEnv" -}}
+{{- range $key, $value := .Values.config }}
+{{- if not (or (kindIs "invalid" $value) (eq (toString $value) "")) }}
+{{- /* YAML numbers arrive as float64: print whole ones without an exponent (8388608, not 8.388608e+06). */}}
+{{- if and (kindIs "float64" $value) (eq $value (floor $value)) }}
+{{- $value = int64 $value }}
+{{- end }}
+{{ printf "COREDUMP_SHIPPER_%s" ($key | snakecase | upper) }}: {{ $value | toString | quote }}
+{{- end }}
+{{- end }}
+COREDUMP_SHIPPER_WATCH_DIR: {{ .Values.coreDirectory.path | quote }}
+COREDUMP_SHIPPER_LISTEN: {{ printf "0.0.0.0:%d" (int .Values.containerPort) | quote }}
+{{- end }}
