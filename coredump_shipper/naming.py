@@ -24,24 +24,34 @@ def _escape_byte(byte: int) -> str:
     return f"%{byte:02X}"
 
 
+def _characters(value: str) -> str:
+    """`value` with undecodable bytes kept as surrogate escapes (U+DC80..U+DCFF), one per byte."""
+    try:
+        raw = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that is no escaped byte
+        raw = value.encode("utf-8", "backslashreplace")
+    return raw.decode("utf-8", "surrogateescape")
+
+
 def key_safe(value: str) -> str:
     """A value usable as (part of) one key segment: no '/', no control characters, valid UTF-8.
 
     Bytes that are not UTF-8 and control characters become %XX, as does '%' itself so the
     encoding stays reversible; '.' and '..' cannot form a segment of their own.
     """
-    raw = value.encode("utf-8", "surrogateescape")
-    text = raw.decode("utf-8", "replace")
-    if text.encode("utf-8") != raw:  # not valid UTF-8: escape every byte outside printable ASCII
-        out = "".join(chr(b) if 0x20 <= b < 0x7F else _escape_byte(b) for b in raw)
-    else:
-        out = text
-    out = "".join(
-        _escape_byte(ord(ch)) if ch in "%/\\" or ord(ch) < 0x20 or ord(ch) == 0x7F else ch for ch in out
-    )
-    if out in {"", ".", ".."}:
-        out = out.replace(".", "%2E") or "_"
-    return out
+    out = []
+    for ch in _characters(value):
+        code = ord(ch)
+        if 0xDC80 <= code <= 0xDCFF:
+            out.append(_escape_byte(code - 0xDC00))
+        elif ch in "%/\\" or code < 0x20 or code == 0x7F:
+            out.append(_escape_byte(code))
+        else:
+            out.append(ch)
+    text = "".join(out)
+    if text in {"", ".", ".."}:
+        return text.replace(".", "%2E") or "_"
+    return text
 
 
 def header_safe(value: str, limit: int = 512) -> str:

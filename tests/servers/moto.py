@@ -12,9 +12,9 @@ from tests.servers import S3Endpoint, free_port, wait_for_port
 
 
 @contextlib.contextmanager
-def run_moto(log_dir: Path) -> Iterator[S3Endpoint]:
-    """Start `moto_server` on 127.0.0.1 and stop it on exit."""
-    port = free_port()
+def run_moto(log_dir: Path, port: int | None = None) -> Iterator[S3Endpoint]:
+    """Start `moto_server` on 127.0.0.1 (on `port`, else a free one) and stop it on exit."""
+    port = port or free_port()
     log = (log_dir / f"moto-{port}.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],

@@ -1,0 +1,162 @@
+"""Shared fixtures: a real S3 server on loopback, fresh buckets, configs, the service in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import zstandard
+
+from coredump_shipper.config import Config, load_config
+from coredump_shipper.metrics import Metrics
+from coredump_shipper.service import Service
+from tests.servers import S3Endpoint, free_port
+from tests.servers.moto import run_moto
+
+ConfigFactory = Callable[..., Config]
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
+    with run_moto(tmp_path_factory.mktemp("moto")) as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(autouse=True)
+def _aws_env(monkeypatch: pytest.MonkeyPatch, s3_server: S3Endpoint) -> None:
+    """Credentials for the test server only; nothing from the machine's own AWS set-up leaks in."""
+    for name in list(os.environ):
+        if name.startswith(("AWS_", "COREDUMP_SHIPPER_")) or name in {
+            "LOCAL_PATH",
+            "S3_BUCKET",
+            "NODE_NAME",
+            "CLUSTER_NAME",
+        }:
+            monkeypatch.delenv(name)
+    for name, value in s3_server.env().items():
+        if not name.startswith("AWS_ENDPOINT_URL"):
+            monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+
+
+class Bucket:
+    """A fresh bucket on the test server, read back with plain boto3 (a separate, real client)."""
+
+    def __init__(self, endpoint: S3Endpoint, name: str) -> None:
+        self.endpoint = endpoint
+        self.name = name
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=endpoint.url,
+            aws_access_key_id=endpoint.access_key,
+            aws_secret_access_key=endpoint.secret_key,
+            region_name=endpoint.region,
+        )
+        self.client.create_bucket(Bucket=name)
+
+    def keys(self) -> list[str]:
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.name)
+        return sorted(obj["Key"] for page in pages for obj in page.get("Contents", []))
+
+    def core_keys(self) -> list[str]:
+        return [key for key in self.keys() if not key.endswith(".manifest.json")]
+
+    def get(self, key: str) -> bytes:
+        body: bytes = self.client.get_object(Bucket=self.name, Key=key)["Body"].read()
+        return body
+
+    def head(self, key: str) -> dict[str, Any]:
+        head: dict[str, Any] = self.client.head_object(Bucket=self.name, Key=key)
+        return head
+
+    def content(self, key: str) -> bytes:
+        """The core as shipped: decompressed when the key says zstd."""
+        data = self.get(key)
+        if key.endswith(".zst"):
+            return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+        return data
+
+    def incomplete_uploads(self) -> list[dict[str, Any]]:
+        uploads: list[dict[str, Any]] = self.client.list_multipart_uploads(Bucket=self.name).get(
+            "Uploads", []
+        )
+        return uploads
+
+
+@pytest.fixture
+def bucket(s3_server: S3Endpoint) -> Bucket:
+    return Bucket(s3_server, f"cores-{next(_counter)}-{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture
+def watch_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "cores"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def make_config(s3_server: S3Endpoint, bucket: Bucket, watch_dir: Path) -> ConfigFactory:
+    """Config for the test server with fast retries; keyword arguments override settings."""
+
+    def make(**overrides: Any) -> Config:
+        values: dict[str, Any] = {
+            "watch_dir": str(watch_dir),
+            "bucket": bucket.name,
+            "endpoint_url": s3_server.url,
+            "node_name": "node-1",
+            "cluster_name": "test",
+            "listen": f"127.0.0.1:{free_port()}",
+            "retry_base_delay": "0.05s",
+            "retry_max_delay": "0.5s",
+            "rescan_interval": "0",
+        }
+        values.update({name: str(value) for name, value in overrides.items()})
+        return load_config(values, env=os.environ, command="run")
+
+    return make
+
+
+@contextlib.asynccontextmanager
+async def running(config: Config, metrics: Metrics | None = None) -> AsyncIterator[Service]:
+    """The whole service in-process, reachable over real HTTP on config.listen."""
+    service = Service(config, metrics or Metrics(process=False))
+    await service.startup()
+    try:
+        await wait_until(lambda: service.watcher.watching, timeout=10)
+        yield service
+    finally:
+        await service.shutdown()
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 20.0, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
+
+
+def wait_until_sync(predicate: Callable[[], bool], timeout: float = 20.0, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Write like the kernel does: one open, writes, one close (a single IN_CLOSE_WRITE)."""
+    with path.open("wb") as handle:
+        handle.write(data)

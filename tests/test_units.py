@@ -1,0 +1,153 @@
+"""Pure logic, table-driven: key templates, part sizing, retry delays, setting parsers."""
+
+from __future__ import annotations
+
+import os
+import random
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from coredump_shipper.config import load_config, parse_disk_limit, parse_duration, parse_size
+from coredump_shipper.errors import ConfigError
+from coredump_shipper.naming import KeyTemplate, header_safe, key_safe, metadata
+from coredump_shipper.parts import MAX_PARTS, MIN_PART, MiB, choose_part_size, compress_bound
+from coredump_shipper.retry import Backoff
+
+FIELDS = ("cluster", "node", "filename", "crash_time")
+TiB = 1024**4
+
+
+@pytest.mark.parametrize(
+    ("template", "values", "key"),
+    [
+        ("{cluster}/{node}.{filename}", {"cluster": "c", "node": "n", "filename": "core.1"}, "c/n.core.1"),
+        ("{cluster}/{node}.{filename}", {"cluster": "", "node": "n", "filename": "f"}, "unknown/n.f"),
+        ("{cluster}/{node}/{filename}", {"cluster": "c", "node": "..", "filename": "f"}, "c/%2E%2E/f"),
+        ("{node}/{filename}", {"node": "a/b", "filename": "x\ny"}, "a%2Fb/x%0Ay"),
+        ("{node}/{filename}", {"node": "n", "filename": "100%"}, "n/100%25"),
+        ("{node}/{filename}", {"node": "n", "filename": os.fsdecode(b"\xff")}, "n/%FF"),
+        ("{node}/{filename}", {"node": "n", "filename": "café"}, "n/café"),
+        (
+            "{node}/{crash_time:%Y/%m/%d}/{filename}",
+            {"node": "n", "filename": "f", "crash_time": datetime(2026, 3, 4, tzinfo=UTC)},
+            "n/2026/03/04/f",
+        ),
+    ],
+)
+def test_key_template_renders_safe_keys(template: str, values: dict[str, object], key: str) -> None:
+    assert KeyTemplate(template, FIELDS).render(values) == key
+
+
+@pytest.mark.parametrize(
+    ("template", "problem"),
+    [
+        ("{cluster}/{node}", "must contain {filename}"),
+        ("{pod}/{filename}", "unknown field {pod}"),
+        ("{filename", "expected '}'"),
+        ("/{filename}", "must not start with '/'"),
+        ("{filename!r}", "conversions"),
+    ],
+)
+def test_bad_key_templates_are_rejected(template: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match="--key-template") as error:
+        KeyTemplate(template, FIELDS)
+    assert problem in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("template", "prefix"),
+    [
+        ("{cluster}/{node}.{filename}", "c/n."),
+        ("{cluster}/{node}/{filename}", "c/n/"),
+        ("cores/{node}-{filename}", "cores/n-"),
+        ("{node}{filename}", None),
+        ("{filename}/{node}", None),
+    ],
+)
+def test_node_prefix_only_when_unambiguous(template: str, prefix: str | None) -> None:
+    assert KeyTemplate(template, FIELDS).node_prefix("c", "n") == prefix
+
+
+@given(st.text())
+def test_key_safe_never_yields_separators_or_controls(value: str) -> None:
+    safe = key_safe(value)
+    assert "/" not in safe and safe not in {"", ".", ".."}
+    assert all(ord(ch) >= 0x20 and ord(ch) != 0x7F for ch in safe)
+    safe.encode("utf-8")  # always valid UTF-8
+
+
+@given(st.text())
+def test_header_safe_is_printable_ascii(value: str) -> None:
+    assert all(0x20 <= ord(ch) < 0x7F for ch in header_safe(value))
+
+
+def test_metadata_names_and_values() -> None:
+    meta = metadata({"crash_time": datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), "file_name": "a\nb", "x": None})
+    assert meta == {"crash-time": "2026-01-02T03:04:05Z", "file-name": "a%0Ab"}
+
+
+@pytest.mark.parametrize(
+    ("size", "configured", "compressed", "part"),
+    [
+        (0, 8 * MiB, True, 8 * MiB),
+        (100 * MiB, 8 * MiB, False, 8 * MiB),
+        (100 * MiB, 1 * MiB, False, MIN_PART),
+        (100 * MiB, 5_500_000, False, 6 * MiB),
+        (80_000 * MiB, 8 * MiB, False, 8 * MiB),
+        (80_001 * MiB, 8 * MiB, False, 9 * MiB),
+        (5 * TiB, 8 * MiB, False, 525 * MiB),
+        (5 * TiB, 8 * MiB, True, 527 * MiB),
+    ],
+)
+def test_part_size_table(size: int, configured: int, compressed: bool, part: int) -> None:
+    assert choose_part_size(size, configured, compressed) == part
+
+
+@given(st.integers(0, 5 * TiB), st.integers(5 * MiB, 64 * MiB), st.booleans())
+def test_part_size_never_needs_more_than_10000_parts(size: int, configured: int, compressed: bool) -> None:
+    part = choose_part_size(size, configured, compressed)
+    total = compress_bound(size) if compressed else size
+    assert part % MiB == 0 and part >= max(MIN_PART, configured)
+    assert -(-total // part) <= MAX_PARTS
+
+
+@pytest.mark.parametrize(
+    ("attempt", "ceiling"), [(0, 0.5), (1, 1.0), (2, 2.0), (5, 16.0), (7, 60.0), (1000, 60.0)]
+)
+def test_backoff_delays_are_jittered_below_a_capped_ceiling(attempt: int, ceiling: float) -> None:
+    backoff = Backoff(base=0.5, cap=60.0, rng=random.Random(1))
+    assert backoff.ceiling(attempt) == ceiling
+    delays = [backoff.delay(attempt) for _ in range(200)]
+    assert all(0 <= d <= ceiling for d in delays)
+    assert max(delays) > ceiling * 0.8 and min(delays) < ceiling * 0.2  # spread out, not fixed
+
+
+@pytest.mark.parametrize(
+    ("text", "value"), [("8MiB", 8 * MiB), ("5 mb", 5_000_000), ("1G", 10**9), ("512", 512), ("2.5KiB", 2560)]
+)
+def test_parse_size(text: str, value: int) -> None:
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize(("text", "value"), [("20s", 20.0), ("1.5", 1.5), ("5m", 300.0), ("1h", 3600.0)])
+def test_parse_duration(text: str, value: float) -> None:
+    assert parse_duration(text) == value
+
+
+def test_parse_disk_limit() -> None:
+    assert parse_disk_limit("10%").resolve(1000) == 100
+    assert parse_disk_limit("1MiB").resolve(10) == MiB
+    with pytest.raises(ValueError):
+        parse_disk_limit("120%")
+
+
+def test_flag_beats_env_beats_alias_beats_default() -> None:
+    env = {"S3_BUCKET": "alias", "COREDUMP_SHIPPER_CLUSTER_NAME": "envc", "CLUSTER_NAME": "aliasc"}
+    config = load_config({"bucket": None}, env=env, command="ship")
+    assert (config.bucket, config.cluster_name, config.node_name != "") == ("alias", "envc", True)
+    config = load_config({"bucket": "flag"}, env=env, command="ship")
+    assert config.bucket == "flag"
+    assert config.workers == 2 and config.part_size == 8 * MiB
