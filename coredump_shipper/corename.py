@@ -12,6 +12,7 @@ that still lets the whole name match: pod names carry no dots, program names oft
 
 from __future__ import annotations
 
+import itertools
 import re
 import signal
 from dataclasses import dataclass, field, fields, replace
@@ -150,7 +151,7 @@ def _tokenize(pattern: str) -> list[_Token]:
 
 
 def _check_unambiguous(pattern: str, tokens: list[_Token]) -> None:
-    for before, after in zip(tokens, tokens[1:], strict=False):
+    for before, after in itertools.pairwise(tokens):
         if isinstance(before, _Spec) and isinstance(after, _Spec):
             raise ConfigError(
                 SETTING,

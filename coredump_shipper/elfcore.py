@@ -208,6 +208,8 @@ def _read_header(fd: int, size: int, layout: _Layout) -> _Header | None:
 
 
 def _xnum_phnum(fd: int, size: int, layout: _Layout, shoff: int) -> int:
+    if shoff == 0:
+        return PN_XNUM  # malformed: take the count at face value
     info_at = 44 if layout.is64 else 28
     raw = _pread(fd, 4, shoff + info_at, size)
     if len(raw) < 4:
@@ -224,11 +226,8 @@ def _scan_phdrs(fd: int, size: int, layout: _Layout, header: _Header) -> tuple[i
     if header.phentsize != layout.phentsize or header.phnum == 0:
         return expected, []
     expected = max(expected, header.phoff + header.phnum * header.phentsize)
-    if layout.is64:
-        fmt = layout.order + "IIQQQQQQ"
-    else:
-        fmt = layout.order + "IIIIIIII"
-    unpacker = struct.Struct(fmt)
+    # p_type, then p_flags and six 64-bit words, or seven 32-bit words with p_flags sixth.
+    unpacker = struct.Struct(layout.order + ("IIQQQQQQ" if layout.is64 else "IIIIIIII"))
     notes: list[tuple[int, int]] = []
     count = min(header.phnum, MAX_PHDRS)
     for first in range(0, count, PHDR_CHUNK):
