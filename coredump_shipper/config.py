@@ -238,7 +238,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("workers", _positive_int, "2", "files uploaded at the same time"),
     Setting("queue-size", _positive_int, "64", "files waiting for a worker", commands=_DAEMON),
     Setting("part-size", _part_size, "8MiB", "multipart part size (raised for huge files)"),
-    Setting("parts-in-flight", _positive_int, "2", "part bodies in memory at once, across all workers (bounds memory)"),
+    Setting(
+        "parts-in-flight",
+        _positive_int,
+        "2",
+        "part bodies in memory at once, across all workers (bounds memory)",
+    ),
     Setting("compression", _choice("zstd", "none"), "zstd", "compress cores before upload"),
     Setting("compression-level", _level, "1", "zstd level"),
     Setting(

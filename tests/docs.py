@@ -35,7 +35,8 @@ BLOCKS: dict[str, Callable[[], str]] = {"settings": settings_table}
 def render(text: str) -> str:
     for name, make in BLOCKS.items():
         pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(\n<!-- {name}:end -->)", re.S)
-        text = pattern.sub(lambda m, body=make(): m.group(1) + body + m.group(2), text)
+        body = make()
+        text = pattern.sub(lambda m: m.group(1) + body + m.group(2), text)
     return text
 
 
