@@ -35,9 +35,12 @@ BLOCKS: dict[str, Callable[[], str]] = {"settings": settings_table}
 def render(text: str) -> str:
     for name, make in BLOCKS.items():
         pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(\n<!-- {name}:end -->)", re.S)
-        body = make()
-        text = pattern.sub(lambda m: m.group(1) + body + m.group(2), text)
+        text = pattern.sub(rf"\g<1>{_escape(make())}\g<2>", text)
     return text
+
+
+def _escape(replacement: str) -> str:
+    return replacement.replace("\\", "\\\\")
 
 
 if __name__ == "__main__":
