@@ -159,9 +159,9 @@ def _check_unambiguous(pattern: str, tokens: list[_Token]) -> None:
                 "put a separator such as '.' between them",
             )
         if isinstance(before, _Spec) and before.numeric and isinstance(after, str):
-            digit_next = after[0].isdigit()
+            digit_next = after[0] in "0123456789"
         elif isinstance(after, _Spec) and after.numeric and isinstance(before, str):
-            digit_next = before[-1].isdigit()
+            digit_next = before[-1] in "0123456789"
         else:
             digit_next = False
         if digit_next:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Final
 
 from coredump_shipper.corename import printable, signal_name
@@ -63,6 +63,7 @@ PHDR_CHUNK: Final = 4096
 MAX_NOTES_BYTES: Final = 1 << 20
 MAX_NOTES: Final = 4096
 MAX_ARGS_CHARS: Final = 200
+_MAX_OFFSET: Final = 2**63 - 1  # off_t: os.pread rejects larger offsets
 
 # Offsets in the LP64 Linux structures (x86_64 and aarch64 agree up to pr_reg).
 _PRSTATUS_CURSIG: Final = 12  # after struct elf_siginfo { int si_signo, si_code, si_errno; }
@@ -146,7 +147,7 @@ def inspect_core(fd: int, size: int) -> CoreInfo:
     Never raises because of the file's content; OSError from reading the descriptor itself
     (EIO, EBADF) propagates.
     """
-    size = max(size, 0)
+    size = min(max(size, 0), _MAX_OFFSET)
     ident = _pread(fd, 16, 0, size)
     if len(ident) < 16 or ident[:4] != ELF_MAGIC or ident[4] not in (1, 2) or ident[5] not in (1, 2):
         return CoreInfo(is_elf_core=False, size=size)
@@ -291,16 +292,10 @@ def _with_notes(info: CoreInfo, notes: Iterator[tuple[int, bytes]]) -> CoreInfo:
             entry = _auxv_entry(desc)
         elif ntype == NT_FILE and not mappings:
             mappings = _file_mappings(desc)
-    return CoreInfo(
-        is_elf_core=info.is_elf_core,
-        is_elf=info.is_elf,
-        elf_class=info.elf_class,
-        machine=info.machine,
-        size=info.size,
-        expected_size=info.expected_size,
-        truncated=info.truncated,
-        signal=sig if sig else None,
-        signal_name=signal_name(sig) if sig else None,
+    return replace(
+        info,
+        signal=sig if sig and sig > 0 else None,
+        signal_name=signal_name(sig) if sig and sig > 0 else None,
         pid=pid if pid and pid > 0 else None,
         comm=comm or None,
         args=args or None,
