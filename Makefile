@@ -32,6 +32,16 @@ format: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m tests.demo
 
+# The AWS CLI v1 pins its own botocore: it gets a venv of its own (with py-spy for bench.profile).
+BENCH_VENV := .cache/bench-venv
+$(BENCH_VENV)/.installed: bench/requirements-awscli.txt
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet -r bench/requirements-awscli.txt
+	touch $@
+
+bench: $(STAMP) $(BENCH_VENV)/.installed
+	$(PY) -m bench.run $(BENCH_ARGS)
+
 chart-lint: $(STAMP)
 	charts/tools/lint.sh
 

@@ -1,0 +1,189 @@
+"""`coredump-shipper run` against the null sink: start-up time, per-core latency, peak RSS."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from bench.contestants import BUCKET, SHIPPER, child_env
+from bench.inputs import MiB
+from bench.measure import wait_measured
+from bench.report import DaemonResult
+from bench.targets import NullSink
+from tests.servers import free_port
+
+
+class DaemonFailed(Exception):
+    """The daemon did not start, did not ship, or did not stop."""
+
+
+class Daemon:
+    """One `coredump-shipper run` process watching `watch_dir`, listening on a free port."""
+
+    def __init__(self, sink: NullSink, watch_dir: Path, log: Path) -> None:
+        self.port = free_port()
+        self.watch_dir = watch_dir
+        self.log = log
+        argv = [
+            str(SHIPPER),
+            "run",
+            "--watch-dir",
+            str(watch_dir),
+            "--bucket",
+            BUCKET,
+            "--endpoint-url",
+            sink.endpoint.url,
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            "--after-upload",
+            "delete",
+        ]
+        self._out = log.open("wb")
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen(
+            argv, env=child_env(sink.endpoint), stdout=self._out, stderr=subprocess.STDOUT
+        )
+
+    def wait_ready(self, timeout: float = 60.0) -> float:
+        """Seconds from exec to the first `/readyz` 200."""
+        url = f"http://127.0.0.1:{self.port}/readyz"
+        deadline = self.started + timeout
+        while time.perf_counter() < deadline:
+            if self.proc.poll() is not None:
+                raise DaemonFailed(f"daemon exited with {self.proc.returncode} before ready")
+            try:
+                with urllib.request.urlopen(url, timeout=1.0) as response:
+                    if response.status == 200:
+                        return time.perf_counter() - self.started
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.005)
+        raise DaemonFailed(f"/readyz not 200 within {timeout}s")
+
+    def kill(self) -> None:
+        """Tear down after a failure; figures from this daemon are discarded."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._out.close()
+
+    def stop(self, timeout: float = 60.0) -> float:
+        """SIGTERM, reap with wait4, and return the daemon's lifetime peak RSS in MiB."""
+        if self.proc.returncode is not None:
+            self._out.close()
+            raise DaemonFailed(f"daemon already exited with {self.proc.returncode}")
+        self.proc.send_signal(signal.SIGTERM)
+        killer = threading.Timer(timeout, self.proc.kill)
+        killer.start()
+        try:
+            _, code, usage = wait_measured(self.proc, self.started)
+        finally:
+            killer.cancel()
+            self._out.close()
+        if code != 0:
+            raise DaemonFailed(f"daemon exited with {code} on SIGTERM")
+        return float(usage.ru_maxrss) / 1024
+
+
+@contextlib.contextmanager
+def _running(sink: NullSink, watch: Path, log: Path) -> Iterator[Daemon]:
+    watch.mkdir(exist_ok=True)
+    daemon = Daemon(sink, watch, log)
+    try:
+        yield daemon
+    except BaseException:
+        daemon.kill()
+        raise
+
+
+def _new_completion(sink: NullSink, seen: int, since: float, timeout: float) -> float:
+    """Completion time of the first core object after the `seen` already counted.
+
+    Sidecar objects (the shipper's `.json` manifest) are skipped: the core is what must land.
+    """
+    deadline = time.monotonic() + timeout
+    count = seen + 1
+    while (left := deadline - time.monotonic()) > 0:
+        stats = sink.wait_for(count, left)
+        for obj in stats.objects[seen:]:
+            if float(obj["completed_at"]) >= since and not str(obj["key"]).endswith(".json"):
+                return float(obj["completed_at"])
+        count = len(stats.objects) + 1
+    raise DaemonFailed(f"no core object completed within {timeout}s")
+
+
+def measure_latency(daemon: Daemon, sink: NullSink, cores: int) -> tuple[list[float], int]:
+    """Write 1 MiB cores one at a time; time each from close() to the sink's completion."""
+    half = MiB // 2
+    latencies: list[float] = []
+    names: list[Path] = []
+    for index in range(cores):
+        seen = len(sink.stats().objects)
+        path = daemon.watch_dir / f"core.bench.sig11.{index}.{int(time.time())}"
+        names.append(path)
+        with path.open("wb") as core:
+            core.write(os.urandom(half))
+            core.write(bytes(half))
+        closed = time.time()
+        latencies.append(_new_completion(sink, seen, closed, 30.0) - closed)
+        # Let the after-upload step finish so the cores stay one at a time.
+        time.sleep(0.1)
+    time.sleep(0.5)
+    deleted = sum(1 for path in names if not path.exists())
+    return latencies, deleted
+
+
+def ship_through_daemon(daemon: Daemon, sink: NullSink, core: Path, staging: Path) -> float:
+    """Drop a hard link of `core` into the watch dir (IN_MOVED_TO) and time it to completion.
+
+    The link keeps the input: `--after-upload delete` removes only the watched name.
+    """
+    staged = staging / core.name
+    staged.unlink(missing_ok=True)
+    os.link(core, staged)
+    seen = len(sink.stats().objects)
+    appeared = time.time()
+    staged.rename(daemon.watch_dir / core.name)
+    return _new_completion(sink, seen, appeared, 600.0) - appeared
+
+
+def run_daemon_bench(
+    sink: NullSink,
+    work: Path,
+    logs: Path,
+    starts: int,
+    latency_cores: int,
+    big_cores: Sequence[tuple[str, Path]],
+) -> DaemonResult:
+    """Start-ups, then latency and the large cores, each large core in a daemon of its own."""
+    result = DaemonResult(latency_cores=latency_cores)
+    staging = work / "staging"
+    staging.mkdir(exist_ok=True)
+    try:
+        for attempt in range(starts):
+            log = logs / f"daemon-start-{attempt}.log"
+            with _running(sink, work / f"watch-start-{attempt}", log) as daemon:
+                result.startup_s.append(daemon.wait_ready())
+                rss = daemon.stop()
+            result.idle_rss_mib = max(result.idle_rss_mib or 0.0, rss)
+        for index, (name, core) in enumerate(big_cores):
+            log = logs / f"daemon-big-{index}.log"
+            with _running(sink, work / f"watch-big-{index}", log) as daemon:
+                daemon.wait_ready()
+                if index == 0 and latency_cores:
+                    result.latency_s, result.deleted = measure_latency(daemon, sink, latency_cores)
+                wall = ship_through_daemon(daemon, sink, core, staging)
+                rss = daemon.stop()
+            size = core.stat().st_size
+            result.big[name] = {"rss_mib": rss, "wall_s": wall, "mb_per_s": size / wall / 1e6}
+    except (DaemonFailed, OSError) as exc:
+        result.error = str(exc)
+    return result

@@ -1,0 +1,276 @@
+"""Turn raw runs into medians, ratios against `aws s3 cp`, goal checks and Markdown tables."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.contestants import AWS, AWS_LABEL, REPO
+from bench.inputs import GiB, MiB
+from bench.measure import Measurement, median, percentile
+
+
+@dataclass(frozen=True)
+class Run:
+    """One contestant shipping one input to one target once."""
+
+    target: str
+    input_name: str
+    input_bytes: int
+    contestant: str
+    measurement: Measurement
+    bytes_sent: int | None
+    sink_cpu_s: float | None
+    completed: bool
+    verified: bool | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.measurement.ok and self.completed
+
+
+@dataclass
+class Row:
+    """Medians over the successful runs of one (target, input, contestant)."""
+
+    target: str
+    input_name: str
+    input_bytes: int
+    contestant: str
+    runs: int
+    failures: int
+    wall_s: float | None = None
+    cpu_s: float | None = None
+    rss_mib: float | None = None
+    sent_bytes: float | None = None
+    sink_cpu_s: float | None = None
+    verified: bool | None = None
+    error: str = ""
+
+    @property
+    def mb_per_s(self) -> float | None:
+        return self.input_bytes / self.wall_s / 1e6 if self.wall_s else None
+
+    @property
+    def cpu_per_gib(self) -> float | None:
+        return self.cpu_s / (self.input_bytes / GiB) if self.cpu_s is not None else None
+
+
+def aggregate(runs: Sequence[Run]) -> list[Row]:
+    rows: dict[tuple[str, str, str], Row] = {}
+    for run in runs:
+        key = (run.target, run.input_name, run.contestant)
+        row = rows.setdefault(key, Row(run.target, run.input_name, run.input_bytes, run.contestant, 0, 0))
+        row.runs += 1
+        if not run.ok:
+            row.failures += 1
+            lines = run.measurement.output_tail.splitlines()
+            last = lines[-1] if lines else f"exit code {run.measurement.returncode}"
+            row.error = row.error or f"exit {run.measurement.returncode}: {last}"
+    for key, row in rows.items():
+        good = [r for r in runs if (r.target, r.input_name, r.contestant) == key and r.ok]
+        row.wall_s = median([r.measurement.wall_s for r in good])
+        row.cpu_s = median([r.measurement.cpu_s for r in good])
+        rss = median([r.measurement.max_rss_kib for r in good])
+        row.rss_mib = rss / 1024 if rss is not None else None
+        row.sent_bytes = median([r.bytes_sent for r in good if r.bytes_sent is not None])
+        row.sink_cpu_s = median([r.sink_cpu_s for r in good if r.sink_cpu_s is not None])
+        checks = [r.verified for r in runs if (r.target, r.input_name, r.contestant) == key]
+        known = [c for c in checks if c is not None]
+        row.verified = all(known) if known else None
+    return list(rows.values())
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def _ratio(value: float | None, base: float | None) -> str:
+    if value is None or base is None or base == 0:
+        return "—"
+    return f"{value / base:.2f}x"
+
+
+def _baseline(rows: Sequence[Row], row: Row) -> Row | None:
+    for other in rows:
+        if (other.target, other.input_name, other.contestant) == (
+            row.target,
+            row.input_name,
+            AWS_LABEL,
+        ):
+            return other if other.wall_s is not None else None
+    return None
+
+
+def upload_table(rows: Sequence[Row], with_sink: bool) -> str:
+    head = [
+        "Input",
+        "Contestant",
+        "Wall s",
+        "MB/s",
+        "CPU s/GiB",
+        "Peak RSS MiB",
+        "Speed vs aws",
+        "CPU vs aws",
+        "RSS vs aws",
+    ]
+    head += ["Sent MiB", "Sink CPU s"] if with_sink else ["Round trip"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        name = f"{row.input_name} ({row.input_bytes / MiB:.0f} MiB)"
+        if row.wall_s is None:
+            cells = [name, row.contestant, f"FAILED ({row.failures}/{row.runs})"]
+            cells += [""] * (len(head) - len(cells))
+            lines.append("| " + " | ".join(cells) + " |")
+            continue
+        base = _baseline(rows, row)
+        failed = f" ({row.failures} failed)" if row.failures else ""
+        cells = [
+            name,
+            row.contestant + failed,
+            _num(row.wall_s),
+            _num(row.mb_per_s, 0),
+            _num(row.cpu_per_gib),
+            _num(row.rss_mib, 0),
+            _ratio(base.wall_s, row.wall_s) if base else "—",
+            _ratio(row.cpu_per_gib, base.cpu_per_gib) if base else "—",
+            _ratio(row.rss_mib, base.rss_mib) if base else "—",
+        ]
+        if with_sink:
+            sent = row.sent_bytes / MiB if row.sent_bytes is not None else None
+            cells += [_num(sent, 1), _num(row.sink_cpu_s)]
+        else:
+            cells.append({None: "—", True: "ok", False: "MISMATCH"}[row.verified])
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+@dataclass
+class DaemonResult:
+    """Figures for `coredump-shipper run` against the null sink."""
+
+    startup_s: list[float] = field(default_factory=list)
+    latency_s: list[float] = field(default_factory=list)
+    latency_cores: int = 0
+    deleted: int = 0
+    idle_rss_mib: float | None = None
+    big: dict[str, dict[str, float]] = field(default_factory=dict)
+    error: str = ""
+
+
+def daemon_table(result: DaemonResult) -> str:
+    lines = ["| Daemon figure | Value |", "|---|---|"]
+    if result.error:
+        lines.append(f"| FAILED | {result.error} |")
+    if result.startup_s:
+        lines.append(
+            f"| Start-up to `/readyz` 200, median of {len(result.startup_s)} | "
+            f"{_num(median(result.startup_s), 3)} s |"
+        )
+    if result.latency_s:
+        lines.append(
+            f"| 1 MiB core: close to object complete, median ({len(result.latency_s)} cores) | "
+            f"{_num(_ms(median(result.latency_s)), 0)} ms |"
+        )
+        lines.append(
+            f"| 1 MiB core: close to object complete, p95 | "
+            f"{_num(_ms(percentile(result.latency_s, 0.95)), 0)} ms |"
+        )
+        lines.append(f"| Cores deleted after upload | {result.deleted}/{result.latency_cores} |")
+    if result.idle_rss_mib is not None:
+        lines.append(f"| Peak RSS, idle start-up and stop | {_num(result.idle_rss_mib, 0)} MiB |")
+    for name, figures in result.big.items():
+        lines.append(f"| Peak RSS shipping {name} (whole daemon life) | {_num(figures['rss_mib'], 0)} MiB |")
+        lines.append(
+            f"| {name}: appearance to object complete | {_num(figures['wall_s'])} s "
+            f"({_num(figures['mb_per_s'], 0)} MB/s) |"
+        )
+    return "\n".join(lines)
+
+
+def _ms(value: float | None) -> float | None:
+    return value * 1000 if value is not None else None
+
+
+def _find(rows: Sequence[Row], target: str, prefix: str, contestant: str) -> Row | None:
+    for row in rows:
+        if row.target == target and row.input_name.startswith(prefix) and row.contestant == contestant:
+            return row if row.wall_s is not None else None
+    return None
+
+
+def goals_table(rows: Sequence[Row], daemon: DaemonResult, default_label: str) -> str:
+    """The issue's goals, checked against this run's numbers."""
+    lines = ["| Goal | Target | Measured | Met |", "|---|---|---|---|"]
+
+    def add(goal: str, target: str, measured: float | None, limit: float, unit: str) -> None:
+        if measured is None:
+            lines.append(f"| {goal} | {target} | not measured | — |")
+            return
+        met = "yes" if measured <= limit else "NO"
+        lines.append(f"| {goal} | {target} | {measured:.2f}{unit} | {met} |")
+
+    ours = _find(rows, "nullsink", "realistic", default_label)
+    aws = _find(rows, "nullsink", "realistic", AWS_LABEL)
+    cpu_ratio = speed = None
+    if ours and aws and ours.cpu_per_gib is not None and aws.cpu_per_gib:
+        cpu_ratio = ours.cpu_per_gib / aws.cpu_per_gib
+    if ours and aws and ours.wall_s and aws.wall_s:
+        speed = ours.wall_s / aws.wall_s  # <= 0.5 means >= 2x the throughput
+    add("CPU s per GiB vs aws s3 cp (defaults)", "<= 0.5x", cpu_ratio, 0.5, "x")
+    add("Wall time vs aws s3 cp, 1 GiB realistic (i.e. >= 2x MB/s)", "<= 0.5x", speed, 0.5, "x")
+    latency = _ms(median(daemon.latency_s))
+    add("1 MiB core: close to object complete, median", "<= 200 ms", latency, 200, " ms")
+    big = daemon.big.get("4 GiB realistic core")
+    one = daemon.big.get("1 GiB realistic core")
+    big_rss = big["rss_mib"] if big else None
+    add("Daemon peak RSS shipping a 4 GiB core", "<= 95 MiB", big_rss, 95, " MiB")
+    growth = big["rss_mib"] / one["rss_mib"] - 1 if big and one else None
+    add("Peak RSS growth 1 GiB -> 4 GiB", "<= 5%", growth * 100 if growth is not None else None, 5, "%")
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GiB
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_gib, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "aws_cli": _version([str(AWS), "--version"]),
+        "commit": _version(["git", "-C", str(REPO), "describe", "--always", "--dirty"]),
+        "load_at_end": round(os.getloadavg()[0], 2),
+    }
+
+
+def _version(argv: list[str]) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    except OSError:
+        return "absent"
+    return (done.stdout or done.stderr).strip().split(" ")[0] or "unknown"
+
+
+def machine_line(info: dict[str, Any]) -> str:
+    return (
+        f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB RAM, "
+        f"Linux {info['kernel']}, Python {info['python']}; {info['aws_cli']}; "
+        f"coredump-shipper {info['commit']}. 1-minute load average {info.get('load_at_start', '?')} "
+        f"at start, {info['load_at_end']} at end (other work on the machine skews wall times, "
+        "CPU seconds much less)."
+    )
