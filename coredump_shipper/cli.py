@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
 from coredump_shipper import __version__
-from coredump_shipper.config import SETTINGS, Config, load_config
+from coredump_shipper.config import SETTINGS, SETTINGS_BY_NAME, Config, load_config, raw_value
 from coredump_shipper.errors import ConfigError, FileChanged, SkipFile, UploadError
 from coredump_shipper.logs import setup_logging
 from coredump_shipper.metrics import Metrics
@@ -23,6 +26,7 @@ from coredump_shipper.uploader import S3Store, s3_client
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
+CHECK_SETTINGS = frozenset({"listen"})
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="watch the directory and ship every finished core")
     ship = commands.add_parser("ship", help="ship the given files once; exit 0 only if all shipped")
     ship.add_argument("files", nargs="+", type=Path, metavar="FILE")
-    for sub, command in ((run, "run"), (ship, "ship")):
+    check = commands.add_parser("check", help="exit 0 if the instance on --listen is healthy (exec probe)")
+    check.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer")
+    for sub, command in ((run, "run"), (ship, "ship"), (check, "check")):
         for setting in SETTINGS:
             if setting.commands and command not in setting.commands:
+                continue
+            if command == "check" and setting.name not in CHECK_SETTINGS:
                 continue
             sub.add_argument(
                 setting.flag,
@@ -59,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "check":
+        return check_health(args)
     try:
         config = load_config(vars(args), command=args.command)
         setup_logging(config.log_format, config.log_level)
@@ -70,6 +80,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return EXIT_FAILED
+
+
+def check_health(args: argparse.Namespace) -> int:
+    """GET /healthz of the local instance: for exec probes in images without curl."""
+    setting = SETTINGS_BY_NAME["listen"]
+    try:
+        host, port = setting.parse(raw_value(setting, vars(args), os.environ) or "")
+    except ValueError as error:
+        print(f"coredump-shipper: error: {setting.flag}: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    if host in {"0.0.0.0", "::", ""}:  # noqa: S104 - a wildcard listener is reached on loopback
+        host = "127.0.0.1"
+    url = f"http://{host}:{port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as answer:
+            print(answer.read().decode(errors="replace"))
+            return EXIT_OK
+    except urllib.error.HTTPError as error:
+        print(error.read().decode(errors="replace"), file=sys.stderr)
+    except OSError as error:
+        print(f"coredump-shipper: {url}: {error}", file=sys.stderr)
+    return EXIT_FAILED
 
 
 async def _run(config: Config) -> int:

@@ -268,6 +268,13 @@ SETTINGS: tuple[Setting, ...] = (
         "safety rescan of the directory for anything events missed (0 = off)",
         commands=_DAEMON,
     ),
+    Setting(
+        "stall-timeout",
+        parse_duration,
+        "5m",
+        "a busy worker with no S3 progress for this long fails /healthz",
+        commands=_DAEMON,
+    ),
     Setting("listen", _listen, "0.0.0.0:9823", "HTTP address for /healthz, /readyz and /metrics"),
     Setting("log-format", _choice("text", "json"), "text", "log line format"),
     Setting("log-level", _choice("debug", "info", "warning", "error"), "info", "log level"),
@@ -306,6 +313,7 @@ class Config:
     retry_max_delay: float
     ship_attempts: int
     rescan_interval: float
+    stall_timeout: float
     listen: tuple[str, int]
     log_format: str
     log_level: str

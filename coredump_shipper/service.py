@@ -31,7 +31,6 @@ from coredump_shipper.watcher import Watcher
 log = logging.getLogger(__name__)
 S3_CHECK_INTERVAL = 15.0
 S3_READY_WINDOW = 60.0
-STALL_TIMEOUT = 300.0
 
 
 def client_settings(config: Config) -> ClientSettings:
@@ -58,14 +57,13 @@ class Service:
         self.config = config
         self.metrics = metrics if metrics is not None else Metrics()
         self.started_at = datetime.now(UTC)
-        self.stall_timeout = STALL_TIMEOUT
         self._stack = contextlib.AsyncExitStack()
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.store: S3Store
         self.pipeline: Pipeline
         self.watcher: Watcher
-        self._watcher_task: asyncio.Task[None]
+        self.watcher_task: asyncio.Task[None]
 
     async def startup(self) -> None:
         config = self.config
@@ -95,9 +93,9 @@ class Service:
             rescan_interval=config.rescan_interval,
             on_scan=self.pipeline.forget_missing,
         )
-        self._watcher_task = asyncio.create_task(self.watcher.run(), name="watcher")
+        self.watcher_task = asyncio.create_task(self.watcher.run(), name="watcher")
         self._tasks = [
-            self._watcher_task,
+            self.watcher_task,
             asyncio.create_task(self._check_s3(), name="s3-check"),
             asyncio.create_task(self._clean_stale_uploads(), name="stale-uploads"),
         ]
@@ -141,12 +139,12 @@ class Service:
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         now = time.monotonic()
-        watcher_ok = not self._watcher_task.done()
+        watcher_ok = not self.watcher_task.done()
         wedged = [
             w.number
             for w in self.pipeline.workers
             if w.busy_since is not None
-            and now - max(w.last_beat, self.store.last_progress) > self.stall_timeout
+            and now - max(w.last_beat, self.store.last_progress) > self.config.stall_timeout
         ]
         dead = self.pipeline.dead_workers() if not self._stop.is_set() else []
         ok = watcher_ok and not wedged and not dead

@@ -121,6 +121,7 @@ def make_config(s3_server: S3Endpoint, bucket: Bucket, watch_dir: Path) -> Confi
             "retry_base_delay": "0.05s",
             "retry_max_delay": "0.5s",
             "rescan_interval": "0",
+            "shutdown_timeout": "1s",
         }
         values.update({name: str(value) for name, value in overrides.items()})
         return load_config(values, env=os.environ, command="run")

@@ -1,0 +1,223 @@
+"""/healthz, /readyz and /metrics over real HTTP, in every state; logs as an operator reads them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from coredump_shipper.config import Config
+from tests.conftest import Bucket, ConfigFactory, running, wait_until, wait_until_sync, write_file
+from tests.servers import free_port
+
+
+async def get(config: Config, path: str) -> tuple[int, str]:
+    host, port = config.listen
+    async with aiohttp.ClientSession() as session, session.get(f"http://{host}:{port}{path}") as answer:
+        return answer.status, await answer.text()
+
+
+async def probe(config: Config, path: str) -> tuple[int, dict[str, Any]]:
+    status, body = await get(config, path)
+    return status, json.loads(body)
+
+
+async def scrape(config: Config) -> dict[str, float]:
+    """Every sample of /metrics as 'name{label="v"}' -> value."""
+    status, body = await get(config, "/metrics")
+    assert status == 200
+    samples = {}
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples
+
+
+@contextlib.asynccontextmanager
+async def silent_server() -> AsyncIterator[int]:
+    """A TCP server that accepts and never answers: an S3 endpoint that hangs."""
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(Exception):
+            while await reader.read(65536):
+                pass
+        writer.close()
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+
+
+async def test_ready_and_healthy_with_s3_up(make_config: ConfigFactory) -> None:
+    config = make_config()
+    async with running(config):
+        await wait_until_async_status(config, "/readyz", 200)
+        status, body = await probe(config, "/healthz")
+        assert status == 200 and body["watcher"] == "running" and body["workers"]["wedged"] == []
+        status, body = await probe(config, "/readyz")
+        assert body == {"status": "ok", "watching": True, "s3": "ok", "reasons": []}
+
+
+async def wait_until_async_status(config: Config, path: str, status: int) -> None:
+    for _ in range(200):
+        if (await get(config, path))[0] == status:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{path} never answered {status}")
+
+
+async def test_not_ready_but_alive_while_s3_is_down(make_config: ConfigFactory) -> None:
+    config = make_config(endpoint_url=f"http://127.0.0.1:{free_port()}", connect_timeout="0.5s")
+    async with running(config):
+        await asyncio.sleep(0.5)
+        status, body = await probe(config, "/readyz")
+        assert status == 503 and body["s3"] == "failing"
+        assert any("S3 not reachable" in reason for reason in body["reasons"])
+        status, body = await probe(config, "/healthz")
+        assert status == 200, "liveness must not depend on S3"
+
+
+async def test_not_ready_until_the_watch_is_established(make_config: ConfigFactory, watch_dir: Path) -> None:
+    config = make_config()
+    watch_dir.rmdir()
+    async with running_without_waiting(config):
+        status, body = await probe(config, "/readyz")
+        assert status == 503 and "watch not established" in body["reasons"]
+        watch_dir.mkdir()
+        await wait_until_async_status(config, "/readyz", 200)
+
+
+@contextlib.asynccontextmanager
+async def running_without_waiting(config: Config) -> AsyncIterator[None]:
+    from coredump_shipper.metrics import Metrics
+    from coredump_shipper.service import Service
+
+    service = Service(config, Metrics(process=False))
+    await service.startup()
+    try:
+        yield
+    finally:
+        await service.shutdown()
+
+
+async def test_dead_watcher_fails_liveness(make_config: ConfigFactory) -> None:
+    config = make_config()
+    async with running(config) as service:
+        assert (await get(config, "/healthz"))[0] == 200
+        service.watcher_task.cancel()
+        await asyncio.sleep(0.05)
+        status, body = await probe(config, "/healthz")
+        assert status == 503 and body["watcher"] == "stopped"
+
+
+async def test_wedged_worker_fails_liveness(make_config: ConfigFactory, watch_dir: Path) -> None:
+    async with silent_server() as port:
+        config = make_config(
+            endpoint_url=f"http://127.0.0.1:{port}", read_timeout="60s", stall_timeout="0.5s"
+        )
+        async with running(config):
+            write_file(watch_dir / "core.stuck", b"stuck")
+            await wait_until_async_status(config, "/healthz", 503)
+            _, body = await probe(config, "/healthz")
+            assert body["workers"]["wedged"] != []
+
+
+async def test_metrics_move_with_successes_failures_and_skips(
+    make_config: ConfigFactory, watch_dir: Path, bucket: Bucket
+) -> None:
+    config = make_config()
+    async with running(config) as service:
+        write_file(watch_dir / "core.a", b"a" * 1000)
+        write_file(watch_dir / "core.b", os.urandom(5000))
+        os.mkfifo(watch_dir / "core.fifo")
+        os.close(os.open(watch_dir / "core.fifo", os.O_RDWR | os.O_NONBLOCK))
+        await wait_until(lambda: len(bucket.core_keys()) == 2)
+        await wait_until(lambda: service.pipeline.pending == 0)
+        m = await scrape(config)
+    assert m['coredump_shipper_uploads_total{result="success"}'] == 2
+    assert m['coredump_shipper_uploads_total{result="failure"}'] == 0
+    assert m["coredump_shipper_core_bytes_total"] == 6000
+    stored = sum(bucket.head(k)["ContentLength"] for k in bucket.core_keys())
+    assert m["coredump_shipper_upload_bytes_total"] == stored
+    assert m["coredump_shipper_cores_detected_total"] == 3
+    assert m['coredump_shipper_skipped_files_total{reason="fifo"}'] == 1
+    assert m["coredump_shipper_pending_files"] == 0 and m["coredump_shipper_pending_bytes"] == 0
+    assert m["coredump_shipper_queue_depth"] == 0
+    assert m["coredump_shipper_upload_duration_seconds_count"] == 2
+    assert m["coredump_shipper_last_success_timestamp_seconds"] > 1.7e9
+    assert m['coredump_shipper_build_info{python="3.11.7",version="0.1.0"}'] == 1 or any(
+        k.startswith("coredump_shipper_build_info") for k in m
+    )
+
+
+async def test_failures_count_and_pending_stays_until_shipped(
+    make_config: ConfigFactory, watch_dir: Path
+) -> None:
+    config = make_config(endpoint_url=f"http://127.0.0.1:{free_port()}", connect_timeout="0.2s")
+    async with running(config):
+        write_file(watch_dir / "core.waiting", b"w" * 777)
+        for _ in range(200):
+            m = await scrape(config)
+            if m['coredump_shipper_uploads_total{result="failure"}'] >= 2:
+                break
+            await asyncio.sleep(0.05)
+    assert m['coredump_shipper_uploads_total{result="failure"}'] >= 2
+    assert m["coredump_shipper_upload_retries_total"] >= 2
+    assert m["coredump_shipper_pending_files"] == 1 and m["coredump_shipper_pending_bytes"] == 777
+    assert (watch_dir / "core.waiting").exists()
+
+
+def test_check_command_and_json_logs_without_secrets(bucket: Bucket, tmp_path: Path) -> None:
+    secret = "SECRETsecretSECRET0123456789abcdefSECRET"
+    watch = tmp_path / "cores"
+    watch.mkdir()
+    port = free_port()
+    env = {**os.environ, "AWS_SECRET_ACCESS_KEY": secret, "AWS_ENDPOINT_URL_S3": bucket.endpoint.url}
+    args = ["--watch-dir", str(watch), "--bucket", bucket.name, "--listen", f"127.0.0.1:{port}"]
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "coredump_shipper",
+            "run",
+            *args,
+            "--log-format",
+            "json",
+            "--log-level",
+            "debug",
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+    )
+    check = [sys.executable, "-m", "coredump_shipper", "check", "--listen", f"127.0.0.1:{port}"]
+    try:
+        wait_until_sync(lambda: subprocess.run(check, capture_output=True, check=False).returncode == 0)
+        write_file(watch / "core.json", b"json")
+        wait_until_sync(lambda: not (watch / "core.json").exists())
+        metrics_body = subprocess.run(
+            ["curl", "-s", f"http://127.0.0.1:{port}/metrics"], capture_output=True, check=False
+        ).stdout
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert subprocess.run(check, capture_output=True, check=False).returncode == 1, "nothing listens now"
+    lines = [json.loads(line) for line in err.decode().splitlines()]
+    uploaded = [line for line in lines if line.get("event") == "uploaded"]
+    assert len(uploaded) == 1
+    assert uploaded[0]["file"] == str(watch / "core.json") and uploaded[0]["bytes"] == 4
+    assert "has been uploaded to 's3://" in uploaded[0]["message"]
+    assert secret.encode() not in err and secret.encode() not in metrics_body
