@@ -69,7 +69,7 @@ use = egg:swift#{name}
 _PROXY = """\
 [pipeline:main]
 pipeline = catch_errors gatekeeper healthcheck proxy-logging cache listing_formats bulk s3api \
-tempauth copy slo dlo proxy-logging proxy-server
+tempauth copy slo dlo versioned_writes proxy-logging proxy-server
 
 [app:proxy-server]
 use = egg:swift#proxy
@@ -115,6 +115,10 @@ use = egg:swift#slo
 
 [filter:dlo]
 use = egg:swift#dlo
+
+# Listed because the proxy inserts it anyway (and logs that it changed the pipeline).
+[filter:versioned_writes]
+use = egg:swift#versioned_writes
 """
 
 

@@ -223,9 +223,10 @@ def tls_front(backend: S3Endpoint, work_dir: Path) -> Iterator[S3Endpoint]:
     """
     if urlsplit(backend.url).scheme != "http":
         raise ValueError(f"the TLS front needs a plain-HTTP backend, not {backend.url}")
-    certs = make_certificates(work_dir / "tls")
     port = free_port()
-    log = (work_dir / f"tls-{port}.log").open("wb")
+    # One directory per front: two fronts sharing a work_dir must not overwrite each other's CA.
+    certs = make_certificates(work_dir / f"tls-{port}")
+    log = (work_dir / f"tls-{port}" / "proxy.log").open("wb")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO_ROOT), env.get("PYTHONPATH")]))
     command = [sys.executable, "-m", "tests.servers.tls", "serve", str(port), backend.url]
