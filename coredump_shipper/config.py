@@ -16,8 +16,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from coredump_shipper.corename import CoreNamePattern
 from coredump_shipper.errors import ConfigError
-from coredump_shipper.naming import BASE_FIELDS, KeyTemplate
+from coredump_shipper.naming import TEMPLATE_FIELDS, KeyTemplate
 
 ENV_PREFIX = "COREDUMP_SHIPPER_"
 MiB = 1024 * 1024
@@ -212,7 +213,10 @@ SETTINGS: tuple[Setting, ...] = (
         "key-template",
         _text,
         "{cluster}/{node}.{filename}",
-        "object key template; fields: cluster, node, filename, and those from --filename-pattern",
+        (
+            "object key template; fields: cluster, node, filename, pod, exe, exe_path, signal,"
+            " signal_name, pid, global_pid, uid, gid, crash_time (takes a strftime spec)"
+        ),
     ),
     Setting(
         "filename-pattern",
@@ -375,7 +379,8 @@ def load_config(
 def _validate(config: Config, command: str) -> None:
     if not re.fullmatch(r"[a-z0-9][a-z0-9.\-_]{1,254}", config.bucket):
         raise ConfigError("--bucket", f"{config.bucket!r} is not a valid bucket name")
-    KeyTemplate(config.key_template, (*BASE_FIELDS, "crash_time"))
+    KeyTemplate(config.key_template, TEMPLATE_FIELDS)
+    CoreNamePattern.compile(config.filename_pattern)
     if config.retry_max_delay < config.retry_base_delay:
         raise ConfigError("--retry-max-delay", "must not be shorter than --retry-base-delay")
     if command in _DAEMON:

@@ -21,7 +21,7 @@ from typing import Any, Final, TypeAlias
 
 from coredump_shipper.errors import ConfigError
 
-SETTING: Final = "filename-pattern"
+SETTING: Final = "--filename-pattern"
 
 # A file name is at most NAME_MAX (255) bytes, and os.fsdecode() maps each byte to at most one
 # character; anything longer did not come from a directory listing and is not worth matching

@@ -14,8 +14,23 @@ from typing import Any
 
 from coredump_shipper.errors import ConfigError
 
-# Fields a template may use whatever the file name says; fields parsed from names are added by callers.
-BASE_FIELDS = ("cluster", "node", "filename")
+# Fields a key template may use: from the environment, the file name and the core's own headers.
+# A field a core does not provide renders as "unknown"; crash_time falls back to the file's mtime.
+TEMPLATE_FIELDS = (
+    "cluster",
+    "node",
+    "filename",
+    "pod",
+    "exe",
+    "exe_path",
+    "signal",
+    "signal_name",
+    "pid",
+    "global_pid",
+    "uid",
+    "gid",
+    "crash_time",
+)
 UNKNOWN = "unknown"
 _SAMPLE_TIME = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 

@@ -6,20 +6,19 @@ the same way.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-from coredump_shipper import __version__
 from coredump_shipper.config import Config
 from coredump_shipper.corefile import CoreFile
+from coredump_shipper.corename import CoreNamePattern
 from coredump_shipper.errors import FileChanged
+from coredump_shipper.facts import core_uses_pid, gather, truncation_hint
 from coredump_shipper.metrics import Metrics
-from coredump_shipper.naming import BASE_FIELDS, KeyTemplate, metadata
+from coredump_shipper.naming import TEMPLATE_FIELDS, KeyTemplate
 from coredump_shipper.parts import choose_part_size
 from coredump_shipper.record import ShippedRecord
 from coredump_shipper.uploader import S3Store
@@ -55,27 +54,8 @@ class Shipper:
         self.delete_after = delete_after
         self.record = record
         self.compressed = config.compression == "zstd"
-        self.keys = KeyTemplate(
-            config.key_template, (*BASE_FIELDS, "crash_time"), ".zst" if self.compressed else ""
-        )
-
-    def _fields(self, core: CoreFile) -> dict[str, Any]:
-        return {
-            "cluster": self.config.cluster_name,
-            "node": self.config.node_name,
-            "filename": core.name,
-            "crash_time": datetime.fromtimestamp(core.mtime, UTC),
-        }
-
-    def _metadata(self, core: CoreFile, fields: Mapping[str, Any]) -> dict[str, str]:
-        return metadata(
-            {
-                **fields,
-                "size": core.size,
-                "compression": self.config.compression,
-                "shipper-version": __version__,
-            }
-        )
+        self.keys = KeyTemplate(config.key_template, TEMPLATE_FIELDS, ".zst" if self.compressed else "")
+        self.pattern = CoreNamePattern.compile(config.filename_pattern, uses_pid=core_uses_pid())
 
     async def ship(self, path: Path) -> Shipped:
         """Ship one file. Raises SkipFile, FileChanged or UploadError; the file stays on failure."""
@@ -83,9 +63,24 @@ class Shipper:
         with CoreFile(path) as core:
             if self.record is not None and self.record.contains(core.name, core.identity):
                 return Shipped(path, None)
-            fields = self._fields(core)
-            key = self.keys.render(fields)
-            meta = self._metadata(core, fields)
+            facts = await asyncio.to_thread(
+                gather,
+                core,
+                self.pattern,
+                self.config.cluster_name,
+                self.config.node_name,
+                self.config.compression,
+            )
+            key = self.keys.render(facts.template_values)
+            meta = facts.metadata
+            if facts.info.truncated:
+                self.metrics.truncated_cores.inc()
+                log.warning(
+                    "shipping truncated core %r: %s",
+                    str(path),
+                    truncation_hint(facts.info),
+                    extra={"event": "truncated_core", "file": str(path)},
+                )
             part_size = choose_part_size(core.size, self.config.part_size, self.compressed)
             result = await self.store.upload(
                 core,

@@ -216,7 +216,7 @@ def test_worst_case_names_parse_quickly() -> None:
 def test_bad_patterns(pattern: str, problem: str) -> None:
     with pytest.raises(ConfigError) as caught:
         CoreNamePattern.compile(pattern)
-    assert caught.value.setting == "filename-pattern"
+    assert caught.value.setting == "--filename-pattern"
     assert problem in caught.value.problem
 
 

@@ -1,0 +1,84 @@
+"""What is known about one core before it is uploaded: from the environment, its name and its headers.
+
+The file name (parsed with the node's core_pattern, `--filename-pattern`) says which pod and program
+crashed and when; the ELF headers and notes say whether the file is a complete core and confirm the
+signal, command and executable. Headers win where both speak: they come from the process itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from coredump_shipper import __version__
+from coredump_shipper.corefile import CoreFile
+from coredump_shipper.corename import CoreNamePattern
+from coredump_shipper.elfcore import CoreInfo, inspect_core
+from coredump_shipper.naming import metadata
+
+CORE_USES_PID = Path("/proc/sys/kernel/core_uses_pid")
+# x-amz-meta-* is limited to 2 KiB in all: long values are cut.
+LONG_VALUE_LIMIT = 200
+
+
+def core_uses_pid() -> bool | None:
+    """The node's kernel.core_uses_pid (global, readable from a pod), None if it cannot be read."""
+    try:
+        return CORE_USES_PID.read_text().strip() not in {"", "0"}
+    except OSError:
+        return None
+
+
+@dataclass(frozen=True)
+class CoreFacts:
+    template_values: dict[str, Any]  # for the key template: str, int or datetime values
+    metadata: dict[str, str]  # header-safe x-amz-meta-* values
+    info: CoreInfo
+
+
+def gather(core: CoreFile, pattern: CoreNamePattern, cluster: str, node: str, compression: str) -> CoreFacts:
+    """Blocking (reads the headers with pread): call in a thread."""
+    named = pattern.parse(core.name)
+    info = inspect_core(core.fd, core.size)
+    crash_time = named.crash_time or datetime.fromtimestamp(core.mtime, UTC)
+    signal = info.signal if info.signal is not None else named.signal
+    values: dict[str, Any] = {
+        "cluster": cluster,
+        "node": node,
+        "filename": core.name,
+        "pod": named.pod,
+        "exe": named.exe or info.comm,
+        "exe_path": info.exe_path or named.exe_path,
+        "signal": signal,
+        "signal_name": info.signal_name or named.signal_name,
+        "pid": named.pid if named.pid is not None else info.pid,
+        "global_pid": named.global_pid,
+        "uid": named.uid,
+        "gid": named.gid,
+        "crash_time": crash_time,
+    }
+    described = {
+        **named.as_dict(),
+        **info.as_dict(),
+        **{name: value for name, value in values.items() if value is not None},
+        "size": core.size,
+        "compression": compression,
+        "shipper-version": __version__,
+        "name-matched": "true" if named.matched else "false",
+    }
+    for name in ("args", "exe_path", "exe-path", "filename"):
+        if isinstance(described.get(name), str):
+            described[name] = described[name][:LONG_VALUE_LIMIT]
+    described.pop("matched", None)
+    return CoreFacts(values, metadata(described), info)
+
+
+def truncation_hint(info: CoreInfo) -> str:
+    """The likely cause of a truncated core, for the warning an operator reads."""
+    return (
+        f"the core is {info.size} bytes but its headers describe {info.expected_size}: "
+        "likely RLIMIT_CORE too small for the process (raise the runtime's LimitCORE / ulimit -c), "
+        "the disk filled up while it was written, or the dumping process was killed"
+    )
