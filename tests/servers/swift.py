@@ -29,7 +29,7 @@ import botocore.session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tests.servers import S3Endpoint, free_port
+from tests.servers import S3Endpoint
 
 SWIFT_CONF = Path("/etc/swift/swift.conf")
 DAEMONS = ("account", "container", "object", "proxy")
@@ -129,6 +129,15 @@ class SwiftError(RuntimeError):
     """Swift is not installed, or did not come up."""
 
 
+def _distinct_ports(count: int) -> list[int]:
+    """Free loopback ports, all different: each stays bound until every one is chosen."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+
+
 @dataclass(frozen=True)
 class _Layout:
     work: Path
@@ -145,7 +154,7 @@ class _Layout:
             etc=work / "etc",
             devices=work / "devices",
             logs=work / "logs",
-            ports={name: free_port() for name in (*DAEMONS, "memcached")},
+            ports=dict(zip((*DAEMONS, "memcached"), _distinct_ports(len(DAEMONS) + 1), strict=True)),
         )
         for path in (layout.etc, layout.devices / "d1", layout.logs):
             path.mkdir(parents=True, exist_ok=True)
@@ -376,11 +385,12 @@ def _spawn(layout: _Layout, names: tuple[str, ...], env: dict[str, str], into: _
 
 
 @contextlib.contextmanager
-def run_swift(work_dir: Path, *, region: str = "us-east-1", timeout: float = 30.0) -> Iterator[S3Endpoint]:
+def run_swift(work_dir: Path, *, region: str = "us-east-1", timeout: float = 60.0) -> Iterator[S3Endpoint]:
     """Start memcached and Swift's account, container, object and proxy servers; stop them on exit.
 
-    Yields once S3 calls succeed. Raises SwiftError (with every daemon's log tail) when Swift is
-    missing, a daemon dies, or s3api does not answer within `timeout` seconds.
+    Yields once S3 calls succeed (about 4 s on an idle 2-core machine, 10+ s on a loaded one).
+    Raises SwiftError (with every daemon's log tail) when Swift is missing, a daemon dies, or
+    s3api does not answer within `timeout` seconds.
     """
     reason = missing()
     if reason:
