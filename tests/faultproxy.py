@@ -11,12 +11,12 @@ of requests gets the same faults on every run), or, with neither, on every match
 removed. Latency rules add up; of the other rules the first one (in the order they were added) that
 fires decides the request's fate:
 
-- `fail(500 | 503)`: an S3 XML error (`InternalError`, `SlowDown`). Like S3 on a keep-alive
-  connection, the proxy first reads and discards the request body, then answers and keeps the
-  connection open: the client sees a clean HTTP error, not a connection error (that is
-  `reset_mid_body`). A client that sent `Expect: 100-continue` gets the error instead of the
-  `100 Continue`, and the connection is closed after it, as the unsent body would otherwise be
-  read as the next request.
+- `fail(500 | 503)`: an S3 XML error (`InternalError`, `SlowDown`), never forwarded. The request
+  body is read and discarded first and the connection stays open, so the client sees a clean HTTP
+  error and nothing else (a broken connection is `reset_mid_body`'s job). A client that sent
+  `Expect: 100-continue` (botocore does for every PutObject and UploadPart) gets the error in place
+  of the `100 Continue` and never sends the body, as with S3; that connection is then closed, the
+  only safe end when a client may still send the body after a final response.
 - `reset_mid_body`: reads part of the request body, then closes the connection with a TCP RST.
 - `stall`: reads nothing more and answers nothing for `seconds` (or until the rule is removed);
   the request is then forwarded if the client is still there, and silently dropped if it has gone,
@@ -25,8 +25,14 @@ fires decides the request's fate:
 - `down()` / `up()`: close the listening socket and every open connection (connect attempts are
   refused by the kernel), then listen again on the same port.
 
-`Expect: 100-continue` is answered by the proxy itself and not forwarded, because the upstream
-client cannot relay an interim response.
+With both `times` and `ratio`, a rule fires by ratio at most `times` times. `Expect: 100-continue`
+is answered by the proxy itself and not forwarded, as the upstream client cannot relay an interim
+response. A broken upstream is a 502 before the response starts, a broken connection after.
+
+What clients make of it (aiohttp 3.14, under aiobotocore): aiohttp sends an idempotent request
+(PUT, GET, HEAD, DELETE) once more on a fresh connection when its connection breaks, so a single
+reset of an UploadPart is absorbed; and it arms its read timeout only once the body is sent, so a
+stall before the `100 Continue` outlasts `read_timeout`.
 
 Run it in the test's event loop with `async with FaultProxy(url) as proxy`, or in a thread of its
 own with `with ThreadedFaultProxy(url) as proxy` when the test code is synchronous.
@@ -243,7 +249,7 @@ class Faults:
         ops: Iterable[str] | None = None,
         seed: int = 0,
     ) -> FaultRule:
-        """Read `after_bytes` of the body (default: half of it), then reset the connection."""
+        """Read `after_bytes` of the body (default: half its Content-Length), then send a RST."""
         rule = FaultRule("reset", _op_set(ops), times, ratio, random.Random(seed))
         rule.after_bytes = after_bytes
         return self._add(rule)
@@ -375,12 +381,25 @@ def _xml_escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def _end_to_end(headers: Iterable[tuple[str, str]], drop: Collection[str] = ()) -> CIMultiDict[str]:
+def _end_to_end(headers: Mapping[str, str], drop: Collection[str] = ()) -> CIMultiDict[str]:
+    # Headers named in `Connection` are hop-by-hop too (RFC 9110 section 7.6.1).
+    named = {token.strip().lower() for token in headers.get("Connection", "").split(",")}
     return CIMultiDict(
         (name, value)
-        for name, value in headers
-        if name.lower() not in _HOP_BY_HOP and name.lower() not in drop
+        for name, value in headers.items()
+        if name.lower() not in _HOP_BY_HOP and name.lower() not in named and name.lower() not in drop
     )
+
+
+def _break_off(request: web.BaseRequest, *, rst: bool = False) -> None:
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if rst and sock is not None:
+        # Linger 0 turns close() into a RST, whatever is left in the buffers.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 def _expects_continue(request: web.BaseRequest) -> bool:
@@ -484,45 +503,52 @@ class FaultProxy:
         assert self._session is not None
         if _expects_continue(request):
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        # encoded=True: sent exactly as received, never re-quoted or re-ordered.
         target = URL(self.upstream + request.raw_path, encoded=True)
         body = self._stream_body(request) if request.body_exists else None
+        response: web.StreamResponse | None = None
         try:
             async with self._session.request(
                 request.method,
                 target,
-                headers=_end_to_end(request.headers.items()),
+                headers=_end_to_end(request.headers),
                 data=body,
                 allow_redirects=False,
             ) as upstream:
-                return await self._relay(request, upstream)
-        except aiohttp.ClientConnectorError as exc:
-            log.warning("upstream %s unreachable: %s", self.upstream, exc)
-            return web.Response(status=502, text=f"upstream unreachable: {exc}\n")
+                response = self._response_for(upstream)
+                await response.prepare(request)
+                async for chunk in upstream.content.iter_chunked(CHUNK):
+                    self.faults._count_bytes("bytes_down", len(chunk))
+                    await response.write(chunk)
+                await response.write_eof()
+                return response
+        except ConnectionResetError:
+            # The client has gone (aiohttp raises this when writing to a closed connection).
+            _break_off(request)
+            return response or web.Response(status=500)
+        except aiohttp.ClientError as exc:
+            log.warning("upstream %s failed: %r", self.upstream, exc)
+            if response is None:
+                return web.Response(status=502, text=f"upstream failed: {exc!r}\n")
+            # Mid-response: break off too rather than end a short body cleanly. Writing the
+            # rest then fails, which aiohttp takes as a client disconnect.
+            _break_off(request)
+            return response
 
     async def _stream_body(self, request: web.BaseRequest) -> AsyncIterator[bytes]:
         async for chunk in request.content.iter_chunked(CHUNK):
             self.faults._count_bytes("bytes_up", len(chunk))
             yield chunk
 
-    async def _relay(self, request: web.BaseRequest, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+    @staticmethod
+    def _response_for(upstream: aiohttp.ClientResponse) -> web.StreamResponse:
         response = web.StreamResponse(
             status=upstream.status,
             reason=upstream.reason,
-            headers=_end_to_end(upstream.headers.items(), drop={"content-length"}),
+            headers=_end_to_end(upstream.headers, drop={"content-length"}),
         )
         if upstream.content_length is not None:
             response.content_length = upstream.content_length
-        await response.prepare(request)
-        try:
-            async for chunk in upstream.content.iter_chunked(CHUNK):
-                self.faults._count_bytes("bytes_down", len(chunk))
-                await response.write(chunk)
-        except aiohttp.ClientError:
-            # The server broke off mid-response: break off too rather than end a short body cleanly.
-            if request.transport is not None:
-                request.transport.abort()
-            raise
-        await response.write_eof()
         return response
 
     async def _discard_body(self, request: web.BaseRequest, limit: int | None = None) -> None:
@@ -536,10 +562,11 @@ class FaultProxy:
         self.faults._count_bytes("bytes_discarded", read)
 
     async def _answer_error(self, request: web.BaseRequest, rule: FaultRule) -> web.StreamResponse:
+        request_id = uuid.uuid4().hex[:16].upper()
         response = web.Response(
             status=rule.status,
-            body=None if request.method == "HEAD" else _error_body(rule.code, request.path, ""),
-            headers={"Content-Type": "application/xml", "x-amz-request-id": uuid.uuid4().hex[:16]},
+            body=None if request.method == "HEAD" else _error_body(rule.code, request.path, request_id),
+            headers={"Content-Type": "application/xml", "x-amz-request-id": request_id},
         )
         if _expects_continue(request):
             response.force_close()
@@ -553,13 +580,7 @@ class FaultProxy:
         if _expects_continue(request) and limit:
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         await self._discard_body(request, limit)
-        transport = request.transport
-        if transport is not None:
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                # Linger 0 turns close() into a RST, whatever is left in the buffers.
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            transport.abort()
+        _break_off(request, rst=True)
         # Writing this to the closed transport fails, which aiohttp takes as a client disconnect.
         return web.Response(status=500)
 
@@ -600,6 +621,10 @@ class ThreadedFaultProxy:
     def faults(self) -> Faults:
         return self.proxy.faults
 
+    @property
+    def is_up(self) -> bool:
+        return self.proxy.is_up
+
     def stats(self) -> ProxyStats:
         return self.proxy.faults.stats()
 
@@ -623,9 +648,11 @@ class ThreadedFaultProxy:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._loop is not None and self._stop is not None:
+        if self._loop is not None and self._stop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join()
+        if self._error is not None and exc is None:
+            raise self._error
 
     def _call(self, coro: Coroutine[Any, Any, None]) -> None:
         assert self._loop is not None
@@ -634,7 +661,7 @@ class ThreadedFaultProxy:
     def _run(self) -> None:
         try:
             asyncio.run(self._main())
-        except BaseException as exc:  # handed to __enter__, which re-raises it in the test's thread
+        except BaseException as exc:  # re-raised in the test's thread by __enter__ or __exit__
             self._error = exc
             self._ready.set()
 

@@ -29,7 +29,7 @@ from types_aiobotocore_s3 import S3Client
 from types_aiobotocore_s3.type_defs import CompletedMultipartUploadTypeDef
 
 from tests.faultproxy import FaultProxy, FaultRule, ThreadedFaultProxy, classify
-from tests.servers import S3Endpoint
+from tests.servers import S3Endpoint, free_port
 from tests.servers.moto import run_moto
 
 MiB = 1024 * 1024
@@ -450,6 +450,16 @@ async def test_ratio_with_a_seed_injects_a_reproducible_count(
     assert 0 < expected < requests
     assert failed == rule.injected == expected
     assert proxy.faults.stats().faults == {"http_503": expected}
+
+
+async def test_an_unreachable_server_is_a_bad_gateway(moto: S3Endpoint) -> None:
+    async with (
+        FaultProxy(f"http://127.0.0.1:{free_port()}") as proxy,
+        s3_client(moto, proxy.url) as client,
+    ):
+        with pytest.raises(ClientError) as failed:
+            await client.head_bucket(Bucket="nowhere")
+    assert failed.value.response["ResponseMetadata"]["HTTPStatusCode"] == 502
 
 
 def http_get(url: str) -> tuple[int, bytes]:
