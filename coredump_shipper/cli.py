@@ -114,7 +114,9 @@ async def _ship(config: Config, files: Sequence[Path]) -> int:
     metrics = Metrics(process=False)
     backoff = backoff_for(config)
     async with s3_client(client_settings(config)) as client:
-        store = S3Store(client, config.bucket, metrics, backoff, config.parts_in_flight)
+        store = S3Store(
+            client, config.bucket, metrics, backoff, config.parts_in_flight, call_timeout=config.call_timeout
+        )
         shipper = Shipper(config, store, metrics, delete_after=False)
         limit = asyncio.Semaphore(config.workers)
 

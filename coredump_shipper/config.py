@@ -209,6 +209,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ca-bundle", _optional_text, "", "CA bundle for HTTPS endpoints (default: AWS_CA_BUNDLE)"),
     Setting("connect-timeout", parse_duration, "10s", "S3 connect timeout"),
     Setting("read-timeout", parse_duration, "60s", "S3 read timeout"),
+    Setting("call-timeout", parse_duration, "2m", "deadline for one attempt of one S3 call (a part upload)"),
     Setting(
         "key-template",
         _text,
@@ -273,6 +274,27 @@ SETTINGS: tuple[Setting, ...] = (
         commands=_DAEMON,
     ),
     Setting(
+        "max-use",
+        parse_disk_limit,
+        "10%",
+        "most space cores may take in the watched directory (bytes or % of its filesystem; 0 = no cap)",
+        commands=_DAEMON,
+    ),
+    Setting(
+        "keep-free",
+        parse_disk_limit,
+        "5%",
+        "space to keep free on the watched filesystem (bytes or %; 0 = no floor)",
+        commands=_DAEMON,
+    ),
+    Setting(
+        "storm-limit",
+        _non_negative_int,
+        "10",
+        "cores of one program shipped per --storm-window; the rest keep metadata only (0 = no limit)",
+    ),
+    Setting("storm-window", parse_duration, "1h", "the window of --storm-limit"),
+    Setting(
         "stall-timeout",
         parse_duration,
         "5m",
@@ -301,6 +323,7 @@ class Config:
     ca_bundle: str | None
     connect_timeout: float
     read_timeout: float
+    call_timeout: float
     key_template: str
     filename_pattern: str
     after_upload: str
@@ -317,6 +340,10 @@ class Config:
     retry_max_delay: float
     ship_attempts: int
     rescan_interval: float
+    max_use: DiskLimit
+    keep_free: DiskLimit
+    storm_limit: int
+    storm_window: float
     stall_timeout: float
     listen: tuple[str, int]
     log_format: str

@@ -36,6 +36,7 @@ class CoreFacts:
     template_values: dict[str, Any]  # for the key template: str, int or datetime values
     metadata: dict[str, str]  # header-safe x-amz-meta-* values
     info: CoreInfo
+    program: str  # what the storm limiter counts: the executable when the name gives it
 
 
 def gather(core: CoreFile, pattern: CoreNamePattern, cluster: str, node: str, compression: str) -> CoreFacts:
@@ -72,7 +73,8 @@ def gather(core: CoreFile, pattern: CoreNamePattern, cluster: str, node: str, co
         if isinstance(described.get(name), str):
             described[name] = described[name][:LONG_VALUE_LIMIT]
     described.pop("matched", None)
-    return CoreFacts(values, metadata(described), info)
+    program = named.exe if named.matched and named.exe else core.name
+    return CoreFacts(values, metadata(described), info, program)
 
 
 def truncation_hint(info: CoreInfo) -> str:

@@ -102,6 +102,25 @@ class Metrics:
             "Cores shipped whose ELF headers say they are incomplete.",
             registry=r,
         )
+        self.disk_usage = Gauge(
+            name("disk_usage_bytes"),
+            "Space (allocated blocks) the cores in the watched directory take.",
+            registry=r,
+        )
+        self.disk_limit = Gauge(
+            name("disk_limit_bytes"),
+            "The disk budget in force: --max-use and --keep-free in bytes.",
+            ["limit"],
+            registry=r,
+        )
+        self.storm_limit = Gauge(
+            name("storm_limit_cores"),
+            "Cores of one program shipped per window before rate limiting.",
+            registry=r,
+        )
+        self.storm_window = Gauge(
+            name("storm_window_seconds"), "The window of the per-program rate limit.", registry=r
+        )
         for result in ("success", "failure"):
             self.uploads.labels(result)
         for reason in SKIP_REASONS:

@@ -32,6 +32,7 @@ class Worker:
 
     number: int
     busy_since: float | None = None
+    current: str | None = None
     last_beat: float = field(default_factory=time.monotonic)
 
     def beat(self, busy: bool) -> None:
@@ -87,6 +88,10 @@ class Pipeline:
     def pending(self) -> int:
         return len(self._pending)
 
+    def in_flight(self) -> set[str]:
+        """Names being shipped right now: the disk budget never deletes these."""
+        return {w.current for w in self.workers if w.current is not None}
+
     def dead_workers(self) -> list[int]:
         return [w.number for w, task in zip(self.workers, self._tasks, strict=True) if task.done()]
 
@@ -128,10 +133,12 @@ class Pipeline:
             worker.beat(busy=False)
             name = await self.queue.get()
             worker.beat(busy=True)
+            worker.current = name
             self.metrics.queue_depth.set(self.queue.qsize())
             try:
                 await self._ship(name)
             finally:
+                worker.current = None
                 self.queue.task_done()
 
     async def _ship(self, name: str) -> None:

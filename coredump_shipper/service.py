@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from coredump_shipper import http
+from coredump_shipper.budget import DiskBudget
 from coredump_shipper.config import Config
 from coredump_shipper.corefile import Identity
 from coredump_shipper.errors import UploadError
@@ -30,6 +31,7 @@ from coredump_shipper.watcher import Watcher
 
 log = logging.getLogger(__name__)
 S3_CHECK_INTERVAL = 15.0
+BUDGET_INTERVAL = 5.0
 S3_READY_WINDOW = 60.0
 
 
@@ -71,7 +73,14 @@ class Service:
         await self._stack.enter_async_context(contextlib.asynccontextmanager(http.serve)(app, *config.listen))
         client = await self._stack.enter_async_context(s3_client(client_settings(config)))
         backoff = backoff_for(config)
-        self.store = S3Store(client, config.bucket, self.metrics, backoff, config.parts_in_flight)
+        self.store = S3Store(
+            client,
+            config.bucket,
+            self.metrics,
+            backoff,
+            config.parts_in_flight,
+            call_timeout=config.call_timeout,
+        )
         keep = config.after_upload == "keep"
         record = ShippedRecord(config.state_path) if keep else None
         shipper = Shipper(config, self.store, self.metrics, delete_after=not keep, record=record)
@@ -98,6 +107,7 @@ class Service:
             self.watcher_task,
             asyncio.create_task(self._check_s3(), name="s3-check"),
             asyncio.create_task(self._clean_stale_uploads(), name="stale-uploads"),
+            asyncio.create_task(self._keep_disk_budget(), name="disk-budget"),
         ]
         log.info(
             "coredump-shipper started: watching %s, shipping to s3://%s, listening on %s:%d",
@@ -171,6 +181,21 @@ class Service:
             with contextlib.suppress(UploadError):
                 await self.store.head_bucket()
             await asyncio.sleep(S3_CHECK_INTERVAL)
+
+    async def _keep_disk_budget(self) -> None:
+        budget = DiskBudget(
+            self.config.watch_dir,
+            self.config.max_use,
+            self.config.keep_free,
+            self.config.ignored,
+            self.metrics,
+        )
+        while True:
+            try:
+                await asyncio.to_thread(budget.enforce, self.pipeline.in_flight())
+            except OSError as error:  # the directory is gone for a while: the watcher waits for it
+                log.debug("disk budget not checked: %s", error)
+            await asyncio.sleep(BUDGET_INTERVAL)
 
     async def _clean_stale_uploads(self) -> None:
         """Abort this node's multipart uploads left by a killed process; retried until S3 answers."""

@@ -16,12 +16,13 @@ from coredump_shipper.config import Config
 from coredump_shipper.corefile import CoreFile
 from coredump_shipper.corename import CoreNamePattern
 from coredump_shipper.errors import FileChanged
-from coredump_shipper.facts import core_uses_pid, gather, truncation_hint
+from coredump_shipper.facts import CoreFacts, core_uses_pid, gather, truncation_hint
 from coredump_shipper.metrics import Metrics
 from coredump_shipper.naming import TEMPLATE_FIELDS, KeyTemplate
 from coredump_shipper.parts import choose_part_size
 from coredump_shipper.record import ShippedRecord
-from coredump_shipper.uploader import S3Store
+from coredump_shipper.storm import StormLimiter
+from coredump_shipper.uploader import S3Store, UploadResult
 
 log = logging.getLogger(__name__)
 MANIFEST_SUFFIX = ".manifest.json"
@@ -56,6 +57,9 @@ class Shipper:
         self.compressed = config.compression == "zstd"
         self.keys = KeyTemplate(config.key_template, TEMPLATE_FIELDS, ".zst" if self.compressed else "")
         self.pattern = CoreNamePattern.compile(config.filename_pattern, uses_pid=core_uses_pid())
+        self.storm = StormLimiter(config.storm_limit, config.storm_window)
+        metrics.storm_limit.set(config.storm_limit)
+        metrics.storm_window.set(config.storm_window)
 
     async def ship(self, path: Path) -> Shipped:
         """Ship one file. Raises SkipFile, FileChanged or UploadError; the file stays on failure."""
@@ -72,7 +76,6 @@ class Shipper:
                 self.config.compression,
             )
             key = self.keys.render(facts.template_values)
-            meta = facts.metadata
             if facts.info.truncated:
                 self.metrics.truncated_cores.inc()
                 log.warning(
@@ -81,27 +84,11 @@ class Shipper:
                     truncation_hint(facts.info),
                     extra={"event": "truncated_core", "file": str(path)},
                 )
-            part_size = choose_part_size(core.size, self.config.part_size, self.compressed)
-            result = await self.store.upload(
-                core,
-                key,
-                meta,
-                part_size,
-                self.config.compression_level if self.compressed else None,
-                "application/zstd" if self.compressed else "application/octet-stream",
-            )
-            await self.store.put_json(
-                key + MANIFEST_SUFFIX,
-                {
-                    **meta,
-                    "key": key,
-                    "bucket": self.store.bucket,
-                    "sha256": result.sha256,
-                    "stored-bytes": result.bytes_sent,
-                    "filename": core.name,
-                },
-            )
+            if not self.storm.allows(facts.program):
+                return await self._metadata_only(core, key, facts)
+            result = await self._upload(core, key, facts)
             self._finish(core, key)
+        self.storm.record(facts.program)
         seconds = time.monotonic() - started
         self.metrics.uploads.labels("success").inc()
         self.metrics.core_bytes.inc(core.size)
@@ -122,6 +109,48 @@ class Shipper:
             },
         )
         return Shipped(path, key, core.size, result.bytes_sent, seconds)
+
+    async def _upload(self, core: CoreFile, key: str, facts: CoreFacts) -> UploadResult:
+        part_size = choose_part_size(core.size, self.config.part_size, self.compressed)
+        result = await self.store.upload(
+            core,
+            key,
+            facts.metadata,
+            part_size,
+            self.config.compression_level if self.compressed else None,
+            "application/zstd" if self.compressed else "application/octet-stream",
+        )
+        # Written last: a manifest means its core object is complete.
+        await self.store.put_json(
+            key + MANIFEST_SUFFIX,
+            {
+                **facts.metadata,
+                "key": key,
+                "bucket": self.store.bucket,
+                "sha256": result.sha256,
+                "stored-bytes": result.bytes_sent,
+            },
+        )
+        return result
+
+    async def _metadata_only(self, core: CoreFile, key: str, facts: CoreFacts) -> Shipped:
+        """A core over the storm limit: store what is known about it, not the core itself."""
+        await self.store.put_json(
+            key + MANIFEST_SUFFIX,
+            {**facts.metadata, "key": key, "bucket": self.store.bucket, "rate-limited": "true"},
+        )
+        self._finish(core, key)
+        self.metrics.dropped.labels("rate_limited").inc()
+        log.warning(
+            "DROPPED core %r: over --storm-limit %d cores of %r per %.0fs; its metadata is in %r",
+            str(core.path),
+            self.storm.limit,
+            facts.program,
+            self.storm.window,
+            key + MANIFEST_SUFFIX,
+            extra={"event": "dropped", "reason": "rate_limited", "file": str(core.path), "key": key},
+        )
+        return Shipped(core.path, None)
 
     def _finish(self, core: CoreFile, key: str) -> None:
         # Checked once more: a file rewritten after the upload completed must be shipped again.

@@ -57,7 +57,7 @@ async def s3_client(settings: ClientSettings) -> AsyncIterator[S3Client]:
         signature_version="s3v4",
         s3={"addressing_style": settings.addressing_style},
         # Our own retry loop backs off with jitter and counts retries; botocore's would multiply it.
-        retries={"mode": "standard", "max_attempts": 1},
+        retries={"mode": "standard", "total_max_attempts": 1},
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.read_timeout,
         max_pool_connections=settings.max_connections,
@@ -94,6 +94,7 @@ class S3Store:
         backoff: Backoff,
         parts_in_flight: int,
         call_attempts: int = 5,
+        call_timeout: float = 120.0,
         object_args: Mapping[str, Any] | None = None,
     ) -> None:
         self.client = client
@@ -101,6 +102,7 @@ class S3Store:
         self.metrics = metrics
         self.backoff = backoff
         self.call_attempts = call_attempts
+        self.call_timeout = call_timeout
         self.object_args = dict(object_args or {})
         self._part_slots = asyncio.Semaphore(parts_in_flight)
         # Monotonic times of the last S3 call that ended (well or badly) and that succeeded:
@@ -117,7 +119,14 @@ class S3Store:
             log.warning("%s failed (attempt %d), trying again: %s", operation, attempt, describe(error))
 
         try:
-            result = await call_with_retries(call, self.backoff, self.call_attempts, on_retry)
+            # aiohttp's read timeout does not cover waiting for "100 Continue" (botocore sends
+            # Expect: 100-continue with every PutObject/UploadPart), so each attempt has a deadline.
+            result = await call_with_retries(
+                lambda: asyncio.wait_for(call(), self.call_timeout),
+                self.backoff,
+                self.call_attempts,
+                on_retry,
+            )
         except Exception as error:
             self.last_progress = time.monotonic()
             failure = UploadError(operation, describe(error), transient=is_transient(error))
@@ -175,16 +184,26 @@ class S3Store:
         metadata: Mapping[str, str],
         content_type: str,
     ) -> UploadResult:
-        created = await self._call(
-            "CreateMultipartUpload",
-            lambda: self.client.create_multipart_upload(
-                Bucket=self.bucket,
-                Key=key,
-                Metadata=dict(metadata),
-                ContentType=content_type,
-                **self.object_args,
-            ),
+        creating = asyncio.ensure_future(
+            self._call(
+                "CreateMultipartUpload",
+                lambda: self.client.create_multipart_upload(
+                    Bucket=self.bucket,
+                    Key=key,
+                    Metadata=dict(metadata),
+                    ContentType=content_type,
+                    **self.object_args,
+                ),
+            )
         )
+        try:
+            created = await asyncio.shield(creating)
+        except asyncio.CancelledError:
+            # Stopped while the server may already have created the upload: abort it once its id is known.
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                orphan = await asyncio.wait_for(creating, ABORT_TIMEOUT)
+                await self.abort(key, orphan["UploadId"])
+            raise
         upload_id = created["UploadId"]
         self._own_uploads.add(upload_id)
         etags: dict[int, str] = {}

@@ -1,0 +1,126 @@
+"""Disk budget and core-storm limits: real files, real S3 server, counted drops."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from coredump_shipper import service as service_module
+from coredump_shipper.budget import DiskBudget
+from coredump_shipper.config import DiskLimit
+from coredump_shipper.metrics import Metrics
+from coredump_shipper.storm import StormLimiter
+from tests.conftest import Bucket, ConfigFactory, running, wait_until, write_file
+from tests.servers import free_port
+
+KiB = 1024
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize(
+    ("limit", "window", "events", "expected"),
+    [
+        # events: (seconds to advance, program) -> was it allowed (and then recorded)?
+        (2, 60, [(0, "a"), (1, "a"), (1, "a"), (0, "b")], [True, True, False, True]),
+        (2, 60, [(0, "a"), (1, "a"), (58, "a"), (1, "a")], [True, True, False, True]),
+        (2, 60, [(0, "a"), (1, "a"), (61, "a"), (0, "a")], [True, True, True, True]),
+        (0, 60, [(0, "a")] * 5, [True] * 5),
+        (1, 3600, [(0, "a"), (3599, "a"), (1, "a")], [True, False, True]),
+    ],
+)
+def test_storm_limiter_sliding_window(
+    limit: int, window: float, events: list[tuple[float, str]], expected: list[bool]
+) -> None:
+    clock = FakeClock()
+    limiter = StormLimiter(limit, window, clock)
+    seen = []
+    for advance, program in events:
+        clock.now += advance
+        allowed = limiter.allows(program)
+        seen.append(allowed)
+        if allowed:
+            limiter.record(program)
+    assert seen == expected
+
+
+def make_core(path: Path, size: int, mtime: float) -> None:
+    write_file(path, os.urandom(size))
+    os.utime(path, (mtime, mtime))
+
+
+def test_budget_deletes_oldest_first_counts_blocks_and_spares_busy(tmp_path: Path) -> None:
+    for n, name in enumerate(["core.old", "core.busy", "core.mid", "core.new"]):
+        make_core(tmp_path / name, 64 * KiB, 1_000_000 + n)
+    # A 1 GiB sparse core occupies almost nothing: it must not push the others out.
+    with (tmp_path / "core.sparse").open("wb") as sparse:
+        sparse.truncate(1024**3)
+    os.utime(tmp_path / "core.sparse", (999_999, 999_999))
+    (tmp_path / ".hidden").write_bytes(os.urandom(200 * KiB))
+    metrics = Metrics(process=False)
+    budget = DiskBudget(
+        tmp_path, DiskLimit(bytes=150 * KiB), DiskLimit(), lambda n: n.startswith("."), metrics
+    )
+
+    dropped = budget.enforce(busy={"core.busy"})
+
+    assert dropped == ["core.old", "core.mid"]
+    assert sorted(os.listdir(tmp_path)) == [".hidden", "core.busy", "core.new", "core.sparse"]
+    assert metrics.dropped.labels("disk_budget")._value.get() == 2
+    assert metrics.disk_usage._value.get() <= 150 * KiB
+    assert metrics.disk_limit.labels("max_use")._value.get() == 150 * KiB
+
+
+def test_keep_free_as_percentage_of_the_filesystem(tmp_path: Path) -> None:
+    make_core(tmp_path / "core.a", 64 * KiB, 1)
+    metrics = Metrics(process=False)
+    # 100% free can never be met: every core not in use goes.
+    budget = DiskBudget(tmp_path, DiskLimit(), DiskLimit(percent=100), lambda n: False, metrics)
+    assert budget.enforce(busy=()) == ["core.a"]
+    # 0: no floor, nothing goes.
+    make_core(tmp_path / "core.b", 64 * KiB, 1)
+    assert DiskBudget(tmp_path, DiskLimit(), DiskLimit(), lambda n: False, metrics).enforce(()) == []
+
+
+async def test_budget_drops_oldest_while_s3_is_down(
+    make_config: ConfigFactory, watch_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(service_module, "BUDGET_INTERVAL", 0.1)
+    config = make_config(endpoint_url=f"http://127.0.0.1:{free_port()}", max_use="200KiB")
+    metrics = Metrics(process=False)
+    async with running(config, metrics):
+        for n in range(5):
+            make_core(watch_dir / f"core.{n}", 64 * KiB, 1_000_000 + n)
+        await wait_until(lambda: metrics.dropped.labels("disk_budget")._value.get() == 2)
+    left = sorted(os.listdir(watch_dir))
+    # The newest survive; cores a worker is retrying at that moment are never deleted under it.
+    assert len(left) == 3 and "core.4" in left
+
+
+async def test_core_storm_ships_first_cores_and_keeps_metadata_of_the_rest(
+    make_config: ConfigFactory, bucket: Bucket, watch_dir: Path
+) -> None:
+    config = make_config(filename_pattern="core.%e.%p", storm_limit=2, storm_window="1h")
+    metrics = Metrics(process=False)
+    async with running(config, metrics) as service:
+        for pid in range(100, 105):
+            write_file(watch_dir / f"core.crashloop.{pid}", b"loop %d" % pid)
+        write_file(watch_dir / "core.other.7", b"a different program")
+        await wait_until(lambda: os.listdir(watch_dir) == [] and service.pipeline.pending == 0)
+    cores = bucket.core_keys()
+    assert len(cores) == 3
+    assert sum("crashloop" in key for key in cores) == 2 and "test/node-1.core.other.7.zst" in cores
+    manifests = [json.loads(bucket.get(k)) for k in bucket.keys() if k.endswith(".manifest.json")]
+    limited = [m for m in manifests if m.get("rate-limited") == "true"]
+    assert len(manifests) == 6 and len(limited) == 3
+    assert {m["exe"] for m in limited} == {"crashloop"}
+    assert metrics.dropped.labels("rate_limited")._value.get() == 3
