@@ -125,6 +125,8 @@ build_image() {
   version=$("$PYTHON" -c 'import re; print(re.search(r"__version__ = \"(.+?)\"", open("coredump_shipper/__init__.py").read()).group(1))')
   revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)
   log "building $IMAGE from docker/Dockerfile on $BASE_IMAGE"
+  local previous
+  previous=$(podman image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)
   local t0=$(date +%s)
   podman build --pull=never --network=none --layers "${ULIMITS[@]}" \
     --file docker/Dockerfile \
@@ -137,8 +139,11 @@ build_image() {
     --volume "$WHEELHOUSE:/wheelhouse:ro" \
     --tag "$IMAGE" . >"$CACHE/build.log" 2>&1 || { tail -n 40 "$CACHE/build.log"; exit 1; }
   log "built $IMAGE in $(($(date +%s) - t0)) s, size $(podman image inspect --format '{{.Size}}' "$IMAGE" | numfmt --to=iec)"
-  # Dangling images from earlier builds of the same tag only take disk space.
-  podman image prune --force >/dev/null
+  # The image this build replaced only takes disk space. No `image prune`: it would also delete the
+  # untagged build-stage layers that make the next build fast.
+  if [[ -n $previous && $previous != "$(podman image inspect --format '{{.Id}}' "$IMAGE")" ]]; then
+    podman rmi "$previous" >/dev/null 2>&1 || true
+  fi
 }
 
 ensure_packages
