@@ -21,13 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import aiohttp
 from aiobotocore.session import get_session
-from botocore.exceptions import (
-    ClientError,
-    ConnectionError,
-    HTTPClientError,
-    NoCredentialsError,
-    SSLError,
-)
+from botocore.exceptions import ClientError, ConnectionError, HTTPClientError, NoCredentialsError, SSLError
 
 from coredump_shipper.config import Config
 from coredump_shipper.corename import CoreNamePattern
@@ -46,8 +40,8 @@ Status = Literal["OK", "WARN", "FAIL"]
 T = TypeVar("T")
 
 # A doctor run must answer in seconds when S3 is down, whatever the daemon's own timeouts are.
-# The call timeout bounds everything: botocore makes a second attempt after a read timeout, and a PUT
-# to a server that accepts connections but never answers is not bounded by the read timeout at all.
+# The call timeout bounds each call: the read timeout does not cover a PUT waiting for "100 Continue"
+# from a server that accepts connections and never answers.
 S3_CONNECT_TIMEOUT = 3.0
 S3_READ_TIMEOUT = 4.0
 S3_CALL_TIMEOUT = 5.0
@@ -168,10 +162,8 @@ def _read(path: Path) -> str | None:
 
 
 def _sysctl_fix(config: Config) -> str:
-    return (
-        f"sysctl -w kernel.core_pattern={config.watch_dir}/{SUGGESTED_NAME} on the node "
-        "(or the chart's nodeSetup.enabled=true)"
-    )
+    watch = os.path.abspath(config.watch_dir)
+    return f"sysctl -w kernel.core_pattern={watch}/{SUGGESTED_NAME} on the node (or the chart's nodeSetup)"
 
 
 def core_pattern_checks(config: Config, proc_root: Path) -> list[Check]:
@@ -183,23 +175,18 @@ def core_pattern_checks(config: Config, proc_root: Path) -> list[Check]:
     checks = [destination_check(config, pattern, proc_root)]
     if not pattern.startswith("|"):
         name = pattern.rsplit("/", 1)[-1]
-        checks.append(fields_check(config, pattern, name, uses_pid))
+        checks.append(fields_check(config, name, uses_pid))
         checks.append(filename_pattern_check(config, name, uses_pid))
+    meaning = {"1": "the kernel appends .PID to names without %p", "0": "no .PID suffix is added"}
     checks.append(
-        Check(
-            "kernel.core_uses_pid",
-            "OK",
-            f"{uses_pid}: the kernel appends .PID to names whose pattern has no %p"
-            if uses_pid == "1"
-            else f"{uses_pid}: no .PID suffix is added",
-        )
+        Check("kernel.core_uses_pid", "OK", f"{uses_pid}: {meaning.get(uses_pid or '', 'unknown')}")
     )
     return checks
 
 
 def destination_check(config: Config, pattern: str, proc_root: Path) -> Check:
     name = "kernel.core_pattern"
-    watch = os.path.normpath(os.path.abspath(config.watch_dir))
+    watch = os.path.abspath(config.watch_dir)
     if pattern.startswith("|"):
         return _pipe_check(config, pattern, watch)
     if not pattern.startswith("/"):
@@ -218,7 +205,7 @@ def destination_check(config: Config, pattern: str, proc_root: Path) -> Check:
             "not its subdirectories",
             _sysctl_fix(config),
         )
-    if directory == watch:
+    if directory in {watch, os.path.realpath(watch)}:
         return Check(name, "OK", f"{pattern!r} writes into the watched directory {watch}")
     return _elsewhere_check(config, pattern, directory, watch, proc_root)
 
@@ -245,15 +232,16 @@ def _pipe_check(config: Config, pattern: str, watch: str) -> Check:
 def _elsewhere_check(config: Config, pattern: str, directory: str, watch: str, proc_root: Path) -> Check:
     # Inside a container the watch dir is a bind mount of some node directory; mountinfo's root field
     # gives that directory relative to its filesystem, which is the node path when it sits on /.
-    mount = find_mount(_read(proc_root / "self/mountinfo") or "", watch)
-    if mount is not None and mount.node_path(watch) == directory:
+    real = os.path.realpath(watch)
+    mount = find_mount(_read(proc_root / "self/mountinfo") or "", real)
+    if mount is not None and mount.node_path(real) == directory:
         return Check(
             "kernel.core_pattern",
             "OK",
             f"{pattern!r} writes into the node's {directory}, mounted here at {watch}; app pods must "
             f"mount it at {directory} too",
         )
-    seen = f" ({watch} is {mount.node_path(watch)} on {mount.source})" if mount is not None else ""
+    seen = f" ({watch} is {mount.node_path(real)} on {mount.source})" if mount is not None else ""
     return Check(
         "kernel.core_pattern",
         "WARN",
@@ -265,7 +253,7 @@ def _elsewhere_check(config: Config, pattern: str, directory: str, watch: str, p
     )
 
 
-def fields_check(config: Config, pattern: str, name: str, uses_pid: str | None) -> Check:
+def fields_check(config: Config, name: str, uses_pid: str | None) -> Check:
     missing = []
     if "%h" not in name:
         missing.append("no %h: the pod name is unknown (keys and metadata say 'unknown')")
