@@ -127,7 +127,8 @@ build_image() {
   log "building $IMAGE from docker/Dockerfile on $BASE_IMAGE"
   local previous
   previous=$(podman image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)
-  local t0=$(date +%s)
+  local t0
+  t0=$(date +%s)
   podman build --pull=never --network=none --layers "${ULIMITS[@]}" \
     --file docker/Dockerfile \
     --build-arg "BASE_IMAGE=$BASE_IMAGE" \

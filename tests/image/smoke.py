@@ -5,7 +5,8 @@
 The container gets a read-only root filesystem, uid/gid 1000, no capabilities, no privilege
 escalation, the host's network namespace (to reach moto on 127.0.0.1) and a bind-mounted watch
 directory. A core placed in the directory must arrive in the bucket byte for byte (after zstd
-decompression), /healthz and /metrics must answer, and SIGTERM must end the container cleanly.
+decompression), /healthz, /readyz, /metrics and `coredump-shipper check` must answer, and SIGTERM
+must end the container cleanly.
 Called by docker/ci-image.sh; not collected by pytest (it needs podman and a built image).
 """
 
@@ -115,10 +116,20 @@ def check_ship(image: str, work: Path) -> None:
         with container(image, endpoint, watch, listen) as name:
             wait_for("/healthz answers", lambda: http_get(f"{base}/healthz"), 60)
             wait_for("/readyz answers", lambda: http_get(f"{base}/readyz"), 60)
+            # The exec-probe alternative, inside the read-only container with its own environment.
+            check = podman("exec", name, "coredump-shipper", "check", check=False)
+            assert check.returncode == 0, f"coredump-shipper check: {check.stdout}{check.stderr}"
 
             filename = "core.app-7d9f-x2.myprog.sig11.4242.1767323045"
             body = fake_core(3 * 1024 * 1024 + 17)
-            (watch / filename).write_bytes(body)  # one open/write/close, as the kernel does
+            # As the kernel does: one open/write/close of a 0600 file owned by the crashing uid
+            # (the apps' uid 1000); the owner is set before the close so CLOSE_WRITE sees it.
+            fd = os.open(watch / filename, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.fchown(fd, UID, UID)
+                os.write(fd, body)
+            finally:
+                os.close(fd)
 
             def shipped() -> str | None:
                 listing = s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])
