@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from bench.contestants import BUCKET, SHIPPER, child_env
-from bench.inputs import MiB
+from bench.inputs import MiB, warm_page_cache
 from bench.measure import wait_measured
 from bench.report import DaemonResult
 from bench.targets import NullSink
@@ -153,6 +153,7 @@ def ship_through_daemon(daemon: Daemon, sink: NullSink, core: Path, staging: Pat
     staged = staging / core.name
     staged.unlink(missing_ok=True)
     os.link(core, staged)
+    warm_page_cache(core)
     seen = len(sink.stats().objects)
     appeared = time.time()
     staged.rename(daemon.watch_dir / core.name)

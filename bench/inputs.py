@@ -87,6 +87,21 @@ def make_kernel_core(directory: Path, touched: int) -> Path:
     return target
 
 
+def warm_page_cache(path: Path) -> None:
+    """Read the whole file so it starts in the page cache, as a core the kernel just wrote does.
+
+    Without this the order of contestants would matter: the shipper drops what it has read from
+    the cache (POSIX_FADV_DONTNEED), so whoever runs after it would read from disk.
+    """
+    buffer = bytearray(8 * MiB)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        while os.readv(fd, [buffer]):
+            pass
+    finally:
+        os.close(fd)
+
+
 def describe(path: Path) -> dict[str, int | str]:
     """Size on disk and apparent size: real cores are sparse."""
     st = path.stat()

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.contestants import BUCKET, REPO, SHIPPER, child_env
-from bench.inputs import MiB, make_realistic_core
+from bench.inputs import MiB, make_realistic_core, warm_page_cache
 from bench.targets import run_nullsink
 
 PY_SPY = REPO / ".cache" / "bench-venv" / "bin" / "py-spy"
@@ -141,6 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         work = Path(tmp)
         core = make_realistic_core(work / "core.realistic", args.size_mib * MiB)
         with run_nullsink(work) as sink:
+            warm_page_cache(core)
             ship = [
                 str(SHIPPER),
                 "ship",

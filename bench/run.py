@@ -22,7 +22,14 @@ from typing import Any
 from bench import verify
 from bench.contestants import BUCKET, CONTESTANTS, REPO, Contestant, child_env
 from bench.daemon import run_daemon_bench
-from bench.inputs import GiB, MiB, describe, make_kernel_core, make_realistic_core
+from bench.inputs import (
+    GiB,
+    MiB,
+    describe,
+    make_kernel_core,
+    make_realistic_core,
+    warm_page_cache,
+)
 from bench.measure import run_measured
 from bench.report import (
     DaemonResult,
@@ -78,6 +85,7 @@ def _run_once(
     endpoint: S3Endpoint,
     log: Path,
 ) -> Run:
+    warm_page_cache(item.path)
     measurement = run_measured(contestant.argv(item.path, endpoint, BUCKET), child_env(endpoint), log)
     return Run(
         target=endpoint.name,
