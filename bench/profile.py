@@ -27,7 +27,7 @@ RESULTS = REPO / "bench" / "results"
 
 # Frames that only say "a thread or an event loop is running": never the answer to "where".
 _PLUMBING = re.compile(
-    r"^(0x[0-9a-f]+ |thread_run|Thread\.|_worker |_WorkItem\.run|<module> \(coredump-shipper|"
+    r"^(0x[0-9a-f]+ |thread \(|thread_run|Thread\.|_worker |_WorkItem\.run|<module> \(coredump-shipper|"
     r"main \(coredump_shipper/cli|run \(asyncio|Runner\.run|BaseEventLoop\.|Handle\._run|"
     r"task_step|TaskStepMethWrapper|_PyEval|PyObject_|_PyObject_|method_vectorcall|cfunction_)"
 )
@@ -50,6 +50,9 @@ _WAITING = re.compile(
     r"epoll_wait|PyThread_acquire_lock_timed|pthread_cond_(timed)?wait|SimpleQueue_get|"
     r"select \(|poll \(|sem_(timed)?wait|futex"
 )
+
+
+_THREAD = re.compile(r"^thread \((\d+)\)(?:: (.*))?$")
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,20 @@ class Profile:
                     counts[frame] += count
         return counts
 
+    def threads(self) -> Counter[str]:
+        """Samples per thread, pools folded together (`asyncio_0`, `asyncio_1` -> `asyncio_*`)."""
+        names: dict[str, str] = {}
+        for frames, _ in self.stacks:
+            match = _THREAD.match(frames[0])
+            if match and match.group(2):
+                names[match.group(1)] = re.sub(r"_\d+$", "_*", match.group(2))
+        counts: Counter[str] = Counter()
+        for frames, count in self.stacks:
+            match = _THREAD.match(frames[0])
+            # py-spy names a thread only once it has seen its name; earlier samples carry the id.
+            counts[names.get(match.group(1), "?") if match else "?"] += count
+        return counts
+
     def kinds(self) -> Counter[str]:
         counts: Counter[str] = Counter()
         for frames, count in self.stacks:
@@ -119,7 +136,8 @@ def _table(title: str, counts: Iterable[tuple[str, int]], total: int) -> str:
 
 
 def record(argv: Sequence[str], env: dict[str, str], out: Path, rate: int, native: bool) -> int:
-    spy = [str(PY_SPY), "record", "--rate", str(rate), "--format", "raw", "--output", str(out)]
+    spy = [str(PY_SPY), "record", "--rate", str(rate), "--threads", "--format", "raw"]
+    spy += ["--output", str(out)]
     if native:
         spy.append("--native")
     done = subprocess.run([*spy, "--", *argv], env=env, check=False)
@@ -164,6 +182,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{everything.total} samples, {profile.total} of them working (shares below are of "
         f"those); {args.size_mib} MiB realistic core, --compression {args.compression}"
     )
+    print()
+    busy = [
+        (f"{name}: {count / args.rate:.2f} s busy", count) for name, count in profile.threads().most_common()
+    ]
+    print(_table("Thread (samples / rate = seconds on CPU, roughly)", busy, total))
     print()
     print(_table("Kind of work", profile.kinds().most_common(), total))
     print()
