@@ -27,7 +27,7 @@ def run_moto(log_dir: Path, port: int | None = None) -> Iterator[S3Endpoint]:
             name="moto",
             url=f"http://127.0.0.1:{port}",
             access_key="testing-access-key",
-            secret_key="testing-secret-key",  # noqa: S106 - moto accepts any key
+            secret_key="testing-secret-key",
         )
     finally:
         proc.terminate()
