@@ -63,6 +63,10 @@ class DiskBudget:
                 cores.append(_Core(name, st.st_mtime, st.st_blocks * 512, st.st_ino))
         return sorted(cores, key=lambda core: (core.mtime, core.name))
 
+    def usage(self) -> int:
+        """Bytes the cores in the directory occupy on disk."""
+        return sum(core.allocated for core in self._cores())
+
     def enforce(self, busy: Collection[str]) -> list[str]:
         """Delete the oldest cores (never those in `busy`) until both limits hold. Blocking."""
         max_use, keep_free = self.limits()

@@ -1,4 +1,4 @@
-"""Command line: `run` (the daemon), `ship FILE...` (one-shot). Exit codes are defined here only."""
+"""Command line: run, ship, check, doctor, ls, fetch. Exit codes are defined here only."""
 
 from __future__ import annotations
 
@@ -9,12 +9,30 @@ import os
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import timedelta
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from coredump_shipper import __version__
-from coredump_shipper.config import SETTINGS, SETTINGS_BY_NAME, Config, load_config, raw_value
+from coredump_shipper.browse import (
+    BrowseError,
+    describe_fetch,
+    fetch_core,
+    list_cores,
+    render_json,
+    render_table,
+)
+from coredump_shipper.config import (
+    SETTINGS,
+    SETTINGS_BY_NAME,
+    Config,
+    load_config,
+    parse_duration,
+    raw_value,
+)
+from coredump_shipper.doctor import exit_status, run_doctor
+from coredump_shipper.doctor import render_table as render_checks
 from coredump_shipper.errors import ConfigError, FileChanged, SkipFile, UploadError
 from coredump_shipper.logs import setup_logging
 from coredump_shipper.metrics import Metrics
@@ -26,7 +44,6 @@ from coredump_shipper.uploader import S3Store, s3_client
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
-CHECK_SETTINGS = frozenset({"listen"})
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +66,33 @@ def build_parser() -> argparse.ArgumentParser:
     ship.add_argument("files", nargs="+", type=Path, metavar="FILE")
     check = commands.add_parser("check", help="exit 0 if the instance on --listen is healthy (exec probe)")
     check.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer")
-    for sub, command in ((run, "run"), (ship, "ship"), (check, "check")):
+    doctor = commands.add_parser("doctor", help="check this node's set-up: OK/WARN/FAIL with a fix for each")
+    doctor.add_argument(
+        "--no-write-probe", action="store_true", help="read-only S3 checks: no probe object or upload"
+    )
+    ls = commands.add_parser("ls", help="list shipped cores, newest first")
+    for name in ("cluster", "node", "pod", "exe"):
+        ls.add_argument(f"--{name}", dest=f"filter_{name}", metavar="GLOB", help=f"only this {name} (glob)")
+    ls.add_argument("--since", help="only cores that crashed within this duration (e.g. 2h)")
+    ls.add_argument("--limit", type=int, help="at most this many cores")
+    ls.add_argument("--prefix", default="", help="only keys under this prefix (faster on big buckets)")
+    ls.add_argument("--json", action="store_true", help="JSON for scripts")
+    fetch = commands.add_parser("fetch", help="download, decompress and verify one core")
+    fetch.add_argument("target", metavar="KEY|s3://BUCKET/KEY")
+    fetch.add_argument("-o", "--output", type=Path, help="file or directory (default: original name here)")
+    fetch.add_argument("--force", action="store_true", help="overwrite an existing file")
+    fetch.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    subcommands = (
+        (run, "run"),
+        (ship, "ship"),
+        (check, "check"),
+        (doctor, "doctor"),
+        (ls, "ls"),
+        (fetch, "fetch"),
+    )
+    for sub, command in subcommands:
         for setting in SETTINGS:
-            if setting.commands and command not in setting.commands:
-                continue
-            if command == "check" and setting.name not in CHECK_SETTINGS:
+            if command not in setting.commands and not (command == "check" and setting.name == "listen"):
                 continue
             sub.add_argument(
                 setting.flag,
@@ -69,15 +108,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "check":
         return check_health(args)
+    values = vars(args)
+    if args.command == "fetch" and args.target.startswith("s3://") and not values.get("bucket"):
+        # The URL names the bucket; --bucket is not needed.
+        values["bucket"] = args.target[5:].split("/", 1)[0]
     try:
-        config = load_config(vars(args), command=args.command)
+        config = load_config(values, command=args.command)
         setup_logging(config.log_format, config.log_level)
-        if args.command == "run":
-            return asyncio.run(_run(config))
-        return asyncio.run(_ship(config, args.files))
+        return asyncio.run(COMMANDS[args.command](config, args))
     except ConfigError as error:
         print(f"coredump-shipper: error: {error}", file=sys.stderr)
         return EXIT_CONFIG
+    except BrowseError as error:
+        print(f"coredump-shipper: error: {error}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_FAILED
 
@@ -104,13 +148,48 @@ def check_health(args: argparse.Namespace) -> int:
     return EXIT_FAILED
 
 
-async def _run(config: Config) -> int:
+async def _run(config: Config, args: argparse.Namespace) -> int:
     await Service(config).serve()
     return EXIT_OK
 
 
-async def _ship(config: Config, files: Sequence[Path]) -> int:
+async def _doctor(config: Config, args: argparse.Namespace) -> int:
+    checks = await run_doctor(config, write_probe=not args.no_write_probe)
+    sys.stdout.write(render_checks(checks))
+    return EXIT_FAILED if exit_status(checks) else EXIT_OK
+
+
+async def _ls(config: Config, args: argparse.Namespace) -> int:
+    since = timedelta(seconds=parse_duration(args.since)) if args.since else None
+    async with s3_client(client_settings(config)) as client:
+        entries = await list_cores(
+            client,
+            config.bucket,
+            prefix=args.prefix,
+            cluster=args.filter_cluster,
+            node=args.filter_node,
+            pod=args.filter_pod,
+            exe=args.filter_exe,
+            since=since,
+            limit=args.limit,
+        )
+    sys.stdout.write(render_json(entries) if args.json else render_table(entries))
+    return EXIT_OK
+
+
+async def _fetch(config: Config, args: argparse.Namespace) -> int:
+    progress = sys.stderr.isatty() and not args.no_progress
+    async with s3_client(client_settings(config)) as client:
+        result = await fetch_core(
+            client, config.bucket, args.target, args.output, progress=progress, overwrite=args.force
+        )
+    sys.stdout.write(describe_fetch(result))
+    return EXIT_OK
+
+
+async def _ship(config: Config, args: argparse.Namespace) -> int:
     """Ship each file with a bounded number of attempts; never deletes what it shipped."""
+    files: Sequence[Path] = args.files
     metrics = Metrics(process=False)
     backoff = backoff_for(config)
     async with s3_client(client_settings(config)) as client:
@@ -143,3 +222,12 @@ async def _ship_one(shipper: Shipper, path: Path, attempts: int, backoff: Backof
             log.warning("attempt %d for %s failed: %s", attempt, path, error)
             await asyncio.sleep(backoff.delay(attempt))
     return False
+
+
+COMMANDS: dict[str, Callable[[Config, argparse.Namespace], Coroutine[Any, Any, int]]] = {
+    "run": _run,
+    "ship": _ship,
+    "doctor": _doctor,
+    "ls": _ls,
+    "fetch": _fetch,
+}

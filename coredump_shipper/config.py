@@ -147,6 +147,12 @@ def _level(text: str) -> int:
     return level
 
 
+# Which commands take which settings: the daemon's, the uploading ones, and those that only read S3.
+_DAEMON = frozenset({"run", "doctor"})
+_UPLOAD = frozenset({"run", "ship", "doctor"})
+_S3 = frozenset({"run", "ship", "doctor", "ls", "fetch"})
+
+
 @dataclass(frozen=True)
 class Setting:
     """One configuration setting: its flag, parser, default and documentation."""
@@ -156,7 +162,7 @@ class Setting:
     default: str | None
     help: str
     aliases: tuple[str, ...] = ()
-    commands: frozenset[str] = frozenset()  # empty: every command
+    commands: frozenset[str] = _UPLOAD
 
     @property
     def flag(self) -> str:
@@ -171,9 +177,6 @@ class Setting:
         return self.name.replace("-", "_")
 
 
-_DAEMON = frozenset({"run", "doctor"})
-_UPLOAD = frozenset({"run", "ship", "doctor"})
-
 SETTINGS: tuple[Setting, ...] = (
     Setting(
         "watch-dir",
@@ -183,7 +186,7 @@ SETTINGS: tuple[Setting, ...] = (
         ("LOCAL_PATH",),
         _DAEMON,
     ),
-    Setting("bucket", _text, None, "S3 bucket to ship cores to (required)", ("S3_BUCKET",)),
+    Setting("bucket", _text, None, "S3 bucket to ship cores to (required)", ("S3_BUCKET",), commands=_S3),
     Setting(
         "node-name",
         _text,
@@ -197,19 +200,39 @@ SETTINGS: tuple[Setting, ...] = (
         _optional_text,
         "",
         "S3 endpoint (default: botocore's AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, else AWS)",
+        commands=_S3,
     ),
-    Setting("region", _optional_text, "", "S3 region (default: the AWS chain, AWS_REGION)"),
-    Setting("addressing-style", _choice("auto", "path", "virtual"), "auto", "bucket addressing style"),
+    Setting("region", _optional_text, "", "S3 region (default: the AWS chain, AWS_REGION)", commands=_S3),
+    Setting(
+        "addressing-style",
+        _choice("auto", "path", "virtual"),
+        "auto",
+        "bucket addressing style",
+        commands=_S3,
+    ),
     Setting(
         "checksum-mode",
         _choice("when_required", "when_supported"),
         "when_required",
         "botocore request checksums; when_supported breaks many S3-compatible stores",
+        commands=_S3,
     ),
-    Setting("ca-bundle", _optional_text, "", "CA bundle for HTTPS endpoints (default: AWS_CA_BUNDLE)"),
-    Setting("connect-timeout", parse_duration, "10s", "S3 connect timeout"),
-    Setting("read-timeout", parse_duration, "60s", "S3 read timeout"),
-    Setting("call-timeout", parse_duration, "2m", "deadline for one attempt of one S3 call (a part upload)"),
+    Setting(
+        "ca-bundle",
+        _optional_text,
+        "",
+        "CA bundle for HTTPS endpoints (default: AWS_CA_BUNDLE)",
+        commands=_S3,
+    ),
+    Setting("connect-timeout", parse_duration, "10s", "S3 connect timeout", commands=_S3),
+    Setting("read-timeout", parse_duration, "60s", "S3 read timeout", commands=_S3),
+    Setting(
+        "call-timeout",
+        parse_duration,
+        "2m",
+        "deadline for one attempt of one S3 call (a part upload)",
+        commands=_S3,
+    ),
     Setting(
         "key-template",
         _text,
@@ -302,8 +325,8 @@ SETTINGS: tuple[Setting, ...] = (
         commands=_DAEMON,
     ),
     Setting("listen", _listen, "0.0.0.0:9823", "HTTP address for /healthz, /readyz and /metrics"),
-    Setting("log-format", _choice("text", "json"), "text", "log line format"),
-    Setting("log-level", _choice("debug", "info", "warning", "error"), "info", "log level"),
+    Setting("log-format", _choice("text", "json"), "text", "log line format", commands=_S3),
+    Setting("log-level", _choice("debug", "info", "warning", "error"), "info", "log level", commands=_S3),
 )
 SETTINGS_BY_NAME = {setting.name: setting for setting in SETTINGS}
 
@@ -384,9 +407,10 @@ def load_config(
     env = os.environ if env is None else env
     values: dict[str, Any] = {}
     for setting in settings:
-        raw = raw_value(setting, cli_values, env)
+        # A setting the command does not take keeps its default, so Config stays fully typed.
+        raw = raw_value(setting, cli_values, env) if command in setting.commands else setting.default
         if raw is None:
-            if setting.commands and command not in setting.commands:
+            if command not in setting.commands:
                 values[setting.attribute] = None
                 continue
             raise ConfigError(setting.flag, f"is required (or set {setting.env})")
@@ -404,13 +428,14 @@ def load_config(
 
 
 def _validate(config: Config, command: str) -> None:
-    if not re.fullmatch(r"[a-z0-9][a-z0-9.\-_]{1,254}", config.bucket):
+    if config.bucket is not None and not re.fullmatch(r"[a-z0-9][a-z0-9.\-_]{1,254}", config.bucket):
         raise ConfigError("--bucket", f"{config.bucket!r} is not a valid bucket name")
     KeyTemplate(config.key_template, TEMPLATE_FIELDS)
     CoreNamePattern.compile(config.filename_pattern)
     if config.retry_max_delay < config.retry_base_delay:
         raise ConfigError("--retry-max-delay", "must not be shorter than --retry-base-delay")
-    if command in _DAEMON:
+    if command == "run":
+        # `doctor` reports a bad watch directory in its table instead of stopping here.
         _validate_watch_dir(config.watch_dir)
 
 

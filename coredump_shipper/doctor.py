@@ -7,49 +7,29 @@ can show the branches the test machine cannot (a pipe core_pattern, an NFS watch
 
 from __future__ import annotations
 
-import asyncio
 import os
 import resource
-import secrets
 import stat
-import string
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
-from aiobotocore.session import get_session
-from botocore.exceptions import ClientError, ConnectionError, HTTPClientError, NoCredentialsError, SSLError
-
+from coredump_shipper.budget import DiskBudget
+from coredump_shipper.checks import Check, ExtraCheck
 from coredump_shipper.config import Config
 from coredump_shipper.corename import CoreNamePattern
 from coredump_shipper.errors import ConfigError
-from coredump_shipper.naming import KeyTemplate
-from coredump_shipper.retry import describe
-from coredump_shipper.service import client_settings
-from coredump_shipper.uploader import s3_client
+from coredump_shipper.metrics import Metrics
+from coredump_shipper.s3checks import s3_checks
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
 else:
     S3Client = Any
 
-Status = Literal["OK", "WARN", "FAIL"]
-T = TypeVar("T")
-
-# A doctor run must answer in seconds when S3 is down, whatever the daemon's own timeouts are.
-# The call timeout bounds each call: the read timeout does not cover a PUT waiting for "100 Continue"
-# from a server that accepts connections and never answers.
-S3_CONNECT_TIMEOUT = 3.0
-S3_READ_TIMEOUT = 4.0
-S3_CALL_TIMEOUT = 5.0
-CREDENTIALS_TIMEOUT = 5.0
 
 SUGGESTED_NAME = "core.%h.%e.sig%s.%p.%t"
-PROBE_NAME = ".coredump-shipper-probe"
-PROBE_BODY = b"coredump-shipper doctor probe: safe to delete\n"
 MIN_FREE_FRACTION = 0.10
 SMALL_RLIMIT_CORE = 64 * 1024 * 1024
 SYSTEMD_COREDUMP_DIR = "/var/lib/systemd/coredump"
@@ -63,32 +43,6 @@ CONTAINER_LAYERS = frozenset({"overlay", "aufs"})
 MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs"})
 # Below these the shared per-user inotify limits are easily exhausted by other processes of the uid.
 INOTIFY_MINIMUMS = {"max_user_watches": 1024, "max_user_instances": 16, "max_queued_events": 1024}
-
-CREDENTIAL_SOURCES = {
-    "env": "environment variables",
-    "shared-credentials-file": "shared credentials file",
-    "config-file": "AWS config file",
-    "assume-role": "assumed role from the config file",
-    "assume-role-with-web-identity": "web identity token (IRSA / pod identity)",
-    "sso": "SSO",
-    "custom-process": "credential_process",
-    "container-role": "container credentials endpoint (EKS Pod Identity / ECS)",
-    "iam-role": "instance metadata (the node's instance profile)",
-}
-
-
-@dataclass(frozen=True)
-class Check:
-    """One row of the doctor's table."""
-
-    name: str
-    status: Status
-    detail: str
-    fix: str = ""
-
-
-# Hook for settings that add their own lines (disk budget, rate limits): pass them to run_doctor.
-ExtraCheck = Callable[[Config], Check]
 
 
 async def run_doctor(
@@ -105,6 +59,8 @@ async def run_doctor(
         ("RLIMIT_CORE", lambda: [rlimit_core_check()]),
         ("watch dir", lambda: watch_dir_checks(config.watch_dir, proc_root)),
         ("fs.inotify", lambda: [inotify_check(proc_root)]),
+        ("disk budget", lambda: [disk_budget_check(config)]),
+        ("storm limit", lambda: [storm_limit_check(config)]),
     ]
     local += [(_callable_name(extra), _as_list(extra, config)) for extra in extra_checks]
     for name, run in local:
@@ -486,255 +442,48 @@ def inotify_check(proc_root: Path) -> Check:
     return Check("fs.inotify", "OK", detail)
 
 
-# S3 ---------------------------------------------------------------------------------------------
+# Node protection ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class S3Problem:
-    """What an S3 failure means for the operator."""
-
-    detail: str
-    fix: str
-    # True when later calls cannot do better (server unreachable, TLS, no credentials).
-    unreachable: bool = False
-
-
-_IAM_ACTIONS = {
-    "HeadBucket": "s3:ListBucket on arn:aws:s3:::{bucket} (readiness uses HeadBucket)",
-    "PutObject": "s3:PutObject on arn:aws:s3:::{bucket}/*",
-    "CreateMultipartUpload": "s3:PutObject on arn:aws:s3:::{bucket}/*",
-    "AbortMultipartUpload": "s3:AbortMultipartUpload on arn:aws:s3:::{bucket}/*",
-    "ListMultipartUploads": "s3:ListBucketMultipartUploads on arn:aws:s3:::{bucket}",
-    "DeleteObject": "s3:DeleteObject on arn:aws:s3:::{bucket}/* (only the doctor's probe needs it)",
-}
-_CREDENTIAL_CODES = frozenset(
-    {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "TokenRefreshRequired"}
-)
-# Codes stores give when they reject the CRC32 checksum headers botocore sends with when_supported.
-_CHECKSUM_SUSPECTS = frozenset(
-    {"InvalidArgument", "NotImplemented", "InvalidRequest", "XAmzContentSHA256Mismatch", "BadDigest"}
-)
-
-
-def s3_problem(error: BaseException, config: Config, operation: str) -> S3Problem:
-    """The S3 error code (or connection failure) and the setting that fixes it."""
-    if isinstance(error, ClientError):
-        return _client_error_problem(error, config, operation)
-    detail = describe(error)
-    if isinstance(error, SSLError):
-        return S3Problem(detail, "--ca-bundle (the endpoint's CA) or --endpoint-url", unreachable=True)
-    if isinstance(error, NoCredentialsError):
-        return S3Problem(detail, "provide credentials (see the S3 credentials row)", unreachable=True)
-    if isinstance(error, ConnectionError | HTTPClientError | aiohttp.ClientError | TimeoutError | OSError):
-        endpoint = config.endpoint_url or "the AWS default endpoint"
-        return S3Problem(
-            f"{detail} (endpoint {endpoint})",
-            "--endpoint-url, or the network path to it (DNS, proxy, NetworkPolicy)",
-            unreachable=True,
-        )
-    return S3Problem(detail, "see the error above")
-
-
-def _client_error_problem(error: ClientError, config: Config, operation: str) -> S3Problem:
-    err = error.response.get("Error", {})
-    code, message = str(err.get("Code", "")), str(err.get("Message", ""))
-    detail = f"{operation}: {describe(error)}"
-    if "checksum" in (code + message).lower() or (
-        config.checksum_mode == "when_supported" and code in _CHECKSUM_SUSPECTS
-    ):
-        return S3Problem(
-            detail, "--checksum-mode when_required (the store rejects botocore's CRC32 checksums)"
-        )
-    action = _IAM_ACTIONS.get(operation, "the S3 action above").format(bucket=config.bucket)
-    kms = " and kms:GenerateDataKey on the bucket's KMS key" if "kms" in message.lower() else ""
-    region = error.response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("x-amz-bucket-region")
-    fixes = {
-        **dict.fromkeys(
-            ("AccessDenied", "403", "Forbidden", "AllAccessDisabled"),
-            (f"the IAM policy (or bucket policy) must allow {action}{kms}", False),
-        ),
-        **dict.fromkeys(
-            ("NoSuchBucket", "404"),
-            (f"--bucket (no bucket {config.bucket!r} at this endpoint) or --endpoint-url", True),
-        ),
-        **dict.fromkeys(
-            (
-                "301",
-                "PermanentRedirect",
-                "AuthorizationHeaderMalformed",
-                "IllegalLocationConstraintException",
-            ),
-            (f"--region {region}" if region else "--region (the bucket's region)", True),
-        ),
-        **dict.fromkeys(
-            _CREDENTIAL_CODES, ("the credentials do not fit this endpoint: check the key pair or role", True)
-        ),
-        "RequestTimeTooSkewed": ("the node's clock is off: fix NTP", False),
-    }
-    fix, unreachable = fixes.get(code, ("see the S3 error code above", False))
-    return S3Problem(detail, fix, unreachable)
-
-
-async def s3_checks(config: Config, *, write_probe: bool) -> list[Check]:
-    """Credentials, endpoint, HeadBucket, then a probe object and a multipart upload, each aborted."""
-    credentials, hidden = await credentials_check()
-    checks = [credentials]
-    settings = replace(
-        client_settings(config),
-        connect_timeout=min(config.connect_timeout, S3_CONNECT_TIMEOUT),
-        read_timeout=min(config.read_timeout, S3_READ_TIMEOUT),
+def disk_budget_check(config: Config) -> Check:
+    name = "disk budget"
+    budget = DiskBudget(
+        config.watch_dir, config.max_use, config.keep_free, config.ignored, Metrics(process=False)
     )
-    try:
-        async with s3_client(settings) as client:
-            checks.append(endpoint_check(config, client))
-            head, reachable = await head_bucket_check(config, client, write_probe)
-            checks.append(head)
-            if write_probe and reachable:
-                checks.append(await write_probe_check(config, client))
-                checks.append(await multipart_check(config, client))
-            elif not write_probe:
-                checks.append(Check("S3 write probe", "OK", "skipped (read-only check asked for)"))
-    except Exception as error:
-        problem = s3_problem(error, config, "creating the S3 client")
-        checks.append(Check("S3 client", "FAIL", problem.detail, problem.fix))
-    return [_redact(check, hidden) for check in checks]
-
-
-def _redact(check: Check, hidden: Sequence[str]) -> Check:
-    """Belt and braces: no error text may carry a key, whatever a store puts in its messages."""
-    detail, fix = check.detail, check.fix
-    for value in hidden:
-        if len(value) >= 8:
-            detail, fix = detail.replace(value, "<redacted>"), fix.replace(value, "<redacted>")
-    return replace(check, detail=detail, fix=fix)
-
-
-async def credentials_check() -> tuple[Check, list[str]]:
-    """Which provider of botocore's chain answered; the key id's last 4 characters at most."""
-    name = "S3 credentials"
-    fix = (
-        "set credentials: a Secret (credentials.existingSecret), IRSA / pod identity, or an instance profile"
+    max_use, keep_free = budget.limits()
+    used = budget.usage()
+    fs = os.statvfs(config.watch_dir)
+    free = fs.f_bavail * fs.f_frsize
+    detail = (
+        f"cores use {_mib(used)} (--max-use {_mib(max_use) if max_use else 'off'}), "
+        f"{_mib(free)} free (--keep-free {_mib(keep_free) if keep_free else 'off'})"
     )
-    try:
-        credentials = await asyncio.wait_for(get_session().get_credentials(), CREDENTIALS_TIMEOUT)
-        if credentials is None:
-            return Check(name, "FAIL", "no credentials found in botocore's chain", fix), []
-        frozen = await asyncio.wait_for(credentials.get_frozen_credentials(), CREDENTIALS_TIMEOUT)
-    except Exception as error:
-        # Only the error's type and code: provider errors can quote their configuration.
-        code = error.response.get("Error", {}).get("Code", "") if isinstance(error, ClientError) else ""
-        return Check(name, "FAIL", f"the credential provider failed: {type(error).__name__} {code}", fix), []
-    method = str(credentials.method)
-    source = CREDENTIAL_SOURCES.get(method, method)
-    key_id = frozen.access_key or ""
-    tail = f", access key id ...{key_id[-4:]}" if len(key_id) > 8 else ""
-    temporary = ", temporary (with session token)" if frozen.token else ""
-    hidden = [value for value in (frozen.access_key, frozen.secret_key, frozen.token) if value]
-    return Check(name, "OK", f"{source} ({method}){tail}{temporary}"), hidden
-
-
-def endpoint_check(config: Config, client: S3Client) -> Check:
-    if config.endpoint_url:
-        origin = "--endpoint-url"
-    else:
-        origin = next(
-            (name for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL") if os.environ.get(name)),
-            "AWS default",
-        )
-    return Check(
-        "S3 endpoint",
-        "OK",
-        f"{client.meta.endpoint_url} ({origin}), region {client.meta.region_name}, bucket "
-        f"{config.bucket}, addressing {config.addressing_style}, checksums {config.checksum_mode}",
-    )
-
-
-async def _call(call: Awaitable[T]) -> T:
-    try:
-        return await asyncio.wait_for(call, S3_CALL_TIMEOUT)
-    except TimeoutError:
-        raise TimeoutError(f"no answer within {S3_CALL_TIMEOUT:.0f}s") from None
-
-
-async def _attempt(call: Awaitable[Any]) -> Exception | None:
-    try:
-        await _call(call)
-    except Exception as error:
-        return error
-    return None
-
-
-async def head_bucket_check(config: Config, client: S3Client, write_probe: bool) -> tuple[Check, bool]:
-    """The check and whether later calls are worth making."""
-    error = await _attempt(client.head_bucket(Bucket=config.bucket))
-    if error is None:
-        return Check("S3 HeadBucket", "OK", f"bucket {config.bucket} answered"), True
-    problem = s3_problem(error, config, "HeadBucket")
-    skipped = " (write probe not tried)" if problem.unreachable and write_probe else ""
-    return Check("S3 HeadBucket", "FAIL", problem.detail + skipped, problem.fix), not problem.unreachable
-
-
-def probe_key(config: Config, kind: str = "") -> str:
-    """A key where cores go (so prefix-scoped IAM policies apply), under a name no core has."""
-    fields = tuple(name for _, name, _, _ in string.Formatter().parse(config.key_template) if name)
-    template = KeyTemplate(config.key_template, fields)
-    filename = f"{PROBE_NAME}-{config.node_name}-{secrets.token_hex(6)}{kind}"
-    return template.render(
-        {
-            "cluster": config.cluster_name,
-            "node": config.node_name,
-            "filename": filename,
-            "crash_time": datetime.now(UTC),
-        }
-    )
-
-
-async def write_probe_check(config: Config, client: S3Client) -> Check:
-    name = "S3 PutObject/DeleteObject"
-    key = probe_key(config)
-    put = client.put_object(Bucket=config.bucket, Key=key, Body=PROBE_BODY, ContentType="text/plain")
-    error = await _attempt(put)
-    if error is not None:
-        problem = s3_problem(error, config, "PutObject")
-        return Check(name, "FAIL", problem.detail, problem.fix)
-    error = await _attempt(client.delete_object(Bucket=config.bucket, Key=key))
-    if error is not None:
-        problem = s3_problem(error, config, "DeleteObject")
+    if not max_use and not keep_free:
+        return Check(name, "WARN", detail, "set --max-use and --keep-free: cores can fill the node's disk")
+    if (max_use and used > max_use) or (keep_free and free < keep_free):
         return Check(
             name,
             "WARN",
-            f"probe {key} written, but left behind: {problem.detail}",
-            "the shipper never deletes objects, so this is harmless: delete the probe by hand",
+            detail + ": over budget, the oldest unshipped cores will be deleted",
+            "ship the backlog (is S3 reachable?) or raise the budget",
         )
-    return Check(name, "OK", f"probe {key} written and deleted (checksums {config.checksum_mode} accepted)")
+    return Check(name, "OK", detail)
 
 
-async def multipart_check(config: Config, client: S3Client) -> Check:
-    """Cores larger than --part-size go in parts; killed uploads are found and aborted at start-up."""
-    name = "S3 multipart"
-    key = probe_key(config, ".multipart")
-    try:
-        created = await _call(client.create_multipart_upload(Bucket=config.bucket, Key=key))
-    except Exception as error:
-        problem = s3_problem(error, config, "CreateMultipartUpload")
-        return Check(name, "FAIL", f"{problem.detail}: cores above --part-size cannot ship", problem.fix)
-    abort = client.abort_multipart_upload(Bucket=config.bucket, Key=key, UploadId=created["UploadId"])
-    failure = await _attempt(abort)
-    if failure is not None:
-        problem = s3_problem(failure, config, "AbortMultipartUpload")
+def storm_limit_check(config: Config) -> Check:
+    name = "storm limit"
+    if config.storm_limit == 0:
+        return Check(name, "WARN", "off: a crash loop ships every core", "set --storm-limit (e.g. 10)")
+    detail = f"at most {config.storm_limit} cores of one program per {config.storm_window:.0f}s"
+    if "%e" not in config.filename_pattern and "%E" not in config.filename_pattern:
         return Check(
             name,
             "WARN",
-            f"failed uploads cannot be aborted; parts of {key} stay stored: {problem.detail}",
-            f"{problem.fix}, and an AbortIncompleteMultipartUpload lifecycle rule",
+            detail + ", but --filename-pattern names no program (%e/%E): nothing is limited",
+            "use a core_pattern and --filename-pattern with %e",
         )
-    failure = await _attempt(client.list_multipart_uploads(Bucket=config.bucket, Prefix=key, MaxUploads=1))
-    if failure is not None:
-        problem = s3_problem(failure, config, "ListMultipartUploads")
-        return Check(
-            name,
-            "WARN",
-            f"uploads of a killed shipper are not cleaned up at start-up: {problem.detail}",
-            f"{problem.fix}, or an AbortIncompleteMultipartUpload lifecycle rule",
-        )
-    return Check(name, "OK", "CreateMultipartUpload, AbortMultipartUpload and ListMultipartUploads allowed")
+    return Check(name, "OK", detail + "; the rest keep a metadata-only manifest")
+
+
+def _mib(count: int) -> str:
+    return f"{count / 1024 / 1024:,.1f} MiB"

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, SSLError
 
+from coredump_shipper.checks import Check
 from coredump_shipper.config import Config
 from coredump_shipper.doctor import (
-    Check,
     core_pattern_checks,
     exit_status,
     filesystem_check,
@@ -26,13 +26,12 @@ from coredump_shipper.doctor import (
     free_space_check,
     inotify_check,
     permissions_check,
-    probe_key,
     render_table,
     rlimit_core_check,
     run_doctor,
-    s3_problem,
     watch_dir_checks,
 )
+from coredump_shipper.s3checks import probe_key, s3_problem
 from tests.conftest import Bucket, ConfigFactory
 from tests.servers import free_port
 
@@ -601,14 +600,15 @@ def test_render_table_aligns_rows_and_indents_fixes() -> None:
 
 
 async def test_extra_checks_add_rows_and_a_broken_one_fails_alone(make_config: ConfigFactory) -> None:
-    def disk_budget(config: Config) -> Check:
-        return Check("disk budget", "OK", f"{config.watch_dir} within budget")
+    def extra(config: Config) -> Check:
+        return Check("extra", "OK", f"{config.watch_dir} looked at")
 
     def broken(config: Config) -> Check:
         raise RuntimeError("boom")
 
-    checks = by_name(await run_doctor(make_config(), write_probe=False, extra_checks=[disk_budget, broken]))
-    assert checks["disk budget"].status == "OK"
+    checks = by_name(await run_doctor(make_config(), write_probe=False, extra_checks=[extra, broken]))
+    assert checks["extra"].status == "OK"
+    assert checks["disk budget"].status == "OK" and checks["storm limit"].status == "OK"
     assert checks["broken"].status == "FAIL"
     assert "RuntimeError: boom" in checks["broken"].detail
     assert checks["S3 HeadBucket"].status == "OK"
