@@ -99,15 +99,20 @@ def _run_once(
     )
 
 
+def _rotated(rep: int) -> tuple[Contestant, ...]:
+    """The contestants in an order that rotates between repetitions, so none always goes first."""
+    shift = rep % len(CONTESTANTS)
+    return CONTESTANTS[shift:] + CONTESTANTS[:shift]
+
+
 def race_sink(sink: NullSink, inputs: Sequence[Input], reps: int, logs: Path) -> list[Run]:
     """Every contestant on every input, `reps` times, the order rotating between repetitions."""
     runs: list[Run] = []
     for rep in range(reps):
-        order = CONTESTANTS[rep % len(CONTESTANTS) :] + CONTESTANTS[: rep % len(CONTESTANTS)]
         for item in inputs:
-            for index, contestant in enumerate(order):
+            for index, contestant in enumerate(_rotated(rep)):
                 before = sink.stats()
-                log = logs / f"sink-{item.name}-{rep}-{index}.log"
+                log = logs / f"sink-{item.name.replace(' ', '-')}-{rep}-{index}.log"
                 run = _run_once(contestant, item, sink.endpoint, log)
                 after = sink.stats()
                 run = replace(
@@ -127,7 +132,7 @@ def race_moto(endpoint: S3Endpoint, item: Input, reps: int, logs: Path) -> list[
     expected = verify.file_sha256(item.path)
     runs: list[Run] = []
     for rep in range(reps):
-        for index, contestant in enumerate(CONTESTANTS):
+        for index, contestant in enumerate(_rotated(rep)):
             verify.empty_bucket(endpoint, BUCKET)
             run = _run_once(contestant, item, endpoint, logs / f"moto-{rep}-{index}.log")
             if rep == 0 and run.ok:
