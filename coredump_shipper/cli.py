@@ -15,14 +15,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from coredump_shipper import __version__
-from coredump_shipper.browse import (
-    BrowseError,
-    describe_fetch,
-    fetch_core,
-    list_cores,
-    render_json,
-    render_table,
-)
+from coredump_shipper.browse import BrowseError, list_cores, render_json, render_table
 from coredump_shipper.config import (
     SETTINGS,
     SETTINGS_BY_NAME,
@@ -34,6 +27,7 @@ from coredump_shipper.config import (
 from coredump_shipper.doctor import exit_status, run_doctor
 from coredump_shipper.doctor import render_table as render_checks
 from coredump_shipper.errors import ConfigError, FileChanged, SkipFile, UploadError
+from coredump_shipper.fetch import describe_fetch, fetch_core
 from coredump_shipper.logs import setup_logging
 from coredump_shipper.metrics import Metrics
 from coredump_shipper.retry import Backoff

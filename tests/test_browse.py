@@ -1,4 +1,4 @@
-"""`ls` and `fetch` against the local S3 server, on cores shipped by the real shipper and daemon."""
+"""`ls` (browse.py) and `fetch` (fetch.py) on cores shipped by the real shipper and daemon to local S3."""
 
 from __future__ import annotations
 
@@ -25,19 +25,15 @@ from coredump_shipper.browse import (
     CoreEntry,
     CoreNotFound,
     Filters,
-    IntegrityError,
-    describe_fetch,
     display,
     entry_from_manifest,
-    fetch_core,
     human_size,
     list_cores,
-    output_name,
-    parse_location,
     render_json,
     render_table,
 )
 from coredump_shipper.config import Config
+from coredump_shipper.fetch import IntegrityError, describe_fetch, fetch_core, output_name, parse_location
 from coredump_shipper.metrics import Metrics
 from coredump_shipper.service import backoff_for, client_settings
 from coredump_shipper.shipper import MANIFEST_SUFFIX, Shipper

@@ -1,0 +1,346 @@
+"""The debugging side, fetching: download one shipped core, prove it is intact, say how to open it.
+
+The core is decompressed and hashed while it streams to a temporary file beside the target, which is
+renamed into place only when its size and sha256 match what the shipper recorded at upload; otherwise
+nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import posixpath
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Final, TextIO, cast
+
+import zstandard
+
+from coredump_shipper.browse import (
+    S3_FAILURES,
+    BrowseError,
+    CoreNotFound,
+    call_s3,
+    cell,
+    core_key,
+    display,
+    flatten,
+    human_size,
+    program_name,
+    program_path,
+    read_manifest,
+)
+from coredump_shipper.retry import describe
+from coredump_shipper.shipper import MANIFEST_SUFFIX
+
+if TYPE_CHECKING:
+    from aiobotocore.response import StreamingBody
+    from types_aiobotocore_s3 import S3Client
+else:
+    S3Client = Any
+    StreamingBody = Any
+
+CHUNK: Final = 1024 * 1024
+_ZEROS: Final = bytes(CHUNK)
+
+
+class IntegrityError(BrowseError):
+    """The stored core is not what was shipped (wrong sha256 or size, broken zstd stream, no checksum)."""
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    """A fetched, verified core. `notes` are hints for opening it (missing executable, truncation)."""
+
+    path: Path
+    sha256: str
+    bytes: int
+    metadata: dict[str, str]
+    gdb_command: str
+    url: str = ""
+    notes: tuple[str, ...] = ()
+
+
+def parse_location(text: str, default_bucket: str | None) -> tuple[str, str]:
+    """(bucket, core key) from `KEY`, `s3://BUCKET/KEY`, or either naming the manifest."""
+    if text.startswith("s3://"):
+        bucket, _, key = text.removeprefix("s3://").partition("/")
+        if not bucket or not key:
+            raise BrowseError(f"{text!r}: expected s3://BUCKET/KEY")
+    else:
+        if not default_bucket:
+            raise BrowseError(f"{text!r}: no bucket set; pass s3://BUCKET/KEY or set the bucket")
+        bucket, key = default_bucket, text
+    key = core_key(key)
+    if not key:
+        raise BrowseError(f"{text!r}: no key")
+    return bucket, key
+
+
+def output_name(metadata: Mapping[str, str], key: str) -> str:
+    """The original file name, made safe to create in a directory (no separators, no '..')."""
+    for candidate in (display(metadata.get("filename", "")), posixpath.basename(key).removesuffix(".zst")):
+        name = "".join("_" if ch in "/\\" or not ch.isprintable() else ch for ch in candidate)
+        if name.strip(".") and not name.startswith("-"):
+            return name
+    return "core"
+
+
+def _target(output: Path | None, metadata: Mapping[str, str], key: str) -> Path:
+    if output is None:
+        return Path.cwd() / output_name(metadata, key)
+    if output.is_dir():
+        return output / output_name(metadata, key)
+    return output
+
+
+def _all_zero(data: bytes) -> bool:
+    # Comparing with a ready zero block is a memcmp; chunks are CHUNK bytes but for the last.
+    return data == _ZEROS if len(data) == CHUNK else data.count(0) == len(data)
+
+
+class _Sink:
+    """Hashes and writes the restored core. Zero chunks become holes, as in the file the kernel wrote.
+
+    Called from a worker thread, one call at a time.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.sha256 = hashlib.sha256()
+        self.bytes = 0
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        self.bytes += len(data)
+        if _all_zero(data):
+            os.lseek(self.fd, len(data), os.SEEK_CUR)
+            return len(data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view) :]
+        return len(data)
+
+    def finish(self) -> None:
+        # A trailing hole is only a seek: the size has to be set explicitly.
+        os.ftruncate(self.fd, self.bytes)
+
+
+class _Progress:
+    """A one-line progress bar on a terminal, redrawn at most 10 times a second."""
+
+    def __init__(self, stream: TextIO | None, label: str, total: int) -> None:
+        self.stream = stream
+        self.label = label
+        self.total = total
+        self.started = self.drawn = time.monotonic()
+        self.width = 0
+
+    def update(self, done: int, *, final: bool = False) -> None:
+        now = time.monotonic()
+        if self.stream is None or (not final and now - self.drawn < 0.1):
+            return
+        self.drawn = now
+        rate = done / max(now - self.started, 1e-6)
+        percent = f" ({100 * done // self.total}%)" if self.total else ""
+        line = (
+            f"{self.label}: {human_size(done)} / {human_size(self.total)}{percent}  {human_size(int(rate))}/s"
+        )
+        self.stream.write("\r" + line.ljust(self.width))
+        self.width = len(line)
+        if final:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+async def _chunks(body: StreamingBody) -> AsyncIterator[bytes]:
+    """The body in CHUNK-sized pieces (the network hands out whatever has arrived)."""
+    buffer = bytearray()
+    while data := await body.read(CHUNK - len(buffer)):
+        buffer += data
+        if len(buffer) >= CHUNK:
+            yield bytes(buffer)
+            buffer.clear()
+    if buffer:
+        yield bytes(buffer)
+
+
+async def _stream(body: StreamingBody, write: Callable[[bytes], object], progress: _Progress) -> None:
+    """Feed the body to `write` in a thread, reading the next chunk while the previous one is written."""
+    received = 0
+    pending: asyncio.Future[object] | None = None
+    try:
+        async for chunk in _chunks(body):
+            if pending is not None:
+                await pending
+            pending = asyncio.ensure_future(asyncio.to_thread(write, chunk))
+            received += len(chunk)
+            progress.update(received)
+        if pending is not None:
+            await pending
+        progress.update(received, final=True)
+    finally:
+        if pending is not None and not pending.done():
+            # A thread cannot be interrupted: let it finish before the file is closed under it.
+            await asyncio.wait({pending})
+
+
+def _expected(metadata: Mapping[str, str], url: str, have_manifest: bool) -> str:
+    expected = metadata.get("sha256", "").lower()
+    if len(expected) != 64 or any(ch not in "0123456789abcdef" for ch in expected):
+        why = "" if have_manifest else " and it has no manifest: its upload may not have finished"
+        raise IntegrityError(f"{url}: no sha256 was recorded for this core{why}; cannot verify it")
+    return expected
+
+
+def _verify(sink: _Sink, metadata: Mapping[str, str], expected: str, url: str) -> str:
+    digest = sink.sha256.hexdigest()
+    size = metadata.get("size", "")
+    if size.isdigit() and int(size) != sink.bytes:
+        raise IntegrityError(
+            f"{url}: restored {sink.bytes} bytes but {size} were shipped; the stored object is damaged"
+        )
+    if digest != expected:
+        raise IntegrityError(
+            f"{url}: sha256 mismatch: shipped {expected}, got {digest}; the stored object is damaged"
+        )
+    return digest
+
+
+async def _download(body: StreamingBody, fd: int, compressed: bool, progress: _Progress, url: str) -> _Sink:
+    sink = _Sink(fd)
+    write: Callable[[bytes], object] = sink.write
+    if compressed:
+        # The writer hands the sink at most CHUNK bytes at a time, however well the data compressed
+        # (a MiB of zstd can stand for GiBs of zeros), so memory stays bounded.
+        decompressor = zstandard.ZstdDecompressor().stream_writer(
+            cast(IO[bytes], sink), write_size=CHUNK, closefd=False
+        )
+        write = decompressor.write
+    try:
+        await _stream(body, write, progress)
+    except zstandard.ZstdError as error:
+        raise IntegrityError(f"{url}: the stored object is not a valid zstd stream: {error}") from None
+    except S3_FAILURES as error:
+        raise BrowseError(f"download of {url} failed: {describe(error)}") from error
+    await asyncio.to_thread(sink.finish)
+    return sink
+
+
+def _is_compressed(metadata: Mapping[str, str], content_type: str) -> bool:
+    if "compression" in metadata:
+        return metadata["compression"] == "zstd"
+    return content_type == "application/zstd"
+
+
+async def fetch_core(
+    client: S3Client,
+    bucket: str | None,
+    key_or_url: str,
+    output: Path | None,
+    *,
+    progress: bool,
+    overwrite: bool = False,
+) -> FetchResult:
+    """Download a shipped core, decompress it, check its sha256, and place it only if it matches.
+
+    `output` may be a file or a directory; by default the original file name in the current
+    directory. Raises CoreNotFound, IntegrityError (nothing is left behind) or BrowseError.
+    """
+    bucket, key = parse_location(key_or_url, bucket)
+    url = f"s3://{bucket}/{key}"
+    try:
+        manifest: dict[str, Any] | None = await read_manifest(client, bucket, key + MANIFEST_SUFFIX)
+    except CoreNotFound:
+        manifest = None
+    if manifest is not None and manifest.get("rate-limited") == "true":
+        raise CoreNotFound(f"{url}: not stored: over the node's --storm-limit, only its metadata was kept")
+    try:
+        response = await call_s3("GetObject", bucket, key, lambda: client.get_object(Bucket=bucket, Key=key))
+    except CoreNotFound:
+        raise CoreNotFound(f"{url}: no such core (`coredump-shipper ls` lists shipped cores)") from None
+    async with response["Body"] as body:
+        metadata = {**response.get("Metadata", {}), **flatten(manifest or {})}
+        expected = _expected(metadata, url, manifest is not None)
+        target = _target(output, metadata, key)
+        if target.exists() and not overwrite:
+            raise BrowseError(f"{target} already exists; choose another output or overwrite it")
+        if not target.parent.is_dir():
+            raise BrowseError(f"{target.parent} is not a directory")
+        # Beside the target, so the final rename stays on one filesystem; mode 0600: cores hold secrets.
+        fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+        try:
+            try:
+                bar = _Progress(
+                    sys.stderr if progress else None, target.name, response.get("ContentLength", 0)
+                )
+                sink = await _download(
+                    body, fd, _is_compressed(metadata, response.get("ContentType", "")), bar, url
+                )
+            finally:
+                os.close(fd)
+            digest = _verify(sink, metadata, expected, url)
+            os.replace(temp, target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+            raise
+    command, notes = gdb_command(target, metadata)
+    return FetchResult(target, digest, sink.bytes, metadata, command, url, notes)
+
+
+# --- opening it -----------------------------------------------------------------------------------
+
+
+def _shown_path(path: Path) -> str:
+    with contextlib.suppress(ValueError):
+        relative = path.relative_to(Path.cwd())
+        return str(relative) if relative.parent != Path() else f"./{relative}"
+    return str(path)
+
+
+def gdb_command(core: Path, metadata: Mapping[str, str]) -> tuple[str, tuple[str, ...]]:
+    """The gdb command line that opens `core`, and notes on what it needs."""
+    path = program_path(metadata)
+    notes: list[str] = []
+    if path.startswith("/"):
+        program = path
+        notes.append(
+            "gdb needs the very build of the program (and its libraries) that crashed: run it where the "
+            "pod's image is available, or add -ex 'set sysroot DIR' pointing at an unpacked copy of the image"
+        )
+    else:
+        name = program_name(metadata)
+        program = f"/path/to/{name.replace('/', '_')}" if name else "/path/to/program"
+        notes.append(
+            f"the executable's path was not recorded: replace {program} with the program that crashed "
+            "(the same build, e.g. copied out of the pod's image)"
+        )
+    if metadata.get("truncated") == "true":
+        notes.append(
+            "this core is truncated (RLIMIT_CORE too small, disk full or the writer was killed): "
+            "gdb will warn and some memory will be missing"
+        )
+    return f"gdb {shlex.quote(program)} {shlex.quote(_shown_path(core))}", tuple(notes)
+
+
+def describe_fetch(result: FetchResult) -> str:
+    """What `fetch` prints on stdout: where the core is, its metadata, and how to open it."""
+    lines = [
+        f"fetched {cell(result.url)}",
+        f"  to {cell(str(result.path))} ({human_size(result.bytes)}, sha256 {result.sha256} verified)",
+        "metadata:",
+    ]
+    width = max((len(name) for name in result.metadata), default=0)
+    for name, value in sorted(result.metadata.items()):
+        lines.append(f"  {cell(name).ljust(width)}  {cell(display(value))}")
+    lines += ["open it with:", f"  {result.gdb_command}"]
+    lines += [f"note: {note}" for note in result.notes]
+    return "\n".join(lines) + "\n"
