@@ -31,9 +31,9 @@ from coredump_shipper.fetch import describe_fetch, fetch_core
 from coredump_shipper.logs import setup_logging
 from coredump_shipper.metrics import Metrics
 from coredump_shipper.retry import Backoff
-from coredump_shipper.service import Service, backoff_for, client_settings
+from coredump_shipper.service import Service, backoff_for
 from coredump_shipper.shipper import Shipper
-from coredump_shipper.uploader import S3Store, s3_client
+from coredump_shipper.uploader import S3Store, client_settings, s3_client
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -188,7 +188,13 @@ async def _ship(config: Config, args: argparse.Namespace) -> int:
     backoff = backoff_for(config)
     async with s3_client(client_settings(config)) as client:
         store = S3Store(
-            client, config.bucket, metrics, backoff, config.parts_in_flight, call_timeout=config.call_timeout
+            client,
+            config.bucket,
+            metrics,
+            backoff,
+            config.parts_in_flight,
+            call_attempts=config.max_attempts,
+            call_timeout=config.call_timeout,
         )
         shipper = Shipper(config, store, metrics, delete_after=False)
         limit = asyncio.Semaphore(config.workers)

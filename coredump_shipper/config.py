@@ -19,6 +19,7 @@ from typing import Any
 from coredump_shipper.corename import CoreNamePattern
 from coredump_shipper.errors import ConfigError
 from coredump_shipper.naming import TEMPLATE_FIELDS, KeyTemplate
+from coredump_shipper.storage import StorageOptions
 
 ENV_PREFIX = "COREDUMP_SHIPPER_"
 MiB = 1024 * 1024
@@ -140,6 +141,13 @@ def _part_size(text: str) -> int:
     return size
 
 
+def _max_parts(text: str) -> int:
+    parts = int(text)
+    if not 2 <= parts <= 10_000:
+        raise ValueError(f"{text!r} is outside 2..10000 (S3's limit)")
+    return parts
+
+
 def _level(text: str) -> int:
     level = int(text)
     if not -7 <= level <= 22:
@@ -225,6 +233,45 @@ SETTINGS: tuple[Setting, ...] = (
         commands=_S3,
     ),
     Setting("connect-timeout", parse_duration, "10s", "S3 connect timeout", commands=_S3),
+    Setting(
+        "max-attempts",
+        _positive_int,
+        "5",
+        "attempts of each S3 call before the file is retried later (backoff with jitter)",
+        commands=_S3,
+    ),
+    Setting(
+        "retry-mode",
+        _choice("standard", "adaptive"),
+        "standard",
+        "botocore retry mode; adaptive also rate-limits the client when the store throttles",
+        commands=_S3,
+    ),
+    Setting("sse", _choice("", "AES256", "aws:kms"), "", "server-side encryption (default: the bucket's)"),
+    Setting("sse-kms-key-id", _optional_text, "", "KMS key for --sse aws:kms (default: the bucket key)"),
+    Setting("storage-class", _optional_text, "", "storage class, e.g. STANDARD_IA (default: the store's)"),
+    Setting(
+        "acl", _optional_text, "", "canned ACL, e.g. bucket-owner-full-control for cross-account buckets"
+    ),
+    Setting(
+        "tags",
+        _optional_text,
+        "",
+        "object tags KEY=TEMPLATE,... with key template fields, e.g. node={node},exe={exe}",
+    ),
+    Setting(
+        "max-parts",
+        _max_parts,
+        "10000",
+        "most parts per upload; part size grows to fit (Swift's s3api allows 1000)",
+    ),
+    Setting(
+        "self-test",
+        _on_off,
+        "on",
+        "at start-up, write and delete a probe object and a 2-part upload (off: write-restricted keys)",
+        commands=_DAEMON,
+    ),
     Setting("read-timeout", parse_duration, "60s", "S3 read timeout", commands=_S3),
     Setting(
         "call-timeout",
@@ -347,6 +394,15 @@ class Config:
     connect_timeout: float
     read_timeout: float
     call_timeout: float
+    max_attempts: int
+    retry_mode: str
+    sse: str
+    sse_kms_key_id: str | None
+    storage_class: str | None
+    acl: str | None
+    tags: str | None
+    max_parts: int
+    self_test: bool
     key_template: str
     filename_pattern: str
     after_upload: str
@@ -432,11 +488,23 @@ def _validate(config: Config, command: str) -> None:
         raise ConfigError("--bucket", f"{config.bucket!r} is not a valid bucket name")
     KeyTemplate(config.key_template, TEMPLATE_FIELDS)
     CoreNamePattern.compile(config.filename_pattern)
+    storage_options(config)
     if config.retry_max_delay < config.retry_base_delay:
         raise ConfigError("--retry-max-delay", "must not be shorter than --retry-base-delay")
     if command == "run":
         # `doctor` reports a bad watch directory in its table instead of stopping here.
         _validate_watch_dir(config.watch_dir)
+
+
+def storage_options(config: Config) -> StorageOptions:
+    return StorageOptions.parse(
+        config.sse or None,
+        config.sse_kms_key_id,
+        config.storage_class,
+        config.acl,
+        config.tags,
+        TEMPLATE_FIELDS,
+    )
 
 
 def _validate_watch_dir(path: Path) -> None:

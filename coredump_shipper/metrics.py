@@ -121,6 +121,11 @@ class Metrics:
         self.storm_window = Gauge(
             name("storm_window_seconds"), "The window of the per-program rate limit.", registry=r
         )
+        self.self_test = Gauge(
+            name("self_test_success"),
+            "1 if the start-up S3 self-test passed, 0 if it failed, absent until it ran.",
+            registry=r,
+        )
         for result in ("success", "failure"):
             self.uploads.labels(result)
         for reason in SKIP_REASONS:

@@ -30,16 +30,16 @@ def compress_bound(size: int) -> int:
     return size + (size >> 8) + margin + 64
 
 
-def choose_part_size(size: int, configured: int, compressed: bool) -> int:
-    """The configured part size (rounded up to a whole MiB), raised when 10,000 parts would not do.
+def choose_part_size(size: int, configured: int, compressed: bool, max_parts: int = MAX_PARTS) -> int:
+    """The configured part size (rounded up to a whole MiB), raised when `max_parts` would not do.
 
     With compression the parts hold compressed bytes, whose total is at most compress_bound(size).
     """
     total = compress_bound(size) if compressed else size
-    needed = math.ceil(total / MAX_PARTS)
+    needed = math.ceil(total / max_parts)
     part = math.ceil(max(configured, MIN_PART, needed) / MiB) * MiB
     if part > MAX_PART:
-        raise ValueError(f"a {size}-byte file cannot be uploaded in {MAX_PARTS} parts of at most 5 GiB")
+        raise ValueError(f"a {size}-byte file cannot be uploaded in {max_parts} parts of at most 5 GiB")
     return part
 
 

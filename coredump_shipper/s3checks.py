@@ -20,11 +20,10 @@ from aiobotocore.session import get_session
 from botocore.exceptions import ClientError, ConnectionError, HTTPClientError, NoCredentialsError, SSLError
 
 from coredump_shipper.checks import Check
-from coredump_shipper.config import Config
-from coredump_shipper.naming import KeyTemplate
+from coredump_shipper.config import Config, storage_options
+from coredump_shipper.naming import TEMPLATE_FIELDS, KeyTemplate
 from coredump_shipper.retry import describe
-from coredump_shipper.service import client_settings
-from coredump_shipper.uploader import s3_client
+from coredump_shipper.uploader import client_settings, s3_client
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -43,6 +42,7 @@ CREDENTIALS_TIMEOUT = 5.0
 
 PROBE_NAME = ".coredump-shipper-probe"
 PROBE_BODY = b"coredump-shipper doctor probe: safe to delete\n"
+MULTIPART_PROBE_PART = 5 * 1024 * 1024  # S3's smallest part but the last
 
 CREDENTIAL_SOURCES = {
     "env": "environment variables",
@@ -71,6 +71,8 @@ _IAM_ACTIONS = {
     "HeadBucket": "s3:ListBucket on arn:aws:s3:::{bucket} (readiness uses HeadBucket)",
     "PutObject": "s3:PutObject on arn:aws:s3:::{bucket}/*",
     "CreateMultipartUpload": "s3:PutObject on arn:aws:s3:::{bucket}/*",
+    "UploadPart": "s3:PutObject on arn:aws:s3:::{bucket}/*",
+    "CompleteMultipartUpload": "s3:PutObject on arn:aws:s3:::{bucket}/*",
     "AbortMultipartUpload": "s3:AbortMultipartUpload on arn:aws:s3:::{bucket}/*",
     "ListMultipartUploads": "s3:ListBucketMultipartUploads on arn:aws:s3:::{bucket}",
     "DeleteObject": "s3:DeleteObject on arn:aws:s3:::{bucket}/* (only the doctor's probe needs it)",
@@ -257,10 +259,18 @@ def probe_key(config: Config, kind: str = "") -> str:
     )
 
 
+def _probe_args(config: Config) -> dict[str, Any]:
+    """The same encryption, class, ACL and tags as cores get: a bucket policy judges probes alike."""
+    values: dict[str, Any] = {name: "probe" for name in TEMPLATE_FIELDS} | {"crash_time": datetime.now(UTC)}
+    return storage_options(config).args(values)
+
+
 async def write_probe_check(config: Config, client: S3Client) -> Check:
     name = "S3 PutObject/DeleteObject"
     key = probe_key(config)
-    put = client.put_object(Bucket=config.bucket, Key=key, Body=PROBE_BODY, ContentType="text/plain")
+    put = client.put_object(
+        Bucket=config.bucket, Key=key, Body=PROBE_BODY, ContentType="text/plain", **_probe_args(config)
+    )
     error = await _attempt(put)
     if error is not None:
         problem = s3_problem(error, config, "PutObject")
@@ -272,30 +282,44 @@ async def write_probe_check(config: Config, client: S3Client) -> Check:
             name,
             "WARN",
             f"probe {key} written, but left behind: {problem.detail}",
-            "the shipper never deletes objects, so this is harmless: delete the probe by hand",
+            "the shipper never deletes cores, so this is harmless: delete the probe by hand",
         )
     return Check(name, "OK", f"probe {key} written and deleted (checksums {config.checksum_mode} accepted)")
 
 
 async def multipart_check(config: Config, client: S3Client) -> Check:
-    """Cores larger than --part-size go in parts; killed uploads are found and aborted at start-up."""
+    """A real 2-part upload (5 MiB + 1 KiB), completed then deleted; and the start-up clean-up's listing."""
     name = "S3 multipart"
     key = probe_key(config, ".multipart")
     try:
-        created = await _call(client.create_multipart_upload(Bucket=config.bucket, Key=key))
+        created = await _call(
+            client.create_multipart_upload(Bucket=config.bucket, Key=key, **_probe_args(config))
+        )
     except Exception as error:
         problem = s3_problem(error, config, "CreateMultipartUpload")
         return Check(name, "FAIL", f"{problem.detail}: cores above --part-size cannot ship", problem.fix)
-    abort = client.abort_multipart_upload(Bucket=config.bucket, Key=key, UploadId=created["UploadId"])
-    failure = await _attempt(abort)
-    if failure is not None:
-        problem = s3_problem(failure, config, "AbortMultipartUpload")
-        return Check(
-            name,
-            "WARN",
-            f"failed uploads cannot be aborted; parts of {key} stay stored: {problem.detail}",
-            f"{problem.fix}, and an AbortIncompleteMultipartUpload lifecycle rule",
+    upload_id = created["UploadId"]
+    operation = "UploadPart"
+    try:
+        parts: list[Any] = []
+        for number, body in ((1, bytes(MULTIPART_PROBE_PART)), (2, PROBE_BODY)):
+            answer = await _call(
+                client.upload_part(
+                    Bucket=config.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
+                )
+            )
+            parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+        operation = "CompleteMultipartUpload"
+        await _call(
+            client.complete_multipart_upload(
+                Bucket=config.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
         )
+    except Exception as error:
+        await _attempt(client.abort_multipart_upload(Bucket=config.bucket, Key=key, UploadId=upload_id))
+        problem = s3_problem(error, config, operation)
+        return Check(name, "FAIL", f"{problem.detail}: cores above --part-size cannot ship", problem.fix)
+    await _attempt(client.delete_object(Bucket=config.bucket, Key=key))
     failure = await _attempt(client.list_multipart_uploads(Bucket=config.bucket, Prefix=key, MaxUploads=1))
     if failure is not None:
         problem = s3_problem(failure, config, "ListMultipartUploads")
@@ -305,4 +329,15 @@ async def multipart_check(config: Config, client: S3Client) -> Check:
             f"uploads of a killed shipper are not cleaned up at start-up: {problem.detail}",
             f"{problem.fix}, or an AbortIncompleteMultipartUpload lifecycle rule",
         )
-    return Check(name, "OK", "CreateMultipartUpload, AbortMultipartUpload and ListMultipartUploads allowed")
+    return Check(name, "OK", "a 2-part upload completed and was deleted; ListMultipartUploads allowed")
+
+
+async def self_test(config: Config, client: S3Client) -> list[Check] | None:
+    """The daemon's start-up self-test: None while S3 cannot be reached (try again later)."""
+    head, reachable = await head_bucket_check(config, client, write_probe=True)
+    if not reachable:
+        return None
+    checks = [head]
+    if head.status == "OK":
+        checks += [await write_probe_check(config, client), await multipart_check(config, client)]
+    return checks

@@ -14,7 +14,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from coredump_shipper import http
 from coredump_shipper.budget import DiskBudget
@@ -25,27 +25,20 @@ from coredump_shipper.metrics import Metrics
 from coredump_shipper.pipeline import Pipeline
 from coredump_shipper.record import ShippedRecord
 from coredump_shipper.retry import Backoff
+from coredump_shipper.s3checks import self_test
 from coredump_shipper.shipper import Shipper
-from coredump_shipper.uploader import ClientSettings, S3Store, s3_client
+from coredump_shipper.uploader import S3Store, client_settings, s3_client
 from coredump_shipper.watcher import Watcher
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
+else:
+    S3Client = Any
 
 log = logging.getLogger(__name__)
 S3_CHECK_INTERVAL = 15.0
 BUDGET_INTERVAL = 5.0
 S3_READY_WINDOW = 60.0
-
-
-def client_settings(config: Config) -> ClientSettings:
-    return ClientSettings(
-        endpoint_url=config.endpoint_url,
-        region=config.region,
-        addressing_style=config.addressing_style,
-        checksum_mode=config.checksum_mode,
-        ca_bundle=config.ca_bundle,
-        connect_timeout=config.connect_timeout,
-        read_timeout=config.read_timeout,
-        max_connections=max(10, config.parts_in_flight + config.workers + 2),
-    )
 
 
 def backoff_for(config: Config) -> Backoff:
@@ -62,6 +55,7 @@ class Service:
         self._stack = contextlib.AsyncExitStack()
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self.self_test_failure: str | None = None
         self.store: S3Store
         self.pipeline: Pipeline
         self.watcher: Watcher
@@ -109,6 +103,8 @@ class Service:
             asyncio.create_task(self._clean_stale_uploads(), name="stale-uploads"),
             asyncio.create_task(self._keep_disk_budget(), name="disk-budget"),
         ]
+        if config.self_test:
+            self._tasks.append(asyncio.create_task(self._self_test(client), name="self-test"))
         log.info(
             "coredump-shipper started: watching %s, shipping to s3://%s, listening on %s:%d",
             config.watch_dir,
@@ -172,8 +168,10 @@ class Service:
             reasons.append("watch not established")
         if not s3_ok:
             reasons.append(f"S3 not reachable: {self.store.last_error}")
+        if self.self_test_failure:
+            reasons.append(f"S3 self-test failed: {self.self_test_failure}")
         body = {"watching": watching, "s3": "ok" if s3_ok else "failing", "reasons": reasons}
-        return watching and s3_ok, body
+        return not reasons, body
 
     async def _check_s3(self) -> None:
         """A cheap HeadBucket now and then keeps readiness current when no core is shipped."""
@@ -181,6 +179,29 @@ class Service:
             with contextlib.suppress(UploadError):
                 await self.store.head_bucket()
             await asyncio.sleep(S3_CHECK_INTERVAL)
+
+    async def _self_test(self, client: S3Client) -> None:
+        """Write a probe object and a 2-part upload once S3 answers; say which call and setting fail."""
+        attempt = 0
+        while (checks := await self_test(self.config, client)) is None:
+            attempt += 1
+            await asyncio.sleep(self.store.backoff.delay(attempt))
+        failed = [check for check in checks if check.status == "FAIL"]
+        self.metrics.self_test.set(0 if failed else 1)
+        self.self_test_failure = "; ".join(f"{c.name}: {c.detail} (fix: {c.fix})" for c in failed) or None
+        for check in failed:
+            log.error(
+                "S3 self-test failed: %s: %s; fix: %s",
+                check.name,
+                check.detail,
+                check.fix,
+                extra={"event": "self_test", "error": check.detail},
+            )
+        if not failed:
+            log.info(
+                "S3 self-test passed: PutObject, a 2-part multipart upload and their deletion work",
+                extra={"event": "self_test"},
+            )
 
     async def _keep_disk_budget(self) -> None:
         budget = DiskBudget(

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from coredump_shipper.config import Config
+from coredump_shipper.config import Config, storage_options
 from coredump_shipper.corefile import CoreFile
 from coredump_shipper.corename import CoreNamePattern
 from coredump_shipper.errors import FileChanged
@@ -58,6 +58,7 @@ class Shipper:
         self.keys = KeyTemplate(config.key_template, TEMPLATE_FIELDS, ".zst" if self.compressed else "")
         self.pattern = CoreNamePattern.compile(config.filename_pattern, uses_pid=core_uses_pid())
         self.storm = StormLimiter(config.storm_limit, config.storm_window)
+        self.storage = storage_options(config)
         metrics.storm_limit.set(config.storm_limit)
         metrics.storm_window.set(config.storm_window)
 
@@ -111,7 +112,8 @@ class Shipper:
         return Shipped(path, key, core.size, result.bytes_sent, seconds)
 
     async def _upload(self, core: CoreFile, key: str, facts: CoreFacts) -> UploadResult:
-        part_size = choose_part_size(core.size, self.config.part_size, self.compressed)
+        part_size = choose_part_size(core.size, self.config.part_size, self.compressed, self.config.max_parts)
+        object_args = self.storage.args(facts.template_values)
         result = await self.store.upload(
             core,
             key,
@@ -119,6 +121,7 @@ class Shipper:
             part_size,
             self.config.compression_level if self.compressed else None,
             "application/zstd" if self.compressed else "application/octet-stream",
+            object_args,
         )
         # Written last: a manifest means its core object is complete.
         await self.store.put_json(
@@ -130,6 +133,7 @@ class Shipper:
                 "sha256": result.sha256,
                 "stored-bytes": result.bytes_sent,
             },
+            object_args,
         )
         return result
 
@@ -138,6 +142,7 @@ class Shipper:
         await self.store.put_json(
             key + MANIFEST_SUFFIX,
             {**facts.metadata, "key": key, "bucket": self.store.bucket, "rate-limited": "true"},
+            self.storage.args(facts.template_values),
         )
         self._finish(core, key)
         self.metrics.dropped.labels("rate_limited").inc()

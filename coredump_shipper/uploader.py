@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
+from coredump_shipper.config import Config
 from coredump_shipper.corefile import CoreFile
 from coredump_shipper.errors import UploadError
 from coredump_shipper.metrics import Metrics
@@ -48,6 +49,21 @@ class ClientSettings:
     connect_timeout: float
     read_timeout: float
     max_connections: int
+    retry_mode: str = "standard"
+
+
+def client_settings(config: Config) -> ClientSettings:
+    return ClientSettings(
+        endpoint_url=config.endpoint_url,
+        region=config.region,
+        addressing_style=config.addressing_style,
+        checksum_mode=config.checksum_mode,
+        ca_bundle=config.ca_bundle,
+        connect_timeout=config.connect_timeout,
+        read_timeout=config.read_timeout,
+        max_connections=max(10, config.parts_in_flight + config.workers + 2),
+        retry_mode=config.retry_mode,
+    )
 
 
 @contextlib.asynccontextmanager
@@ -57,7 +73,7 @@ async def s3_client(settings: ClientSettings) -> AsyncIterator[S3Client]:
         signature_version="s3v4",
         s3={"addressing_style": settings.addressing_style},
         # Our own retry loop backs off with jitter and counts retries; botocore's would multiply it.
-        retries={"mode": "standard", "total_max_attempts": 1},
+        retries={"mode": settings.retry_mode, "total_max_attempts": 1},
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.read_timeout,
         max_pool_connections=settings.max_connections,
@@ -95,7 +111,6 @@ class S3Store:
         parts_in_flight: int,
         call_attempts: int = 5,
         call_timeout: float = 120.0,
-        object_args: Mapping[str, Any] | None = None,
     ) -> None:
         self.client = client
         self.bucket = bucket
@@ -103,7 +118,6 @@ class S3Store:
         self.backoff = backoff
         self.call_attempts = call_attempts
         self.call_timeout = call_timeout
-        self.object_args = dict(object_args or {})
         self._part_slots = asyncio.Semaphore(parts_in_flight)
         # Monotonic times of the last S3 call that ended (well or badly) and that succeeded:
         # liveness looks at the first, readiness at the second.
@@ -143,12 +157,16 @@ class S3Store:
         part_size: int,
         compression_level: int | None,
         content_type: str,
+        object_args: Mapping[str, Any],
     ) -> UploadResult:
-        """Upload `core` under `key`. Raises FileChanged if the file changed before completion."""
+        """Upload `core` under `key`. Raises FileChanged if the file changed before completion.
+
+        `object_args` are extra PutObject / CreateMultipartUpload arguments (encryption, tags...).
+        """
         source = PartSource(core.fd, core.size, part_size, compression_level)
         if core.size <= part_size:
-            return await self._put(core, source, key, metadata, content_type)
-        return await self._multipart(core, source, key, metadata, content_type)
+            return await self._put(core, source, key, metadata, content_type, object_args)
+        return await self._multipart(core, source, key, metadata, content_type, object_args)
 
     async def _put(
         self,
@@ -157,6 +175,7 @@ class S3Store:
         key: str,
         metadata: Mapping[str, str],
         content_type: str,
+        object_args: Mapping[str, Any],
     ) -> UploadResult:
         async with self._part_slots:
             body = await asyncio.to_thread(source.read_all)
@@ -170,7 +189,7 @@ class S3Store:
                     Body=body,
                     Metadata={**metadata, "sha256": sha256},
                     ContentType=content_type,
-                    **self.object_args,
+                    **object_args,
                 ),
             )
         self.metrics.upload_bytes.inc(len(body))
@@ -183,6 +202,7 @@ class S3Store:
         key: str,
         metadata: Mapping[str, str],
         content_type: str,
+        object_args: Mapping[str, Any],
     ) -> UploadResult:
         creating = asyncio.ensure_future(
             self._call(
@@ -192,7 +212,7 @@ class S3Store:
                     Key=key,
                     Metadata=dict(metadata),
                     ContentType=content_type,
-                    **self.object_args,
+                    **object_args,
                 ),
             )
         )
@@ -284,7 +304,7 @@ class S3Store:
                 describe(error),
             )
 
-    async def put_json(self, key: str, document: Mapping[str, Any]) -> None:
+    async def put_json(self, key: str, document: Mapping[str, Any], object_args: Mapping[str, Any]) -> None:
         body = json.dumps(document, indent=2, sort_keys=True).encode()
         await self._call(
             "PutObject",
@@ -293,7 +313,7 @@ class S3Store:
                 Key=key,
                 Body=body,
                 ContentType="application/json",
-                **self.object_args,
+                **object_args,
             ),
         )
 

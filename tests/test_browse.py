@@ -35,9 +35,9 @@ from coredump_shipper.browse import (
 from coredump_shipper.config import Config
 from coredump_shipper.fetch import IntegrityError, describe_fetch, fetch_core, output_name, parse_location
 from coredump_shipper.metrics import Metrics
-from coredump_shipper.service import backoff_for, client_settings
+from coredump_shipper.service import backoff_for
 from coredump_shipper.shipper import MANIFEST_SUFFIX, Shipper
-from coredump_shipper.uploader import S3Store, s3_client
+from coredump_shipper.uploader import S3Store, client_settings, s3_client
 from tests.conftest import Bucket, ConfigFactory, running, wait_until
 from tests.cores import kernel_core, skip_reason
 
