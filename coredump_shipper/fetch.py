@@ -314,7 +314,8 @@ def gdb_command(core: Path, metadata: Mapping[str, str]) -> tuple[str, tuple[str
         program = path
         notes.append(
             "gdb needs the very build of the program (and its libraries) that crashed: run it where the "
-            "pod's image is available, or add -ex 'set sysroot DIR' pointing at an unpacked copy of the image"
+            "pod's image is available, or add -iex 'set sysroot DIR' pointing at an unpacked copy of the "
+            "image (docs/debugging.md)"
         )
     else:
         name = program_name(metadata)
