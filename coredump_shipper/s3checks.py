@@ -271,7 +271,11 @@ async def write_probe_check(config: Config, client: S3Client) -> Check:
     put = client.put_object(
         Bucket=config.bucket, Key=key, Body=PROBE_BODY, ContentType="text/plain", **_probe_args(config)
     )
-    error = await _attempt(put)
+    try:
+        error = await _attempt(put)
+    except asyncio.CancelledError:
+        await _remove_probe(client, config, key)
+        raise
     if error is not None:
         problem = s3_problem(error, config, "PutObject")
         return Check(name, "FAIL", problem.detail, problem.fix)
@@ -299,6 +303,23 @@ async def multipart_check(config: Config, client: S3Client) -> Check:
         problem = s3_problem(error, config, "CreateMultipartUpload")
         return Check(name, "FAIL", f"{problem.detail}: cores above --part-size cannot ship", problem.fix)
     upload_id = created["UploadId"]
+    try:
+        return await _two_parts(config, client, key, upload_id)
+    except asyncio.CancelledError:
+        # Stopped half-way (SIGTERM at start-up): leave neither an upload nor a probe object behind.
+        await _attempt(
+            asyncio.shield(client.abort_multipart_upload(Bucket=config.bucket, Key=key, UploadId=upload_id))
+        )
+        await _remove_probe(client, config, key)
+        raise
+
+
+async def _remove_probe(client: S3Client, config: Config, key: str) -> None:
+    await _attempt(asyncio.shield(client.delete_object(Bucket=config.bucket, Key=key)))
+
+
+async def _two_parts(config: Config, client: S3Client, key: str, upload_id: str) -> Check:
+    name = "S3 multipart"
     operation = "UploadPart"
     try:
         parts: list[Any] = []

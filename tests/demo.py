@@ -16,6 +16,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import boto3
 
@@ -45,6 +46,12 @@ def wait_for(check: object, what: str, timeout: float = 30.0) -> None:
 def http_ok(url: str) -> bool:
     with urllib.request.urlopen(url, timeout=2) as answer:  # noqa: S310 - loopback URL we built
         return bool(answer.status == 200)
+
+
+def is_core(listed: dict[str, Any]) -> bool:
+    """Not a manifest, and not the start-up self-test's probe (written and deleted at once)."""
+    key = str(listed["Key"])
+    return not key.endswith(".manifest.json") and ".coredump-shipper-probe" not in key
 
 
 def main() -> int:
@@ -98,14 +105,11 @@ def main() -> int:
 
             def shipped() -> bool:
                 return not core.exists() and any(
-                    not o["Key"].endswith(".manifest.json")
-                    for o in client.list_objects_v2(Bucket=BUCKET).get("Contents", [])
+                    map(is_core, client.list_objects_v2(Bucket=BUCKET).get("Contents", []))
                 )
 
             wait_for(shipped, "the upload")
-            for obj in client.list_objects_v2(Bucket=BUCKET)["Contents"]:
-                if obj["Key"].endswith(".manifest.json"):
-                    continue
+            for obj in filter(is_core, client.list_objects_v2(Bucket=BUCKET)["Contents"]):
                 head = client.head_object(Bucket=BUCKET, Key=obj["Key"])
                 say(f"stored s3://{BUCKET}/{obj['Key']}")
                 print(f"    stored bytes: {obj['Size']:,} (core: {int(head['Metadata']['size']):,} bytes)")

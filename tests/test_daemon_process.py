@@ -47,6 +47,8 @@ def run_args(watch_dir: Path, bucket: str, endpoint: str, *extra: str) -> list[s
         "0.05",
         "--retry-max-delay",
         "0.5",
+        "--self-test",
+        "off",
         *extra,
     ]
 
@@ -177,13 +179,13 @@ def test_sigterm_during_multipart_exits_cleanly_and_next_run_ships(
         wait_until_sync(lambda: bucket.incomplete_uploads() != [], timeout=30, interval=0.02)
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=30)
         elapsed = time.monotonic() - started
     finally:
         proc.kill()
     assert proc.returncode == 0
     assert elapsed < 5, f"took {elapsed:.1f}s to stop"
-    assert bucket.incomplete_uploads() == []
+    assert bucket.incomplete_uploads() == [], err.decode()[-3000:]
     assert bucket.core_keys() == []
     assert (watch / "core.huge").stat().st_size == len(data)
 

@@ -210,6 +210,8 @@ def _shipper_process(watch: Path, endpoint: str, bucket: str, *extra: str) -> su
         "0.05",
         "--retry-max-delay",
         "0.5",
+        "--self-test",
+        "off",
         *extra,
     ]
     return subprocess.Popen(command, stderr=subprocess.DEVNULL)

@@ -106,6 +106,11 @@ def test_part_size_table(size: int, configured: int, compressed: bool, part: int
     assert choose_part_size(size, configured, compressed) == part
 
 
+def test_part_size_for_a_store_capped_at_1000_parts() -> None:
+    # Swift's s3api: 1,000 parts; a 10 GiB core then needs parts of 11 MiB, not the configured 8.
+    assert choose_part_size(10 * 1024 * MiB, 8 * MiB, False, max_parts=1000) == 11 * MiB
+
+
 @given(st.integers(0, 5 * TiB), st.integers(5 * MiB, 64 * MiB), st.booleans())
 def test_part_size_never_needs_more_than_10000_parts(size: int, configured: int, compressed: bool) -> None:
     part = choose_part_size(size, configured, compressed)
