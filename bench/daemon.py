@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from bench.contestants import BUCKET, SHIPPER, child_env
-from bench.inputs import MiB, warm_page_cache
+from bench.inputs import GiB, MiB, warm_page_cache
 from bench.measure import wait_measured
 from bench.report import DaemonResult
 from bench.targets import NullSink
@@ -71,6 +71,12 @@ class Daemon:
                 pass
             time.sleep(0.005)
         raise DaemonFailed(f"/readyz not 200 within {timeout}s")
+
+    def cpu_seconds(self) -> float:
+        """user + sys of every thread so far, from /proc (the daemon is still running)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        # After the command name: utime and stime are the 12th and 13th fields, in clock ticks.
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def kill(self) -> None:
         """Tear down after a failure; figures from this daemon are discarded."""
@@ -145,19 +151,27 @@ def measure_latency(daemon: Daemon, sink: NullSink, cores: int) -> tuple[list[fl
     return latencies, deleted
 
 
-def ship_through_daemon(daemon: Daemon, sink: NullSink, core: Path, staging: Path) -> float:
-    """Drop a hard link of `core` into the watch dir (IN_MOVED_TO) and time it to completion.
+def ship_through_daemon(daemon: Daemon, sink: NullSink, core: Path, staging: Path) -> tuple[float, float]:
+    """Drop a hard link of `core` into the watch dir (IN_MOVED_TO); return (wall, CPU) seconds.
 
-    The link keeps the input: `--after-upload delete` removes only the watched name.
+    Wall runs to the object's completion; CPU runs until the daemon has also deleted the file, so
+    it is what one core costs a daemon that is already up. The link keeps the input:
+    `--after-upload delete` removes only the watched name.
     """
     staged = staging / core.name
     staged.unlink(missing_ok=True)
     os.link(core, staged)
     warm_page_cache(core)
     seen = len(sink.stats().objects)
+    cpu = daemon.cpu_seconds()
     appeared = time.time()
-    staged.rename(daemon.watch_dir / core.name)
-    return _new_completion(sink, seen, appeared, 600.0) - appeared
+    watched = daemon.watch_dir / core.name
+    staged.rename(watched)
+    wall = _new_completion(sink, seen, appeared, 600.0) - appeared
+    deadline = time.monotonic() + 10.0
+    while watched.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return wall, daemon.cpu_seconds() - cpu
 
 
 def run_daemon_bench(
@@ -185,10 +199,15 @@ def run_daemon_bench(
                 daemon.wait_ready()
                 if index == 0 and latency_cores:
                     result.latency_s, result.deleted = measure_latency(daemon, sink, latency_cores)
-                wall = ship_through_daemon(daemon, sink, core, staging)
+                wall, cpu = ship_through_daemon(daemon, sink, core, staging)
                 rss = daemon.stop()
             size = core.stat().st_size
-            result.big[name] = {"rss_mib": rss, "wall_s": wall, "mb_per_s": size / wall / 1e6}
+            result.big[name] = {
+                "rss_mib": rss,
+                "wall_s": wall,
+                "mb_per_s": size / wall / 1e6,
+                "cpu_per_gib": cpu / (size / GiB),
+            }
     except (DaemonFailed, OSError) as exc:
         result.error = str(exc)
     return result
