@@ -123,9 +123,12 @@ class Metrics:
         )
         self.self_test = Gauge(
             name("self_test_success"),
-            "1 if the start-up S3 self-test passed, 0 if it failed, absent until it ran.",
+            "1 if the start-up S3 self-test passed, 0 if it failed, -1 before it ran or when it is off.",
             registry=r,
         )
+        self.self_test.set(-1)
+        for limit in ("max_use", "keep_free"):
+            self.disk_limit.labels(limit)
         for result in ("success", "failure"):
             self.uploads.labels(result)
         for reason in SKIP_REASONS:

@@ -6,11 +6,13 @@ tests/test_docs.py fails when README.md differs from what this would write.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
 
 from coredump_shipper.config import SETTINGS
+from coredump_shipper.metrics import Metrics
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -29,7 +31,62 @@ def settings_table() -> str:
     return "\n".join(rows)
 
 
-BLOCKS: dict[str, Callable[[], str]] = {"settings": settings_table}
+def metrics_table() -> str:
+    """Every coredump_shipper_* metric with its type, labels and help, from a live registry."""
+    metrics = Metrics(process=False)
+    rows = ["| Metric | Type | Labels | Meaning |", "|---|---|---|---|"]
+    for family in metrics.registry.collect():
+        suffix = {"counter": "_total", "info": "_info"}.get(family.type, "")
+        labels = sorted({name for sample in family.samples for name in sample.labels} - {"le"})
+        if family.type == "info":
+            labels = []
+        shown = ", ".join(f"`{label}`" for label in labels) or "—"
+        rows.append(f"| `{family.name}{suffix}` | {family.type} | {shown} | {family.documentation} |")
+    return "\n".join(rows)
+
+
+# Every S3 call the daemon makes, and the IAM action that allows it (tests/test_security_docs.py
+# checks this against the code, so the README's policy is exactly what the code needs).
+DAEMON_CALLS = {
+    "put_object": "s3:PutObject",
+    "create_multipart_upload": "s3:PutObject",
+    "upload_part": "s3:PutObject",
+    "complete_multipart_upload": "s3:PutObject",
+    "abort_multipart_upload": "s3:AbortMultipartUpload",
+    "delete_object": "s3:DeleteObject",
+    "list_multipart_uploads": "s3:ListBucketMultipartUploads",
+    "head_bucket": "s3:ListBucket",
+}
+BUCKET_LEVEL = {"s3:ListBucket", "s3:ListBucketMultipartUploads"}
+
+
+def iam_policy() -> str:
+    actions = sorted(set(DAEMON_CALLS.values()))
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "ShipCores",
+                "Effect": "Allow",
+                "Action": [a for a in actions if a not in BUCKET_LEVEL],
+                "Resource": "arn:aws:s3:::my-cores/*",
+            },
+            {
+                "Sid": "FindOwnUploads",
+                "Effect": "Allow",
+                "Action": [a for a in actions if a in BUCKET_LEVEL],
+                "Resource": "arn:aws:s3:::my-cores",
+            },
+        ],
+    }
+    return "```json\n" + json.dumps(policy, indent=2) + "\n```"
+
+
+BLOCKS: dict[str, Callable[[], str]] = {
+    "settings": settings_table,
+    "metrics": metrics_table,
+    "iam": iam_policy,
+}
 
 
 def render(text: str) -> str:
