@@ -33,7 +33,9 @@ _PLUMBING = re.compile(
 )
 # Kinds of work, matched against any frame of a stack, first match wins.
 _KINDS = (
-    ("SHA-256 (SigV4 payload hash, checksums)", r"SHA256|sha256|EVP_hash|EVP_update"),
+    ("SHA-256: SigV4 payload hash (botocore)", r"(SHA256|EVP_hash).*SigV4Auth"),
+    ("SHA-256: the shipper's own (coredump_shipper/)", r"(SHA256|EVP_hash).*coredump_shipper/"),
+    ("SHA-256: other", r"SHA256|sha256|EVP_hash|EVP_update"),
     ("MD5 / CRC (checksums)", r"MD5|md5|crc32|Crc32|crc32c"),
     ("zstd compression", r"ZSTD_|zstd|compress"),
     ("file reads (pread/preadv)", r"pread|read \(libc"),
