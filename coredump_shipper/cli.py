@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from coredump_shipper import __version__
-from coredump_shipper.browse import BrowseError, list_cores, render_json, render_table
 from coredump_shipper.config import (
     SETTINGS,
     SETTINGS_BY_NAME,
@@ -24,10 +23,7 @@ from coredump_shipper.config import (
     parse_duration,
     raw_value,
 )
-from coredump_shipper.doctor import exit_status, run_doctor
-from coredump_shipper.doctor import render_table as render_checks
-from coredump_shipper.errors import ConfigError, FileChanged, SkipFile, UploadError
-from coredump_shipper.fetch import describe_fetch, fetch_core
+from coredump_shipper.errors import ConfigError, FileChanged, ShipperError, SkipFile, UploadError
 from coredump_shipper.logs import setup_logging
 from coredump_shipper.metrics import Metrics
 from coredump_shipper.retry import Backoff
@@ -93,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
                 dest=setting.attribute,
                 default=None,
                 metavar=setting.name.upper().replace("-", "_"),
-                help=f"{setting.help} [env {setting.env}; default {setting.default!r}]",
+                # argparse %-formats help texts: "10%" must reach it as "10%%".
+                help=f"{setting.help} [env {setting.env}; default {setting.default!r}]".replace("%", "%%"),
             )
     return parser
 
@@ -113,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"coredump-shipper: error: {error}", file=sys.stderr)
         return EXIT_CONFIG
-    except BrowseError as error:
+    except ShipperError as error:  # ls / fetch: not found, integrity mismatch, S3 errors
         print(f"coredump-shipper: error: {error}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
@@ -148,12 +145,18 @@ async def _run(config: Config, args: argparse.Namespace) -> int:
 
 
 async def _doctor(config: Config, args: argparse.Namespace) -> int:
+    # Imported here, as in _ls and _fetch: the daemon and `ship` need none of it (start-up time, memory).
+    from coredump_shipper.doctor import exit_status, run_doctor
+    from coredump_shipper.doctor import render_table as render_checks
+
     checks = await run_doctor(config, write_probe=not args.no_write_probe)
     sys.stdout.write(render_checks(checks))
     return EXIT_FAILED if exit_status(checks) else EXIT_OK
 
 
 async def _ls(config: Config, args: argparse.Namespace) -> int:
+    from coredump_shipper.browse import list_cores, render_json, render_table
+
     since = timedelta(seconds=parse_duration(args.since)) if args.since else None
     async with s3_client(client_settings(config)) as client:
         entries = await list_cores(
@@ -172,6 +175,8 @@ async def _ls(config: Config, args: argparse.Namespace) -> int:
 
 
 async def _fetch(config: Config, args: argparse.Namespace) -> int:
+    from coredump_shipper.fetch import describe_fetch, fetch_core
+
     progress = sys.stderr.isatty() and not args.no_progress
     async with s3_client(client_settings(config)) as client:
         result = await fetch_core(

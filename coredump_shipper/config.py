@@ -247,6 +247,13 @@ SETTINGS: tuple[Setting, ...] = (
         "botocore retry mode; adaptive also rate-limits the client when the store throttles",
         commands=_S3,
     ),
+    Setting(
+        "payload-signing",
+        _choice("auto", "on", "off"),
+        "auto",
+        "SigV4 hash of each request body; auto: off over HTTPS (TLS protects it), on over plain HTTP",
+        commands=_S3,
+    ),
     Setting("sse", _choice("", "AES256", "aws:kms"), "", "server-side encryption (default: the bucket's)"),
     Setting("sse-kms-key-id", _optional_text, "", "KMS key for --sse aws:kms (default: the bucket key)"),
     Setting("storage-class", _optional_text, "", "storage class, e.g. STANDARD_IA (default: the store's)"),
@@ -396,6 +403,7 @@ class Config:
     call_timeout: float
     max_attempts: int
     retry_mode: str
+    payload_signing: str
     sse: str
     sse_kms_key_id: str | None
     storage_class: str | None

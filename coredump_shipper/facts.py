@@ -19,8 +19,10 @@ from coredump_shipper.elfcore import CoreInfo, inspect_core
 from coredump_shipper.naming import metadata
 
 CORE_USES_PID = Path("/proc/sys/kernel/core_uses_pid")
-# x-amz-meta-* is limited to 2 KiB in all: long values are cut.
+# x-amz-meta-* is limited to 2 KiB in all: long values are cut, and room is kept for the sha256
+# that single-part uploads add once the core has been read.
 LONG_VALUE_LIMIT = 200
+SHA256_RESERVE = len("sha256") + 64
 
 
 def core_uses_pid() -> bool | None:
@@ -60,21 +62,22 @@ def gather(core: CoreFile, pattern: CoreNamePattern, cluster: str, node: str, co
         "gid": named.gid,
         "crash_time": crash_time,
     }
-    described = {
-        **named.as_dict(),
-        **info.as_dict(),
-        **{name: value for name, value in values.items() if value is not None},
+    # Most useful first: if S3's 2 KiB metadata budget runs out, the long tail goes first.
+    described: dict[str, Any] = {
+        name: value for name, value in values.items() if value is not None and name != "exe_path"
+    }
+    described |= {
         "size": core.size,
         "compression": compression,
         "shipper-version": __version__,
         "name-matched": "true" if named.matched else "false",
     }
-    for name in ("args", "exe_path", "exe-path", "filename"):
-        if isinstance(described.get(name), str):
-            described[name] = described[name][:LONG_VALUE_LIMIT]
-    described.pop("matched", None)
+    extra = {**named.as_dict(), **info.as_dict()}
+    described |= {n: v for n, v in extra.items() if n not in described and n not in {"matched", "args"}}
+    described["exe_path"] = values["exe_path"]
+    described["args"] = extra.get("args", "")[:LONG_VALUE_LIMIT]
     program = named.exe if named.matched and named.exe else core.name
-    return CoreFacts(values, metadata(described), info, program)
+    return CoreFacts(values, metadata(described, reserve=SHA256_RESERVE), info, program)
 
 
 def truncation_hint(info: CoreInfo) -> str:

@@ -69,10 +69,24 @@ def key_safe(value: str) -> str:
     return text
 
 
-def header_safe(value: str, limit: int = 512) -> str:
-    """A metadata value that is plain printable ASCII (what every S3 store accepts in headers)."""
-    raw = value.encode("utf-8", "surrogateescape")[:limit]
-    return "".join(chr(b) if 0x20 <= b < 0x7F and b != 0x25 else _escape_byte(b) for b in raw)
+# Swift's s3api refuses a metadata value over 256 bytes (with a 500 that never clears); S3 allows
+# 2 KiB of user metadata per object in all.
+VALUE_LIMIT = 256
+METADATA_LIMIT = 2048
+
+
+def header_safe(value: str, limit: int = VALUE_LIMIT) -> str:
+    """A metadata value that is plain printable ASCII (what every S3 store accepts in headers),
+    at most `limit` bytes after escaping (an escape is never cut in half)."""
+    out: list[str] = []
+    length = 0
+    for byte in _characters(value).encode("utf-8", "surrogateescape"):
+        piece = chr(byte) if 0x20 <= byte < 0x7F and byte != 0x25 else _escape_byte(byte)
+        if length + len(piece) > limit:
+            break
+        out.append(piece)
+        length += len(piece)
+    return "".join(out)
 
 
 class KeyTemplate:
@@ -148,12 +162,20 @@ class KeyTemplate:
         return None
 
 
-def metadata(values: Mapping[str, Any]) -> dict[str, str]:
-    """x-amz-meta-* values: printable ASCII, lower-case names, bounded length."""
+def metadata(values: Mapping[str, Any], reserve: int = 0) -> dict[str, str]:
+    """x-amz-meta-* values: printable ASCII, lower-case names, each value and the whole bounded.
+
+    Fields come in order of importance: once the total would pass S3's 2 KiB, later ones are left out.
+    """
     out: dict[str, str] = {}
+    total = 0
     for name, value in values.items():
         if value is None or value == "":
             continue
         text = value.strftime("%Y-%m-%dT%H:%M:%SZ") if isinstance(value, datetime) else str(value)
-        out[name.lower().replace("_", "-")] = header_safe(text)
+        key, safe = name.lower().replace("_", "-"), header_safe(text)
+        if total + len(key) + len(safe) > METADATA_LIMIT - reserve:
+            continue
+        out[key] = safe
+        total += len(key) + len(safe)
     return out

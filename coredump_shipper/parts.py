@@ -44,7 +44,12 @@ def choose_part_size(size: int, configured: int, compressed: bool, max_parts: in
 
 
 class PartSource:
-    """Produces the bytes to upload for one open file, part by part, and hashes the original."""
+    """Produces the bytes to upload for one open file, part by part, and hashes the original.
+
+    Without compression each part is read straight into its own buffer, which is then the request
+    body itself (no copies); with compression 1 MiB reads feed zstd's chunker, which hands out
+    parts of exactly `part_size` compressed bytes.
+    """
 
     def __init__(
         self,
@@ -59,18 +64,19 @@ class PartSource:
         self.sha256 = hashlib.sha256()
         self.bytes_out = 0
         self._offset = 0
-        self._buffer = bytearray(READ_SIZE)
-        self._ready: deque[bytes] = deque()
+        self._dropped = 0  # page cache dropped up to here
+        self._ready: deque[bytes | bytearray] = deque()
         self._chunker: zstandard.ZstdCompressionChunker | None = None
-        self._pending = bytearray()
+        self._buffer = bytearray()
         self._finished = False
         if compression_level is not None:
             compressor = zstandard.ZstdCompressor(
                 level=compression_level, write_content_size=True, write_checksum=True
             )
             self._chunker = compressor.chunker(size=size, chunk_size=part_size)
+            self._buffer = bytearray(READ_SIZE)
 
-    def next_part(self) -> bytes | None:
+    def next_part(self) -> bytes | bytearray | None:
         """The next part's bytes, or None when the file is exhausted. Blocking: call in a thread."""
         while not self._ready:
             if self._finished:
@@ -80,52 +86,51 @@ class PartSource:
         self.bytes_out += len(part)
         return part
 
-    def read_all(self) -> bytes:
+    def read_all(self) -> bytes | bytearray:
         """Every byte to upload as one body (for files of at most one part)."""
         parts = []
         while (part := self.next_part()) is not None:
             parts.append(part)
-        return b"".join(parts)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _feed(self) -> None:
         if self._offset >= self.size:
-            self._finish()
+            self._finished = True
+            if self._chunker is not None:
+                self._ready.extend(self._chunker.finish())  # type: ignore[no-untyped-call]
+            elif self.size == 0:
+                self._ready.append(b"")
             return
-        chunk = self._read_chunk()
-        self.sha256.update(chunk)
         if self._chunker is None:
-            self._pending += chunk
-            if len(self._pending) >= self.part_size:
-                # Part sizes are whole MiB and reads are 1 MiB, so a part fills exactly.
-                self._ready.append(bytes(self._pending))
-                self._pending.clear()
+            part = bytearray(min(self.part_size, self.size - self._offset))
+            for start in range(0, len(part), READ_SIZE):
+                self._read_into(memoryview(part)[start : start + READ_SIZE])
+            self.sha256.update(part)
+            self._ready.append(part)
         else:
-            self._ready.extend(self._chunker.compress(chunk))
+            view = memoryview(self._buffer)[: min(READ_SIZE, self.size - self._offset)]
+            self._read_into(view)
+            self.sha256.update(view)
+            self._ready.extend(self._chunker.compress(view))
+        self._drop_cache()
 
-    def _finish(self) -> None:
-        self._finished = True
-        if self._chunker is None:
-            if self._pending or self.size == 0:
-                self._ready.append(bytes(self._pending))
-            self._pending = bytearray()
-        else:
-            self._ready.extend(self._chunker.finish())  # type: ignore[no-untyped-call]
-
-    def _read_chunk(self) -> memoryview:
-        want = min(READ_SIZE, self.size - self._offset)
+    def _read_into(self, view: memoryview) -> None:
+        """Fill `view` from the current offset; a hole is zeros without reading it."""
+        want = len(view)
         if self._in_hole(want):
-            chunk = memoryview(_ZEROS)[:want]
+            view[:] = _ZEROS[:want]
         else:
-            view = memoryview(self._buffer)[:want]
             got = os.preadv(self.fd, [view], self._offset)
             if got < want:
                 # The file shrank under us; the final identity check will reject this upload.
                 view[got:] = _ZEROS[: want - got]
-            chunk = view
-            # Drop what was read from the page cache: a pod's memory cgroup is charged for it.
-            os.posix_fadvise(self.fd, self._offset, want, os.POSIX_FADV_DONTNEED)
         self._offset += want
-        return chunk
+
+    def _drop_cache(self) -> None:
+        """Drop what was read from the page cache (a pod's memory cgroup is charged for it), once a part."""
+        if self._offset - self._dropped >= self.part_size or self._offset >= self.size:
+            os.posix_fadvise(self.fd, self._dropped, self._offset - self._dropped, os.POSIX_FADV_DONTNEED)
+            self._dropped = self._offset
 
     def _in_hole(self, length: int) -> bool:
         """True if [offset, offset+length) lies wholly in a hole, so zeros need not be read."""

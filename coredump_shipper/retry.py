@@ -36,7 +36,8 @@ def is_transient(error: BaseException) -> bool:
     if isinstance(error, ClientError):
         code = str(error.response.get("Error", {}).get("Code", ""))
         status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-        return code in TRANSIENT_CODES or status >= 500 or status == 429
+        # 501 Not Implemented (a store refusing a feature, e.g. aws-chunked bodies) never clears.
+        return code in TRANSIENT_CODES or (status >= 500 and status != 501) or status == 429
     return isinstance(error, HTTPClientError | BotoCoreError | aiohttp.ClientError | TimeoutError | OSError)
 
 

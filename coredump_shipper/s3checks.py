@@ -353,12 +353,13 @@ async def _two_parts(config: Config, client: S3Client, key: str, upload_id: str)
     return Check(name, "OK", "a 2-part upload completed and was deleted; ListMultipartUploads allowed")
 
 
-async def self_test(config: Config, client: S3Client) -> list[Check] | None:
-    """The daemon's start-up self-test: None while S3 cannot be reached (try again later)."""
+async def self_test(config: Config, client: S3Client) -> tuple[bool, list[Check]]:
+    """The daemon's start-up self-test: (False, [HeadBucket's check]) while S3 cannot be reached
+    (a network problem, TLS, no credentials: try again later), else (True, every check)."""
     head, reachable = await head_bucket_check(config, client, write_probe=True)
     if not reachable:
-        return None
+        return False, [head]
     checks = [head]
     if head.status == "OK":
         checks += [await write_probe_check(config, client), await multipart_check(config, client)]
-    return checks
+    return True, checks

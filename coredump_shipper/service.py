@@ -183,9 +183,13 @@ class Service:
     async def _self_test(self, client: S3Client) -> None:
         """Write a probe object and a 2-part upload once S3 answers; say which call and setting fail."""
         attempt = 0
-        while (checks := await self_test(self.config, client)) is None:
+        while not (answer := await self_test(self.config, client))[0]:
+            if attempt == 0:  # said once: a TLS or credentials problem must reach the log
+                (head,) = answer[1]
+                log.warning("S3 self-test waits for S3: %s; fix: %s", head.detail, head.fix)
             attempt += 1
             await asyncio.sleep(self.store.backoff.delay(attempt))
+        checks = answer[1]
         failed = [check for check in checks if check.status == "FAIL"]
         self.metrics.self_test.set(0 if failed else 1)
         self.self_test_failure = "; ".join(f"{c.name}: {c.detail} (fix: {c.fix})" for c in failed) or None

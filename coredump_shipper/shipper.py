@@ -85,11 +85,10 @@ class Shipper:
                     truncation_hint(facts.info),
                     extra={"event": "truncated_core", "file": str(path)},
                 )
-            if not self.storm.allows(facts.program):
+            if not self.storm.admit(facts.program, core.name):
                 return await self._metadata_only(core, key, facts)
             result = await self._upload(core, key, facts)
             self._finish(core, key)
-        self.storm.record(facts.program)
         seconds = time.monotonic() - started
         self.metrics.uploads.labels("success").inc()
         self.metrics.core_bytes.inc(core.size)

@@ -21,30 +21,35 @@ class StormLimiter:
         self.limit = limit
         self.window = window
         self.clock = clock
-        self._shipped: dict[str, deque[float]] = {}
+        self._admitted: dict[str, deque[tuple[float, str]]] = {}
 
-    def allows(self, program: str) -> bool:
-        """True if one more core of `program` may be shipped now (limit 0: no limit)."""
-        return self.limit <= 0 or len(self._recent(program)) < self.limit
+    def admit(self, program: str, name: str) -> bool:
+        """True if core `name` of `program` may be shipped; it then counts against the limit.
 
-    def record(self, program: str) -> None:
-        """Count a shipped core of `program`."""
+        Counted when admitted, not when shipped, so concurrent workers cannot overshoot; a core
+        admitted once (and retried after a failure) stays admitted.
+        """
         if self.limit <= 0:
-            return
-        if len(self._shipped) > MAX_PROGRAMS:
-            for name in list(self._shipped):
-                self._recent(name)
-        self._recent(program)
-        self._shipped.setdefault(program, deque()).append(self.clock())
+            return True
+        if len(self._admitted) > MAX_PROGRAMS:
+            for known in list(self._admitted):
+                self._recent(known)
+        recent = self._recent(program)
+        if any(admitted == name for _, admitted in recent):
+            return True
+        if len(recent) >= self.limit:
+            return False
+        self._admitted.setdefault(program, deque()).append((self.clock(), name))
+        return True
 
-    def _recent(self, program: str) -> deque[float]:
-        """Ship times of `program` inside the window; programs with none are forgotten."""
-        times = self._shipped.get(program)
+    def _recent(self, program: str) -> deque[tuple[float, str]]:
+        """(time, name) of the program's cores admitted inside the window; idle programs are forgotten."""
+        times = self._admitted.get(program)
         if times is None:
             return deque()
         cutoff = self.clock() - self.window
-        while times and times[0] <= cutoff:
+        while times and times[0][0] <= cutoff:
             times.popleft()
         if not times:
-            del self._shipped[program]
+            del self._admitted[program]
         return times

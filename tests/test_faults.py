@@ -253,7 +253,10 @@ def test_burst_of_1000_small_cores(bucket: Bucket, s3_server: S3Endpoint, tmp_pa
     started = time.monotonic()
     try:
         created = write_cores(watch, 1000, MiB)
-        wait_until_sync(lambda: not any(watch.iterdir()), timeout=300, interval=0.2)
+        wait_until_sync(
+            lambda: proc.poll() is not None or not any(watch.iterdir()), timeout=300, interval=0.2
+        )
+        assert proc.poll() is None, "the shipper died"
         elapsed = time.monotonic() - started
         peak_mib = peak_rss_mib(proc.pid)
     finally:

@@ -44,13 +44,16 @@ def test_storm_limiter_sliding_window(
     clock = FakeClock()
     limiter = StormLimiter(limit, window, clock)
     seen = []
-    for advance, program in events:
+    for n, (advance, program) in enumerate(events):
         clock.now += advance
-        allowed = limiter.allows(program)
-        seen.append(allowed)
-        if allowed:
-            limiter.record(program)
+        seen.append(limiter.admit(program, f"core.{n}"))
     assert seen == expected
+
+
+def test_storm_limiter_readmits_a_retried_core() -> None:
+    limiter = StormLimiter(1, 60, FakeClock())
+    assert limiter.admit("a", "core.1") and limiter.admit("a", "core.1")
+    assert not limiter.admit("a", "core.2")
 
 
 def make_core(path: Path, size: int, mtime: float) -> None:

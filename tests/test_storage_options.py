@@ -102,7 +102,7 @@ async def test_failed_self_test_names_the_call_and_the_fix(
     async with FaultProxy(s3_server.url) as proxy:
         proxy.faults.fail(403, code="AccessDenied", ops={"UploadPart"})
         metrics = Metrics(process=False)
-        async with running(make_config(endpoint_url=proxy.url), metrics) as service:
+        async with running(make_config(endpoint_url=proxy.url, self_test="on"), metrics) as service:
             await wait_until(
                 lambda: metrics.self_test._value.get() == 0 and service.self_test_failure is not None
             )
