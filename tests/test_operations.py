@@ -18,7 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from coredump_shipper.config import Config
 from tests.conftest import Bucket, ConfigFactory, running, wait_until, wait_until_sync, write_file
-from tests.servers import free_port
+from tests.faultproxy import ThreadedFaultProxy
+from tests.servers import S3Endpoint, free_port
 
 
 async def get(config: Config, path: str) -> tuple[int, str]:
@@ -221,3 +222,52 @@ def test_check_command_and_json_logs_without_secrets(bucket: Bucket, tmp_path: P
     assert uploaded[0]["file"] == str(watch / "core.json") and uploaded[0]["bytes"] == 4
     assert "has been uploaded to 's3://" in uploaded[0]["message"]
     assert secret.encode() not in err and secret.encode() not in metrics_body
+
+
+def test_credentials_never_reach_logs_or_metrics_when_requests_fail(
+    s3_server: S3Endpoint, tmp_path: Path
+) -> None:
+    secret = "LEAKCHECKsecretVALUE0123456789abcdef0000"
+    key_id = "AKIALEAKCHECK0000KEY"
+    watch = tmp_path / "cores"
+    watch.mkdir()
+    write_file(watch / "core.fails", b"never shipped")
+    port = free_port()
+    with ThreadedFaultProxy(s3_server.url) as proxy:
+        proxy.faults.fail(403, code="SignatureDoesNotMatch")
+        env = {**os.environ, "AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret}
+        args = [
+            "--watch-dir",
+            str(watch),
+            "--bucket",
+            "cores",
+            "--endpoint-url",
+            proxy.url,
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--retry-base-delay",
+            "0.05s",
+            "--retry-max-delay",
+            "0.2s",
+            "--log-level",
+            "debug",
+        ]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "coredump_shipper", "run", *args], env=env, stderr=subprocess.PIPE
+        )
+        try:
+            wait_until_sync(lambda: proxy.stats().faults.get("http_403", 0) >= 10, timeout=30)
+            body = subprocess.run(
+                ["curl", "-s", f"http://127.0.0.1:{port}/metrics"], capture_output=True, check=False
+            ).stdout
+            ready = subprocess.run(
+                ["curl", "-s", f"http://127.0.0.1:{port}/readyz"], capture_output=True, check=False
+            ).stdout
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=30)
+    assert b"SignatureDoesNotMatch" in err, "the failures were logged"
+    for text in (err, body, ready):
+        assert secret.encode() not in text and key_id.encode() not in text
+        assert b"Signature=" not in text and b"X-Amz-Signature" not in text
+    assert (watch / "core.fails").exists()

@@ -1,0 +1,87 @@
+"""Cutting files into parts: round trips through zstd and raw, holes, part sizes, the sha256."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from coredump_shipper.parts import MIN_PART, MiB, PartSource
+
+PART = MIN_PART  # 5 MiB
+
+
+def make_file(path: Path, size: int, holes: bool) -> bytes:
+    """A file of `size` bytes: random and zero runs, the zero runs left as holes if asked."""
+    data = bytearray()
+    with path.open("wb") as out:
+        offset = 0
+        while offset < size:
+            run = min(MiB // 2, size - offset)
+            if (offset // run) % 2 if run else 0:
+                chunk = bytes(run)
+                if holes:
+                    out.seek(run, os.SEEK_CUR)
+                else:
+                    out.write(chunk)
+            else:
+                chunk = os.urandom(run)
+                out.write(chunk)
+            data += chunk
+            offset += run
+        out.truncate(size)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("size", [0, 1, 4096, PART - 1, PART, PART + 1, 3 * PART + 12345])
+@pytest.mark.parametrize("level", [None, 1])
+@pytest.mark.parametrize("holes", [False, True])
+def test_parts_restore_the_file_exactly(tmp_path: Path, size: int, level: int | None, holes: bool) -> None:
+    path = tmp_path / "core"
+    expected = make_file(path, size, holes)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        source = PartSource(fd, size, PART, level)
+        parts = []
+        while (part := source.next_part()) is not None:
+            parts.append(bytes(part))
+    finally:
+        os.close(fd)
+    # S3's rule: every part but the last is at least 5 MiB; here each is exactly the part size.
+    assert all(len(part) == PART for part in parts[:-1])
+    assert len(parts[-1]) <= PART
+    stored = b"".join(parts)
+    assert source.bytes_out == len(stored)
+    restored = zstandard.ZstdDecompressor().decompress(stored) if level is not None else stored
+    assert restored == expected
+    assert source.sha256.hexdigest() == hashlib.sha256(expected).hexdigest()
+
+
+def test_compressed_stream_is_a_standard_zstd_frame_with_size_and_checksum(tmp_path: Path) -> None:
+    path = tmp_path / "core"
+    expected = make_file(path, 2 * PART + 99, holes=True)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        stored = b"".join(bytes(p) for p in iter(PartSource(fd, len(expected), PART, 1).next_part, None))
+    finally:
+        os.close(fd)
+    params = zstandard.get_frame_parameters(stored)
+    assert params.content_size == len(expected) and params.has_checksum
+    corrupt = bytearray(stored)
+    corrupt[len(corrupt) // 2] ^= 0xFF
+    with pytest.raises(zstandard.ZstdError):
+        zstandard.ZstdDecompressor().decompress(bytes(corrupt))
+
+
+def test_empty_file_is_one_empty_or_tiny_part(tmp_path: Path) -> None:
+    (tmp_path / "empty").write_bytes(b"")
+    fd = os.open(tmp_path / "empty", os.O_RDONLY)
+    try:
+        assert PartSource(fd, 0, PART, None).read_all() == b""
+        frame = PartSource(fd, 0, PART, 1).read_all()
+    finally:
+        os.close(fd)
+    assert zstandard.ZstdDecompressor().decompress(bytes(frame)) == b""
