@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.servers import S3Endpoint, free_port, wait_for_port
+from tests.servers import S3Endpoint, free_port, stop, wait_for_port
 
 
 @dataclass(frozen=True)
@@ -72,9 +72,4 @@ def run_nullsink(log_dir: Path) -> Iterator[NullSink]:
                 )
             )
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc)

@@ -163,3 +163,29 @@ def write_file(path: Path, data: bytes) -> None:
     """Write like the kernel does: one open, writes, one close (a single IN_CLOSE_WRITE)."""
     with path.open("wb") as handle:
         handle.write(data)
+
+
+def daemon_args(watch_dir: Path, bucket: str, endpoint: str, *extra: str) -> list[str]:
+    """`coredump-shipper run` arguments for a subprocess: fast retries, no self-test objects."""
+    return [
+        "run",
+        "--watch-dir",
+        str(watch_dir),
+        "--bucket",
+        bucket,
+        "--endpoint-url",
+        endpoint,
+        "--node-name",
+        "node-1",
+        "--cluster-name",
+        "test",
+        "--listen",
+        f"127.0.0.1:{free_port()}",
+        "--retry-base-delay",
+        "0.05",
+        "--retry-max-delay",
+        "0.5",
+        "--self-test",
+        "off",
+        *extra,
+    ]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Bucket, wait_until_sync, write_file
+from tests.conftest import Bucket, daemon_args, wait_until_sync, write_file
 from tests.servers import S3Endpoint, free_port
 from tests.servers.moto import run_moto
 
@@ -26,31 +26,6 @@ def shipper(*args: str, env: Mapping[str, str] | None = None, **kwargs: object) 
         **kwargs,  # type: ignore[call-overload]
     )
     return proc
-
-
-def run_args(watch_dir: Path, bucket: str, endpoint: str, *extra: str) -> list[str]:
-    return [
-        "run",
-        "--watch-dir",
-        str(watch_dir),
-        "--bucket",
-        bucket,
-        "--endpoint-url",
-        endpoint,
-        "--node-name",
-        "node-1",
-        "--cluster-name",
-        "test",
-        "--listen",
-        f"127.0.0.1:{free_port()}",
-        "--retry-base-delay",
-        "0.05",
-        "--retry-max-delay",
-        "0.5",
-        "--self-test",
-        "off",
-        *extra,
-    ]
 
 
 @pytest.mark.parametrize(
@@ -137,7 +112,7 @@ def test_s3_unreachable_at_start_then_reachable(tmp_path: Path) -> None:
     watch.mkdir()
     write_file(watch / "core.early", b"before S3")
     port = free_port()
-    proc = shipper(*run_args(watch, "late-bucket", f"http://127.0.0.1:{port}"))
+    proc = shipper(*daemon_args(watch, "late-bucket", f"http://127.0.0.1:{port}"))
     try:
         time.sleep(1)
         write_file(watch / "core.while-down", b"while S3 is down")
@@ -160,7 +135,7 @@ def test_sigterm_during_multipart_exits_cleanly_and_next_run_ships(
     watch = tmp_path / "cores"
     watch.mkdir()
     data = os.urandom(120 * 1024 * 1024)
-    args = run_args(
+    args = daemon_args(
         watch,
         bucket.name,
         s3_server.url,

@@ -24,9 +24,17 @@ from typing import Any
 import pytest
 
 from coredump_shipper.metrics import Metrics
-from tests.conftest import Bucket, ConfigFactory, running, wait_until, wait_until_sync, write_file
+from tests.conftest import (
+    Bucket,
+    ConfigFactory,
+    daemon_args,
+    running,
+    wait_until,
+    wait_until_sync,
+    write_file,
+)
 from tests.faultproxy import FaultProxy, ProxyStats, ThreadedFaultProxy
-from tests.servers import S3Endpoint, free_port
+from tests.servers import S3Endpoint
 
 MiB = 1024 * 1024
 
@@ -189,31 +197,7 @@ async def test_core_changed_during_upload_is_never_reported_with_wrong_content(
 
 
 def _shipper_process(watch: Path, endpoint: str, bucket: str, *extra: str) -> subprocess.Popen[bytes]:
-    command = [
-        sys.executable,
-        "-m",
-        "coredump_shipper",
-        "run",
-        "--watch-dir",
-        str(watch),
-        "--bucket",
-        bucket,
-        "--endpoint-url",
-        endpoint,
-        "--node-name",
-        "node-1",
-        "--cluster-name",
-        "test",
-        "--listen",
-        f"127.0.0.1:{free_port()}",
-        "--retry-base-delay",
-        "0.05",
-        "--retry-max-delay",
-        "0.5",
-        "--self-test",
-        "off",
-        *extra,
-    ]
+    command = [sys.executable, "-m", "coredump_shipper", *daemon_args(watch, bucket, endpoint, *extra)]
     return subprocess.Popen(command, stderr=subprocess.DEVNULL)
 
 

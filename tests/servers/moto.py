@@ -8,7 +8,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.servers import S3Endpoint, free_port, wait_for_port
+from tests.servers import S3Endpoint, free_port, stop, wait_for_port
 
 
 @contextlib.contextmanager
@@ -30,10 +30,5 @@ def run_moto(log_dir: Path, port: int | None = None) -> Iterator[S3Endpoint]:
             secret_key="testing-secret-key",
         )
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         log.close()

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.servers import S3Endpoint, free_port, wait_for_port
+from tests.servers import S3Endpoint, free_port, stop, wait_for_port
 
 # Big reads keep the per-chunk Python overhead small for uploads of hundreds of MiB; flow control
 # still bounds what is buffered per connection to a few chunks.
@@ -246,12 +246,7 @@ def tls_front(backend: S3Endpoint, work_dir: Path) -> Iterator[S3Endpoint]:
             ca_bundle=str(certs.ca),
         )
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         log.close()
 
 
