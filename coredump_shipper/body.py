@@ -22,7 +22,7 @@ WRITE_CHUNK = 256 * 1024
 class PartBody(io.IOBase):
     """A read-only, seekable, zero-copy file over `data`. Make a new one for each attempt."""
 
-    def __init__(self, data: bytes | bytearray) -> None:
+    def __init__(self, data: bytes | bytearray | memoryview) -> None:
         super().__init__()
         self._view = memoryview(data)
         self._position = 0
@@ -72,7 +72,7 @@ class PartPayload(payload.Payload):
             await writer.write(view[start : start + WRITE_CHUNK])
 
 
-def zero_copy_body(data: bytes | bytearray) -> IO[bytes]:
+def zero_copy_body(data: bytes | bytearray | memoryview) -> IO[bytes]:
     """`data` as a request Body that botocore and aiohttp pass along without copying."""
     return cast(IO[bytes], PartBody(data))
 

@@ -12,7 +12,6 @@ import errno
 import hashlib
 import math
 import os
-from collections import deque
 
 import zstandard
 
@@ -44,20 +43,14 @@ def choose_part_size(size: int, configured: int, compressed: bool, max_parts: in
 
 
 class PartSource:
-    """Produces the bytes to upload for one open file, part by part, and hashes the original.
+    """Fills part buffers with what to upload for one open file, and hashes the original.
 
-    Without compression each part is read straight into its own buffer, which is then the request
-    body itself (no copies); with compression 1 MiB reads feed zstd's chunker, which hands out
-    parts of exactly `part_size` compressed bytes.
+    Without compression a part is read straight into its buffer, which is then the request body
+    itself; with compression 1 MiB reads go through zstd and its output fills the buffer, the
+    overflow carried to the next part. Every part but the last is exactly `part_size` bytes.
     """
 
-    def __init__(
-        self,
-        fd: int,
-        size: int,
-        part_size: int,
-        compression_level: int | None,
-    ) -> None:
+    def __init__(self, fd: int, size: int, part_size: int, compression_level: int | None) -> None:
         self.fd = fd
         self.size = size
         self.part_size = part_size
@@ -65,54 +58,75 @@ class PartSource:
         self.bytes_out = 0
         self._offset = 0
         self._dropped = 0  # page cache dropped up to here
-        self._ready: deque[bytes | bytearray] = deque()
-        self._chunker: zstandard.ZstdCompressionChunker | None = None
-        self._buffer = bytearray()
-        self._finished = False
+        self._compressor: zstandard.ZstdCompressionObj | None = None
+        self._read_buffer = bytearray()
+        self._carry = memoryview(b"")  # compressed bytes that did not fit the last part
+        self._flushed = False
+        self._empty_sent = False
         if compression_level is not None:
-            compressor = zstandard.ZstdCompressor(
+            self._compressor = zstandard.ZstdCompressor(
                 level=compression_level, write_content_size=True, write_checksum=True
-            )
-            self._chunker = compressor.chunker(size=size, chunk_size=part_size)
-            self._buffer = bytearray(READ_SIZE)
+            ).compressobj(size=size)
+            self._read_buffer = bytearray(READ_SIZE)
 
-    def next_part(self) -> bytes | bytearray | None:
-        """The next part's bytes, or None when the file is exhausted. Blocking: call in a thread."""
-        while not self._ready:
-            if self._finished:
-                return None
-            self._feed()
-        part = self._ready.popleft()
-        self.bytes_out += len(part)
-        return part
+    @property
+    def finished(self) -> bool:
+        if self._compressor is None:
+            return self._offset >= self.size and (self.size > 0 or self._empty_sent)
+        return self._flushed and not self._carry
 
-    def read_all(self) -> bytes | bytearray:
-        """Every byte to upload as one body (for files of at most one part)."""
-        parts = []
-        while (part := self.next_part()) is not None:
-            parts.append(part)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+    def fill(self, buffer: bytearray) -> memoryview | None:
+        """Put the next part into `buffer`; its bytes, or None when nothing is left. Blocking."""
+        if self.finished:
+            return None
+        target = memoryview(buffer)[: self.part_size]
+        filled = self._fill_raw(target) if self._compressor is None else self._fill_compressed(target)
+        self.bytes_out += filled
+        return target[:filled]
 
-    def _feed(self) -> None:
-        if self._offset >= self.size:
-            self._finished = True
-            if self._chunker is not None:
-                self._ready.extend(self._chunker.finish())  # type: ignore[no-untyped-call]
-            elif self.size == 0:
-                self._ready.append(b"")
-            return
-        if self._chunker is None:
-            part = bytearray(min(self.part_size, self.size - self._offset))
-            for start in range(0, len(part), READ_SIZE):
-                self._read_into(memoryview(part)[start : start + READ_SIZE])
-            self.sha256.update(part)
-            self._ready.append(part)
-        else:
-            view = memoryview(self._buffer)[: min(READ_SIZE, self.size - self._offset)]
-            self._read_into(view)
-            self.sha256.update(view)
-            self._ready.extend(self._chunker.compress(view))
+    def read_all(self, buffer: bytearray) -> memoryview | bytearray:
+        """Every byte to upload as one body (files of at most one part): a view of `buffer` unless
+        compression made it a little larger than a part."""
+        first = self.fill(buffer)
+        assert first is not None
+        if self.finished:
+            return first
+        whole = bytearray(first)
+        while (part := self.fill(buffer)) is not None:
+            whole += part
+        return whole
+
+    def _fill_raw(self, target: memoryview) -> int:
+        self._empty_sent = True
+        count = min(len(target), self.size - self._offset)
+        for start in range(0, count, READ_SIZE):
+            chunk = target[start : min(start + READ_SIZE, count)]
+            self._read_into(chunk)
+            self.sha256.update(chunk)
         self._drop_cache()
+        return count
+
+    def _fill_compressed(self, target: memoryview) -> int:
+        assert self._compressor is not None
+        filled = 0
+        while filled < len(target):
+            if self._carry:
+                take = min(len(self._carry), len(target) - filled)
+                target[filled : filled + take] = self._carry[:take]
+                self._carry = self._carry[take:]
+                filled += take
+            elif self._offset < self.size:
+                chunk = memoryview(self._read_buffer)[: min(READ_SIZE, self.size - self._offset)]
+                self._read_into(chunk)
+                self.sha256.update(chunk)
+                self._drop_cache()
+                self._carry = memoryview(self._compressor.compress(chunk))
+            elif not self._flushed:
+                self._carry = memoryview(self._compressor.flush())
+                self._flushed = True
+            else:
+                break
+        return filled
 
     def _read_into(self, view: memoryview) -> None:
         """Fill `view` from the current offset; a hole is zeros without reading it."""

@@ -25,6 +25,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
 from coredump_shipper.body import zero_copy_body
+from coredump_shipper.buffers import PartBuffers
 from coredump_shipper.config import Config
 from coredump_shipper.corefile import CoreFile
 from coredump_shipper.errors import UploadError
@@ -141,7 +142,7 @@ class S3Store:
         self.backoff = backoff
         self.call_attempts = call_attempts
         self.call_timeout = call_timeout
-        self._part_slots = asyncio.Semaphore(parts_in_flight)
+        self._buffers = PartBuffers(parts_in_flight)
         # Monotonic times of the last S3 call that ended (well or badly) and that succeeded:
         # liveness looks at the first, readiness at the second.
         self.last_progress = time.monotonic()
@@ -200,8 +201,14 @@ class S3Store:
         content_type: str,
         object_args: Mapping[str, Any],
     ) -> UploadResult:
-        async with self._part_slots:
-            body = await asyncio.to_thread(source.read_all)
+        buffer = await self._buffers.acquire(source.part_size)
+        try:
+            body = await asyncio.to_thread(source.read_all, buffer)
+        except BaseException:
+            # Cancelled, the reading thread may still write into the buffer: never reuse it.
+            self._buffers.discard()
+            raise
+        try:
             core.check_unchanged()
             sha256 = source.sha256.hexdigest()
             await self._call(
@@ -215,6 +222,8 @@ class S3Store:
                     **object_args,
                 ),
             )
+        finally:
+            self._buffers.release(buffer)
         self.metrics.upload_bytes.inc(len(body))
         return UploadResult(key, len(body), sha256, 1)
 
@@ -276,23 +285,29 @@ class S3Store:
         try:
             async with asyncio.TaskGroup() as group:
                 while True:
-                    # The slot is taken before the part is read, so it bounds parts held in memory.
-                    await self._part_slots.acquire()
+                    # The buffer is taken before the part is read: holding one bounds part memory.
+                    buffer = await self._buffers.acquire(source.part_size)
                     try:
-                        body = await asyncio.to_thread(source.next_part)
+                        part = await asyncio.to_thread(source.fill, buffer)
                     except BaseException:
-                        self._part_slots.release()
+                        self._buffers.discard()  # the reading thread may still be writing into it
                         raise
-                    if body is None:
-                        self._part_slots.release()
+                    if part is None:
+                        self._buffers.release(buffer)
                         return
                     number += 1
-                    group.create_task(self._send_part(key, upload_id, number, body, etags))
+                    group.create_task(self._send_part(key, upload_id, number, part, buffer, etags))
         except BaseExceptionGroup as group_error:
             raise group_error.exceptions[0] from None
 
     async def _send_part(
-        self, key: str, upload_id: str, number: int, body: bytes | bytearray, etags: dict[int, str]
+        self,
+        key: str,
+        upload_id: str,
+        number: int,
+        body: memoryview,
+        buffer: bytearray,
+        etags: dict[int, str],
     ) -> None:
         try:
             answer = await self._call(
@@ -308,7 +323,7 @@ class S3Store:
             etags[number] = answer["ETag"]
             self.metrics.upload_bytes.inc(len(body))
         finally:
-            self._part_slots.release()
+            self._buffers.release(buffer)
 
     async def abort(self, key: str, upload_id: str) -> None:
         """Abort a multipart upload, even while being cancelled; failures are logged, not raised."""
