@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import ctypes
 import logging
 import os
 import sys
@@ -36,7 +34,6 @@ from coredump_shipper.uploader import S3Store, client_settings, s3_client
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
 log = logging.getLogger(__name__)
 
@@ -98,19 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def tune_allocator() -> None:
-    """Return freed part buffers to the system at once.
-
-    Parts are MiBs each and come and go with every upload. glibc raises its mmap threshold after the
-    first such buffer is freed, so later ones come from (and stay in) its heap: RSS would keep the
-    peak of every part ever held. A fixed threshold keeps them mmapped and unmapped when freed.
-    """
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to tune
-        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, 1024 * 1024)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    tune_allocator()
     args = build_parser().parse_args(argv)
     if args.command == "check":
         return check_health(args)
