@@ -20,7 +20,9 @@ from coredump_shipper.config import Config, load_config
 from coredump_shipper.metrics import Metrics
 from coredump_shipper.service import Service
 from tests.servers import S3Endpoint, free_port
+from tests.servers import swift as swift_server
 from tests.servers.moto import run_moto
+from tests.servers.tls import tls_front
 
 ConfigFactory = Callable[..., Config]
 _counter = itertools.count()
@@ -28,7 +30,35 @@ _counter = itertools.count()
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
+    """moto's server mode: the default S3 server of the suite."""
     with run_moto(tmp_path_factory.mktemp("moto")) as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(scope="session")
+def swift_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
+    """OpenStack Swift with s3api, started once for every test file that uses it."""
+    reason = swift_server.missing()
+    if reason:
+        # CI installs Swift (tests/servers/install-swift.sh): a skip there would hide a broken setup.
+        if os.environ.get("CI"):
+            pytest.fail(f"Swift is required in CI: {reason}")
+        pytest.skip(reason)
+    with swift_server.run_swift(tmp_path_factory.mktemp("swift")) as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(scope="session")
+def moto_tls(s3_server: S3Endpoint, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
+    """moto behind an HTTPS front whose certificate comes from a private CA."""
+    with tls_front(s3_server, tmp_path_factory.mktemp("moto-tls")) as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(scope="session")
+def swift_tls(swift_s3: S3Endpoint, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
+    """Swift behind an HTTPS front whose certificate comes from a private CA."""
+    with tls_front(swift_s3, tmp_path_factory.mktemp("swift-tls")) as endpoint:
         yield endpoint
 
 

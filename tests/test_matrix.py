@@ -37,8 +37,6 @@ from coredump_shipper.config import Config, load_config
 from coredump_shipper.metrics import Metrics
 from tests.conftest import Bucket, running, wait_until, write_file
 from tests.servers import S3Endpoint, free_port
-from tests.servers import swift as swift_server
-from tests.servers.tls import tls_front
 
 MIB = 1 << 20
 PART_SIZE = 5 * MIB
@@ -51,38 +49,14 @@ _REPO_ROOT = Path(__file__).resolve().parents[1]
 # --- Servers, one of each for the session ------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def matrix_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("matrix")
-
-
-@pytest.fixture(scope="session")
-def swift_http(matrix_dir: Path) -> Iterator[S3Endpoint]:
-    reason = swift_server.missing()
-    if reason:
-        # CI installs Swift (tests/servers/install-swift.sh): a skip there would hide a broken setup.
-        if os.environ.get("CI"):
-            pytest.fail(f"Swift is required in CI: {reason}")
-        pytest.skip(reason)
-    with swift_server.run_swift(matrix_dir / "swift") as endpoint:
-        yield endpoint
-
-
-@pytest.fixture(scope="session")
-def moto_https(s3_server: S3Endpoint, matrix_dir: Path) -> Iterator[S3Endpoint]:
-    with tls_front(s3_server, matrix_dir) as endpoint:
-        yield endpoint
-
-
-@pytest.fixture(scope="session")
-def swift_https(swift_http: S3Endpoint, matrix_dir: Path) -> Iterator[S3Endpoint]:
-    with tls_front(swift_http, matrix_dir) as endpoint:
-        yield endpoint
-
-
 def _server(request: pytest.FixtureRequest) -> S3Endpoint:
     # The session fixtures start only the servers the selected tests use.
-    fixture = {"moto-http": "s3_server"}.get(request.param, request.param.replace("-", "_"))
+    fixture = {
+        "moto-http": "s3_server",
+        "moto-https": "moto_tls",
+        "swift-http": "swift_s3",
+        "swift-https": "swift_tls",
+    }[request.param]
     endpoint: S3Endpoint = request.getfixturevalue(fixture)
     return endpoint
 

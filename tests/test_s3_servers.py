@@ -48,8 +48,7 @@ import dataclasses
 import hashlib
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import boto3
@@ -65,9 +64,6 @@ from types_aiobotocore_s3.type_defs import (
 )
 
 from tests.servers import S3Endpoint
-from tests.servers import swift as swift_server
-from tests.servers.moto import run_moto
-from tests.servers.tls import tls_front
 
 MIB = 1 << 20
 # One session for the module: it caches the service models, so each client is cheap.
@@ -85,29 +81,6 @@ class Target:
     @property
     def https(self) -> bool:
         return self.endpoint.url.startswith("https://")
-
-
-@pytest.fixture(scope="session")
-def servers_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("s3-servers")
-
-
-@pytest.fixture(scope="session")
-def moto_server(servers_dir: Path) -> Iterator[S3Endpoint]:
-    with run_moto(servers_dir) as endpoint:
-        yield endpoint
-
-
-@pytest.fixture(scope="session")
-def swift_server_endpoint(servers_dir: Path) -> Iterator[S3Endpoint]:
-    reason = swift_server.missing()
-    if reason:
-        # CI installs Swift (tests/servers/install-swift.sh): a skip there would hide a broken setup.
-        if os.environ.get("CI"):
-            pytest.fail(f"Swift is required in CI: {reason}")
-        pytest.skip(reason)
-    with swift_server.run_swift(servers_dir / "swift") as endpoint:
-        yield endpoint
 
 
 def _create_bucket(endpoint: S3Endpoint) -> str:
@@ -130,25 +103,23 @@ def _target(endpoint: S3Endpoint, store: str) -> Target:
 
 
 @pytest.fixture(scope="session")
-def moto_http(moto_server: S3Endpoint) -> Target:
-    return _target(moto_server, "moto")
+def moto_http(s3_server: S3Endpoint) -> Target:
+    return _target(s3_server, "moto")
 
 
 @pytest.fixture(scope="session")
-def moto_https(moto_server: S3Endpoint, servers_dir: Path) -> Iterator[Target]:
-    with tls_front(moto_server, servers_dir) as endpoint:
-        yield _target(endpoint, "moto")
+def moto_https(moto_tls: S3Endpoint) -> Target:
+    return _target(moto_tls, "moto")
 
 
 @pytest.fixture(scope="session")
-def swift_http(swift_server_endpoint: S3Endpoint) -> Target:
-    return _target(swift_server_endpoint, "swift")
+def swift_http(swift_s3: S3Endpoint) -> Target:
+    return _target(swift_s3, "swift")
 
 
 @pytest.fixture(scope="session")
-def swift_https(swift_server_endpoint: S3Endpoint, servers_dir: Path) -> Iterator[Target]:
-    with tls_front(swift_server_endpoint, servers_dir) as endpoint:
-        yield _target(endpoint, "swift")
+def swift_https(swift_tls: S3Endpoint) -> Target:
+    return _target(swift_tls, "swift")
 
 
 @pytest.fixture(scope="session", params=["moto_http", "moto_https", "swift_http", "swift_https"])
