@@ -1,4 +1,4 @@
-"""Opening a core safely: never follow a link, never block on a FIFO, only ever read regular files.
+"""Opening a core safely: never follow a link, never block on a FIFO, only read regular files with one name.
 
 The path is opened with O_NOFOLLOW | O_NONBLOCK and the open descriptor is checked with fstat, so a
 file swapped for a symlink or a FIFO between listing and opening is caught on the descriptor itself.
@@ -60,6 +60,12 @@ class CoreFile:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise SkipFile(_kind(st.st_mode), f"{str(path)!r} is not a regular file")
+            if st.st_nlink > 1:
+                # The kernel writes a core with one link. A second name may be a hard link made to a
+                # file outside the directory (a secret the shipper can read): never ship it.
+                raise SkipFile(
+                    "hardlink", f"{str(path)!r} has {st.st_nlink} links; hard links are never shipped"
+                )
             # Reads of a regular file never block, but clear O_NONBLOCK anyway: it has no meaning here.
             os.set_blocking(fd, True)
         except BaseException:

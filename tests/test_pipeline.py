@@ -128,6 +128,7 @@ async def test_odd_files_are_skipped_and_never_block(
     secret.write_bytes(b"outside the watched directory")
     # Present at start: found by the start-up scan.
     (watch_dir / "core.link").symlink_to(secret)
+    os.link(secret, watch_dir / "core.hardlink")
     os.mkfifo(watch_dir / "core.fifo")
     (watch_dir / "core.dir").mkdir()
     metrics = Metrics(process=False)
@@ -145,3 +146,5 @@ async def test_odd_files_are_skipped_and_never_block(
     assert secret.exists() and (watch_dir / "core.link").is_symlink()
     assert metrics.skipped_files.labels("fifo")._value.get() == 1
     assert metrics.skipped_files.labels("directory")._value.get() == 1
+    assert metrics.skipped_files.labels("hardlink")._value.get() == 1
+    assert (watch_dir / "core.hardlink").exists() and secret.read_bytes() == b"outside the watched directory"
