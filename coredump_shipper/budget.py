@@ -27,6 +27,7 @@ class _Core:
     mtime: float
     allocated: int
     inode: int
+    shipped: bool  # keep mode: already in the bucket, so deleting it loses nothing
 
 
 class DiskBudget:
@@ -37,7 +38,9 @@ class DiskBudget:
         keep_free: DiskLimit,
         ignored: Callable[[str], bool],
         metrics: Metrics,
+        shipped: Callable[[str, os.stat_result], bool] | None = None,
     ) -> None:
+        self.shipped = shipped
         self.watch_dir = watch_dir
         self.max_use = max_use
         self.keep_free = keep_free
@@ -60,15 +63,18 @@ class DiskBudget:
             except FileNotFoundError:
                 continue
             if stat.S_ISREG(st.st_mode):
-                cores.append(_Core(name, st.st_mtime, st.st_blocks * 512, st.st_ino))
-        return sorted(cores, key=lambda core: (core.mtime, core.name))
+                shipped = self.shipped is not None and self.shipped(name, st)
+                cores.append(_Core(name, st.st_mtime, st.st_blocks * 512, st.st_ino, shipped))
+        # Kept copies of shipped cores go first, then the oldest unshipped ones.
+        return sorted(cores, key=lambda core: (not core.shipped, core.mtime, core.name))
 
     def usage(self) -> int:
         """Bytes the cores in the directory occupy on disk."""
         return sum(core.allocated for core in self._cores())
 
     def enforce(self, busy: Collection[str]) -> list[str]:
-        """Delete the oldest cores (never those in `busy`) until both limits hold. Blocking."""
+        """Delete cores until both limits hold, oldest first (kept copies of shipped cores before
+        any unshipped one; never those in `busy`). Returns the unshipped ones lost. Blocking."""
         max_use, keep_free = self.limits()
         cores = self._cores()
         used = sum(core.allocated for core in cores)
@@ -88,6 +94,11 @@ class DiskBudget:
                 continue
             used -= core.allocated
             free += core.allocated
+            if core.shipped:
+                log.info(
+                    "deleted the kept copy of shipped core %r to free space", str(self.watch_dir / core.name)
+                )
+                continue
             dropped.append(core.name)
             self.metrics.dropped.labels("disk_budget").inc()
             log.error(

@@ -77,6 +77,8 @@ class Service:
         )
         keep = config.after_upload == "keep"
         record = ShippedRecord(config.state_path) if keep else None
+        # Keep mode: files recorded as shipped are neither queued again nor kept before unshipped ones.
+        self._already_shipped = None if record is None else self._shipped_check(record)
         shipper = Shipper(config, self.store, self.metrics, delete_after=not keep, record=record)
         self.pipeline = Pipeline(
             config.watch_dir,
@@ -85,7 +87,7 @@ class Service:
             backoff,
             workers=config.workers,
             queue_size=config.queue_size,
-            already_shipped=None if record is None else self._shipped_check(record),
+            already_shipped=self._already_shipped,
         )
         await self._stack.enter_async_context(self.pipeline)
         self.watcher = Watcher(

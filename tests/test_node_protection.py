@@ -127,3 +127,21 @@ async def test_core_storm_ships_first_cores_and_keeps_metadata_of_the_rest(
     assert len(manifests) == 6 and len(limited) == 3
     assert {m["exe"] for m in limited} == {"crashloop"}
     assert metrics.dropped.labels("rate_limited")._value.get() == 3
+
+
+def test_budget_deletes_kept_copies_of_shipped_cores_before_any_unshipped_one(tmp_path: Path) -> None:
+    make_core(tmp_path / "core.old-unshipped", 64 * KiB, 1_000_000)
+    make_core(tmp_path / "core.shipped", 64 * KiB, 1_000_001)
+    make_core(tmp_path / "core.new-unshipped", 64 * KiB, 1_000_002)
+    metrics = Metrics(process=False)
+    budget = DiskBudget(
+        tmp_path,
+        DiskLimit(bytes=150 * KiB),
+        DiskLimit(),
+        lambda n: False,
+        metrics,
+        shipped=lambda name, st: name == "core.shipped",
+    )
+    assert budget.enforce(busy=()) == [], "deleting a shipped copy loses nothing"
+    assert sorted(os.listdir(tmp_path)) == ["core.new-unshipped", "core.old-unshipped"]
+    assert metrics.dropped.labels("disk_budget")._value.get() == 0
