@@ -27,7 +27,7 @@ from coredump_shipper.errors import ConfigError, FileChanged, ShipperError, Skip
 from coredump_shipper.logs import setup_logging
 from coredump_shipper.metrics import Metrics
 from coredump_shipper.retry import Backoff
-from coredump_shipper.service import Service, backoff_for
+from coredump_shipper.service import Service
 from coredump_shipper.shipper import Shipper
 from coredump_shipper.uploader import S3Store, client_settings, s3_client
 
@@ -190,17 +190,9 @@ async def _ship(config: Config, args: argparse.Namespace) -> int:
     """Ship each file with a bounded number of attempts; never deletes what it shipped."""
     files: Sequence[Path] = args.files
     metrics = Metrics(process=False)
-    backoff = backoff_for(config)
     async with s3_client(client_settings(config)) as client:
-        store = S3Store(
-            client,
-            config.bucket,
-            metrics,
-            backoff,
-            config.parts_in_flight,
-            call_attempts=config.max_attempts,
-            call_timeout=config.call_timeout,
-        )
+        store = S3Store.for_config(client, config, metrics)
+        backoff = store.backoff
         shipper = Shipper(config, store, metrics, delete_after=False)
         limit = asyncio.Semaphore(config.workers)
 

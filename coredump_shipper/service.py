@@ -24,7 +24,6 @@ from coredump_shipper.errors import UploadError
 from coredump_shipper.metrics import Metrics
 from coredump_shipper.pipeline import Pipeline
 from coredump_shipper.record import ShippedRecord
-from coredump_shipper.retry import Backoff
 from coredump_shipper.s3checks import self_test
 from coredump_shipper.shipper import Shipper
 from coredump_shipper.uploader import S3Store, client_settings, s3_client
@@ -39,10 +38,6 @@ log = logging.getLogger(__name__)
 S3_CHECK_INTERVAL = 15.0
 BUDGET_INTERVAL = 5.0
 S3_READY_WINDOW = 60.0
-
-
-def backoff_for(config: Config) -> Backoff:
-    return Backoff(base=config.retry_base_delay, cap=config.retry_max_delay)
 
 
 class Service:
@@ -66,15 +61,8 @@ class Service:
         app = http.make_app(self.health, self.readiness, self.metrics.registry)
         await self._stack.enter_async_context(contextlib.asynccontextmanager(http.serve)(app, *config.listen))
         client = await self._stack.enter_async_context(s3_client(client_settings(config)))
-        backoff = backoff_for(config)
-        self.store = S3Store(
-            client,
-            config.bucket,
-            self.metrics,
-            backoff,
-            config.parts_in_flight,
-            call_timeout=config.call_timeout,
-        )
+        self.store = S3Store.for_config(client, config, self.metrics)
+        backoff = self.store.backoff
         keep = config.after_upload == "keep"
         record = ShippedRecord(config.state_path) if keep else None
         # Keep mode: files recorded as shipped are neither queued again nor kept before unshipped ones.

@@ -151,6 +151,19 @@ class S3Store:
         # Uploads this process started: never aborted as stale, whatever the server's clock says.
         self._own_uploads: set[str] = set()
 
+    @classmethod
+    def for_config(cls, client: S3Client, config: Config, metrics: Metrics) -> S3Store:
+        """The store as the settings describe it (one place, for the daemon and `ship` alike)."""
+        return cls(
+            client,
+            config.bucket,
+            metrics,
+            Backoff(base=config.retry_base_delay, cap=config.retry_max_delay),
+            config.parts_in_flight,
+            call_attempts=config.max_attempts,
+            call_timeout=config.call_timeout,
+        )
+
     async def _call(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
         def on_retry(attempt: int, error: BaseException) -> None:
             self.metrics.upload_retries.inc()

@@ -35,7 +35,6 @@ from coredump_shipper.browse import (
 from coredump_shipper.config import Config
 from coredump_shipper.fetch import IntegrityError, describe_fetch, fetch_core, output_name, parse_location
 from coredump_shipper.metrics import Metrics
-from coredump_shipper.service import backoff_for
 from coredump_shipper.shipper import MANIFEST_SUFFIX, Shipper
 from coredump_shipper.uploader import S3Store, client_settings, s3_client
 from tests.conftest import Bucket, ConfigFactory, running, wait_until
@@ -55,7 +54,7 @@ async def ship(client: S3Client, config: Config, path: Path, crashed: datetime) 
     """Ship `path` with the real Shipper; its mtime is the crash time the shipper records."""
     os.utime(path, (crashed.timestamp(), crashed.timestamp()))
     metrics = Metrics(process=False)
-    store = S3Store(client, config.bucket, metrics, backoff_for(config), config.parts_in_flight)
+    store = S3Store.for_config(client, config, metrics)
     shipped = await Shipper(config, store, metrics, delete_after=False).ship(path)
     assert shipped.key is not None
     return shipped.key
@@ -346,7 +345,7 @@ async def test_pod_program_and_storm_fields_from_the_shipper(
     ]
     async with s3_client(client_settings(config)) as client:
         metrics = Metrics(process=False)
-        store = S3Store(client, config.bucket, metrics, backoff_for(config), config.parts_in_flight)
+        store = S3Store.for_config(client, config, metrics)
         shipper = Shipper(config, store, metrics, delete_after=False)
         for name in names:
             (watch_dir / name).write_bytes(os.urandom(1000))

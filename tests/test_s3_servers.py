@@ -63,6 +63,7 @@ from types_aiobotocore_s3.type_defs import (
     LifecycleRuleTypeDef,
 )
 
+from tests.conftest import collect_tls_leaks, ignores_tls_leaks
 from tests.servers import S3Endpoint
 
 MIB = 1 << 20
@@ -291,12 +292,14 @@ async def test_abort_after_complete(s3: S3Client, target: Target) -> None:
     assert error_code(gone.value) == {"moto": "NoSuchUpload", "swift": "NoSuchKey"}[target.store]
 
 
+@ignores_tls_leaks
 async def test_https_needs_the_private_ca(https_target: Target) -> None:
     # verify=None: the default trust store, which does not know the private CA.
     untrusted = dataclasses.replace(https_target.endpoint, ca_bundle=None)
     async with s3_client(untrusted) as client:
         with pytest.raises(SSLError):
             await client.head_bucket(Bucket=https_target.bucket)
+    collect_tls_leaks()
 
 
 async def test_large_body_both_ways(https_target: Target) -> None:

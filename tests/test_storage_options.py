@@ -110,3 +110,18 @@ async def test_failed_self_test_names_the_call_and_the_fix(
     assert not ready
     (reason,) = [r for r in body["reasons"] if r.startswith("S3 self-test failed")]
     assert "UploadPart" in reason and "AccessDenied" in reason and "s3:PutObject" in reason
+
+
+async def test_max_attempts_bounds_each_s3_call(
+    make_config: ConfigFactory, watch_dir: Path, s3_server: S3Endpoint
+) -> None:
+    async with FaultProxy(s3_server.url) as proxy:
+        proxy.faults.fail(503, ops={"PutObject"})
+        metrics = Metrics(process=False)
+        async with running(make_config(endpoint_url=proxy.url, max_attempts=2), metrics):
+            write_file(watch_dir / "core.refused", b"x")
+            await wait_until(lambda: metrics.uploads.labels("failure")._value.get() >= 2)
+        failures = metrics.uploads.labels("failure")._value.get()
+        calls = proxy.faults.stats().requests["PutObject"]
+    # Two attempts per file-level try (the last try may have been cut short by the stop).
+    assert 2 * failures <= calls <= 2 * failures + 2
