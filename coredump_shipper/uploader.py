@@ -41,6 +41,8 @@ else:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 ABORT_TIMEOUT = 10.0
+ABORT_ATTEMPTS = 4
+ABORT_BACKOFF = Backoff(base=0.1, cap=1.0)
 
 
 @dataclass(frozen=True)
@@ -342,7 +344,12 @@ class S3Store:
         """Abort a multipart upload, even while being cancelled; failures are logged, not raised."""
 
         async def abort() -> None:
-            await self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            # A store busy with the upload's last parts may answer 500: try again, briefly.
+            await call_with_retries(
+                lambda: self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id),
+                ABORT_BACKOFF,
+                ABORT_ATTEMPTS,
+            )
 
         task = asyncio.ensure_future(asyncio.wait_for(abort(), ABORT_TIMEOUT))
         try:
