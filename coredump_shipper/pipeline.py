@@ -8,7 +8,6 @@ file that is being shipped marks it to be looked at again afterwards.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
@@ -21,6 +20,7 @@ from coredump_shipper.errors import FileChanged, SkipFile, UploadError
 from coredump_shipper.metrics import Metrics
 from coredump_shipper.retry import Backoff
 from coredump_shipper.shipper import Shipper
+from coredump_shipper.stopping import cancel_and_wait
 
 log = logging.getLogger(__name__)
 SkipMemoryKey = tuple[str, int, int, int]  # name, device, inode, mtime_ns
@@ -237,8 +237,4 @@ class Pipeline:
             _, still_running = await asyncio.wait(busy, timeout=grace)
             if still_running:
                 log.warning("shutdown timeout: cancelling %d upload(s) in progress", len(still_running))
-        for task in self._tasks:
-            task.cancel()
-        for task in [*self._tasks, *self._retries]:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait([*self._tasks, *self._retries])

@@ -186,10 +186,12 @@ async def credentials_check() -> tuple[Check, list[str]]:
         "set credentials: a Secret (credentials.existingSecret), IRSA / pod identity, or an instance profile"
     )
     try:
-        credentials = await asyncio.wait_for(get_session().get_credentials(), CREDENTIALS_TIMEOUT)
+        async with asyncio.timeout(CREDENTIALS_TIMEOUT):
+            credentials = await get_session().get_credentials()
         if credentials is None:
             return Check(name, "FAIL", "no credentials found in botocore's chain", fix), []
-        frozen = await asyncio.wait_for(credentials.get_frozen_credentials(), CREDENTIALS_TIMEOUT)
+        async with asyncio.timeout(CREDENTIALS_TIMEOUT):
+            frozen = await credentials.get_frozen_credentials()
     except Exception as error:
         # Only the error's type and code: provider errors can quote their configuration.
         code = error.response.get("Error", {}).get("Code", "") if isinstance(error, ClientError) else ""
@@ -221,7 +223,8 @@ def endpoint_check(config: Config, client: S3Client) -> Check:
 
 async def _call(call: Awaitable[T]) -> T:
     try:
-        return await asyncio.wait_for(call, S3_CALL_TIMEOUT)
+        async with asyncio.timeout(S3_CALL_TIMEOUT):  # not wait_for: see uploader._within
+            return await call
     except TimeoutError:
         raise TimeoutError(f"no answer within {S3_CALL_TIMEOUT:.0f}s") from None
 

@@ -26,6 +26,7 @@ from coredump_shipper.pipeline import Pipeline
 from coredump_shipper.record import ShippedRecord
 from coredump_shipper.s3checks import self_test
 from coredump_shipper.shipper import Shipper
+from coredump_shipper.stopping import cancel_and_wait
 from coredump_shipper.uploader import S3Store, client_settings, s3_client
 from coredump_shipper.watcher import Watcher
 
@@ -116,9 +117,7 @@ class Service:
     async def shutdown(self) -> None:
         """Stop watching, give uploads in progress the shutdown timeout, cancel the rest, stop HTTP."""
         log.info("stopping: in-flight uploads have %.0fs to finish", self.config.shutdown_timeout)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks)
         await self.pipeline.close(grace=self.config.shutdown_timeout)
         await self._stack.aclose()
         log.info("stopped", extra={"event": "stopped"})

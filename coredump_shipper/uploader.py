@@ -117,6 +117,14 @@ async def s3_client(settings: ClientSettings) -> AsyncIterator[S3Client]:
         yield client
 
 
+async def _within(seconds: float, awaitable: Awaitable[T]) -> T:
+    """`awaitable` with a deadline. asyncio.wait_for on Python 3.11 can swallow a cancellation that
+    arrives as the call completes (the task then runs on after shutdown cancelled it); a timeout
+    scope cannot."""
+    async with asyncio.timeout(seconds):
+        return await awaitable
+
+
 @dataclass(frozen=True)
 class UploadResult:
     key: str
@@ -175,7 +183,7 @@ class S3Store:
             # aiohttp's read timeout does not cover waiting for "100 Continue" (botocore sends
             # Expect: 100-continue with every PutObject/UploadPart), so each attempt has a deadline.
             result = await call_with_retries(
-                lambda: asyncio.wait_for(call(), self.call_timeout),
+                lambda: _within(self.call_timeout, call()),
                 self.backoff,
                 self.call_attempts,
                 on_retry,
@@ -268,7 +276,7 @@ class S3Store:
         except asyncio.CancelledError:
             # Stopped while the server may already have created the upload: abort it once its id is known.
             with contextlib.suppress(Exception, asyncio.CancelledError):
-                orphan = await asyncio.wait_for(creating, ABORT_TIMEOUT)
+                orphan = await _within(ABORT_TIMEOUT, creating)
                 await self.abort(key, orphan["UploadId"])
             raise
         upload_id = created["UploadId"]
@@ -351,13 +359,13 @@ class S3Store:
                 ABORT_ATTEMPTS,
             )
 
-        task = asyncio.ensure_future(asyncio.wait_for(abort(), ABORT_TIMEOUT))
+        task = asyncio.ensure_future(_within(ABORT_TIMEOUT, abort()))
         try:
             await asyncio.shield(task)
         except asyncio.CancelledError:
             # A second cancellation (hard stop): still give the abort its chance to finish.
             with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(task, ABORT_TIMEOUT)
+                await _within(ABORT_TIMEOUT, task)
             raise
         except Exception as error:
             log.warning(
