@@ -16,6 +16,7 @@ from typing import Any
 import boto3
 import pytest
 import zstandard
+from botocore.config import Config as BotoConfig
 
 from coredump_shipper.config import Config, load_config
 from coredump_shipper.metrics import Metrics
@@ -82,7 +83,11 @@ def _aws_env(monkeypatch: pytest.MonkeyPatch, s3_server: S3Endpoint) -> None:
 
 
 class Bucket:
-    """A fresh bucket on the test server, read back with plain boto3 (a separate, real client)."""
+    """A fresh bucket on an S3 server, read back with plain boto3 (a separate, real client).
+
+    The client trusts the endpoint's private CA, sends no CRC32 checksums (which some stores
+    reject) and tries again on a 503 (Swift under load): it only reads what the shipper stored.
+    """
 
     def __init__(self, endpoint: S3Endpoint, name: str) -> None:
         self.endpoint = endpoint
@@ -93,6 +98,12 @@ class Bucket:
             aws_access_key_id=endpoint.access_key,
             aws_secret_access_key=endpoint.secret_key,
             region_name=endpoint.region,
+            verify=endpoint.ca_bundle,
+            config=BotoConfig(
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+                retries={"mode": "standard", "total_max_attempts": 5},
+            ),
         )
         self.client.create_bucket(Bucket=name)
 

@@ -29,9 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config as BotoConfig
 
 from coredump_shipper.config import Config, load_config
 from coredump_shipper.metrics import Metrics
@@ -90,52 +88,27 @@ def credentials(monkeypatch: pytest.MonkeyPatch, endpoint: S3Endpoint) -> None:
     monkeypatch.setenv("AWS_DEFAULT_REGION", endpoint.region)
 
 
-class StoreBucket(Bucket):
-    """conftest's Bucket on any of the matrix's stores: trusts the private CA, sends no CRC32."""
-
-    def __init__(self, endpoint: S3Endpoint, name: str) -> None:
-        self.endpoint = endpoint
-        self.name = name
-        self.client = boto3.client(
-            "s3",
-            endpoint_url=endpoint.url,
-            aws_access_key_id=endpoint.access_key,
-            aws_secret_access_key=endpoint.secret_key,
-            region_name=endpoint.region,
-            verify=endpoint.ca_bundle,
-            config=BotoConfig(
-                request_checksum_calculation="when_required",
-                response_checksum_validation="when_required",
-                # Swift answers 503 now and then under load: this reading client tries again.
-                retries={"mode": "standard", "total_max_attempts": 5},
-            ),
-        )
-        self.client.create_bucket(Bucket=name)
-
-
-def new_bucket(monkeypatch: pytest.MonkeyPatch, endpoint: S3Endpoint) -> Iterator[StoreBucket]:
+def new_bucket(monkeypatch: pytest.MonkeyPatch, endpoint: S3Endpoint) -> Iterator[Bucket]:
     # Requested after conftest's autouse _aws_env, so these keys replace moto's.
     credentials(monkeypatch, endpoint)
-    bucket = StoreBucket(endpoint, f"matrix-{uuid.uuid4().hex[:12]}")
+    bucket = Bucket(endpoint, f"matrix-{uuid.uuid4().hex[:12]}")
     yield bucket
     bucket.client.close()
 
 
 @pytest.fixture
-def store_bucket(
-    _aws_env: None, monkeypatch: pytest.MonkeyPatch, endpoint: S3Endpoint
-) -> Iterator[StoreBucket]:
+def store_bucket(_aws_env: None, monkeypatch: pytest.MonkeyPatch, endpoint: S3Endpoint) -> Iterator[Bucket]:
     yield from new_bucket(monkeypatch, endpoint)
 
 
 @pytest.fixture
 def https_bucket(
     _aws_env: None, monkeypatch: pytest.MonkeyPatch, https_endpoint: S3Endpoint
-) -> Iterator[StoreBucket]:
+) -> Iterator[Bucket]:
     yield from new_bucket(monkeypatch, https_endpoint)
 
 
-def matrix_config(bucket: StoreBucket, watch_dir: Path, **overrides: str) -> Config:
+def matrix_config(bucket: Bucket, watch_dir: Path, **overrides: str) -> Config:
     """The shipper's defaults plus what the store needs: its endpoint and, for HTTPS, the CA."""
     values: dict[str, str] = {
         "watch_dir": str(watch_dir),
@@ -178,7 +151,7 @@ def key_for(compression: str, name: str = CORE_NAME) -> str:
     return f"matrix/node-1.{name}" + (".zst" if compression == "zstd" else "")
 
 
-def assert_shipped(bucket: StoreBucket, key: str, data: bytes, compression: str, size: str) -> None:
+def assert_shipped(bucket: Bucket, key: str, data: bytes, compression: str, size: str) -> None:
     """The object, its metadata and its manifest, all as the shipper promises."""
     assert bucket.core_keys() == [key]
     assert bucket.content(key) == data
@@ -211,7 +184,7 @@ def assert_shipped(bucket: StoreBucket, key: str, data: bytes, compression: str,
 @pytest.mark.parametrize("compression", ["zstd", "none"])
 @pytest.mark.parametrize("size", ["small", "multipart"])
 async def test_daemon_ships(
-    store_bucket: StoreBucket,
+    store_bucket: Bucket,
     watch_dir: Path,
     size: str,
     compression: str,
@@ -237,7 +210,7 @@ async def test_daemon_ships(
 
 @pytest.mark.parametrize("size", ["small", "multipart"])
 async def test_when_supported_checksums(
-    store_bucket: StoreBucket,
+    store_bucket: Bucket,
     watch_dir: Path,
     size: str,
     caplog: pytest.LogCaptureFixture,
@@ -279,7 +252,7 @@ async def test_when_supported_checksums(
 
 @ignores_tls_leaks
 async def test_https_without_the_ca_fails_clearly(
-    https_bucket: StoreBucket, watch_dir: Path, caplog: pytest.LogCaptureFixture
+    https_bucket: Bucket, watch_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     config = matrix_config(https_bucket, watch_dir, ca_bundle="")
     assert config.ca_bundle is None and "AWS_CA_BUNDLE" not in os.environ
@@ -301,7 +274,7 @@ async def test_https_without_the_ca_fails_clearly(
     collect_tls_leaks()
 
 
-def test_ship_command_trusts_aws_ca_bundle(https_bucket: StoreBucket, tmp_path: Path) -> None:
+def test_ship_command_trusts_aws_ca_bundle(https_bucket: Bucket, tmp_path: Path) -> None:
     """`coredump-shipper ship` in its own process, configured by the environment alone."""
     endpoint = https_bucket.endpoint
     core = tmp_path / CORE_NAME
@@ -339,7 +312,7 @@ NON_ASCII_NAME = "core.!opt!" + "監視エージェント!" * 4 + ".sig11.1234.1
 
 
 async def test_non_ascii_file_name(
-    store_bucket: StoreBucket, watch_dir: Path, caplog: pytest.LogCaptureFixture
+    store_bucket: Bucket, watch_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Swift refuses a metadata value over 256 bytes (with a 500 that never clears): values are capped.
     caplog.set_level(logging.INFO, logger="coredump_shipper")
