@@ -211,9 +211,11 @@ class S3Store:
         `object_args` are extra PutObject / CreateMultipartUpload arguments (encryption, tags...).
         """
         source = PartSource(core.fd, core.size, part_size, compression_level)
+        # What PutObject and CreateMultipartUpload share.
+        create = {"Bucket": self.bucket, "Key": key, "ContentType": content_type, **object_args}
         if core.size <= part_size:
-            return await self._put(core, source, key, metadata, content_type, object_args)
-        return await self._multipart(core, source, key, metadata, content_type, object_args)
+            return await self._put(core, source, key, metadata, create)
+        return await self._multipart(core, source, key, metadata, create)
 
     async def _put(
         self,
@@ -221,8 +223,7 @@ class S3Store:
         source: PartSource,
         key: str,
         metadata: Mapping[str, str],
-        content_type: str,
-        object_args: Mapping[str, Any],
+        create: Mapping[str, Any],
     ) -> UploadResult:
         buffer = await self._buffers.acquire(source.part_size)
         try:
@@ -237,12 +238,7 @@ class S3Store:
             await self._call(
                 "PutObject",
                 lambda: self.client.put_object(
-                    Bucket=self.bucket,
-                    Key=key,
-                    Body=zero_copy_body(body),
-                    Metadata={**metadata, "sha256": sha256},
-                    ContentType=content_type,
-                    **object_args,
+                    Body=zero_copy_body(body), Metadata={**metadata, "sha256": sha256}, **create
                 ),
             )
         finally:
@@ -256,19 +252,12 @@ class S3Store:
         source: PartSource,
         key: str,
         metadata: Mapping[str, str],
-        content_type: str,
-        object_args: Mapping[str, Any],
+        create: Mapping[str, Any],
     ) -> UploadResult:
         creating = asyncio.ensure_future(
             self._call(
                 "CreateMultipartUpload",
-                lambda: self.client.create_multipart_upload(
-                    Bucket=self.bucket,
-                    Key=key,
-                    Metadata=dict(metadata),
-                    ContentType=content_type,
-                    **object_args,
-                ),
+                lambda: self.client.create_multipart_upload(Metadata=dict(metadata), **create),
             )
         )
         try:
