@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for sub, command in subcommands:
         for setting in SETTINGS:
-            if command not in setting.commands and not (command == "check" and setting.name == "listen"):
+            if command not in setting.commands:
                 continue
             sub.add_argument(
                 setting.flag,

@@ -12,7 +12,7 @@ import os
 import re
 import socket
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -378,7 +378,13 @@ SETTINGS: tuple[Setting, ...] = (
         "a busy worker with no S3 progress for this long fails /healthz",
         commands=_DAEMON,
     ),
-    Setting("listen", _listen, "0.0.0.0:9823", "HTTP address for /healthz, /readyz and /metrics"),
+    Setting(
+        "listen",
+        _listen,
+        "0.0.0.0:9823",
+        "HTTP address for /healthz, /readyz and /metrics",
+        commands=frozenset({"run", "check"}),
+    ),
     Setting("log-format", _choice("text", "json"), "text", "log line format", commands=_S3),
     Setting("log-level", _choice("debug", "info", "warning", "error"), "info", "log level", commands=_S3),
 )
@@ -435,7 +441,6 @@ class Config:
     listen: tuple[str, int]
     log_format: str
     log_level: str
-    extras: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def state_path(self) -> Path:
@@ -482,9 +487,7 @@ def load_config(
             values[setting.attribute] = setting.parse(raw)
         except ValueError as error:
             raise ConfigError(setting.flag, str(error)) from None
-    known = {f.name for f in Config.__dataclass_fields__.values()} - {"extras"}
-    extras = {name: value for name, value in values.items() if name not in known}
-    config = Config(**{name: values[name] for name in known}, extras=extras)
+    config = Config(**values)
     if not config.node_name:
         config = replace(config, node_name=socket.gethostname())
     _validate(config, command)

@@ -73,7 +73,6 @@ class CoreFile:
             raise
         self.fd = fd
         self.identity = Identity.of(st)
-        self.allocated_bytes = st.st_blocks * 512
         self.mtime = st.st_mtime
 
     @property

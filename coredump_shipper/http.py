@@ -6,6 +6,7 @@ progress. Readiness does: a node whose shipper cannot reach S3 should show as no
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -50,8 +51,9 @@ def make_app(health: Probe, ready: Probe, registry: CollectorRegistry) -> web.Ap
     return app
 
 
+@contextlib.asynccontextmanager
 async def serve(app: web.Application, host: str, port: int) -> AsyncIterator[web.AppRunner]:
-    """Run the app until the generator is closed (used with contextlib.asynccontextmanager)."""
+    """Serve `app` on host:port for the duration of the `async with` block."""
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)

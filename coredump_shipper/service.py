@@ -60,7 +60,7 @@ class Service:
     async def startup(self) -> None:
         config = self.config
         app = http.make_app(self.health, self.readiness, self.metrics.registry)
-        await self._stack.enter_async_context(contextlib.asynccontextmanager(http.serve)(app, *config.listen))
+        await self._stack.enter_async_context(http.serve(app, *config.listen))
         client = await self._stack.enter_async_context(s3_client(client_settings(config)))
         self.store = S3Store.for_config(client, config, self.metrics)
         backoff = self.store.backoff

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from coredump_shipper.config import Config, storage_options
@@ -26,17 +25,6 @@ from coredump_shipper.uploader import S3Store, UploadResult
 
 log = logging.getLogger(__name__)
 MANIFEST_SUFFIX = ".manifest.json"
-
-
-@dataclass(frozen=True)
-class Shipped:
-    """What happened to one file. `key` is None when it had been shipped before (keep mode)."""
-
-    path: Path
-    key: str | None
-    core_bytes: int = 0
-    bytes_sent: int = 0
-    seconds: float = 0.0
 
 
 class Shipper:
@@ -62,12 +50,13 @@ class Shipper:
         metrics.storm_limit.set(config.storm_limit)
         metrics.storm_window.set(config.storm_window)
 
-    async def ship(self, path: Path) -> Shipped:
-        """Ship one file. Raises SkipFile, FileChanged or UploadError; the file stays on failure."""
+    async def ship(self, path: Path) -> str | None:
+        """Ship one file; its key, or None when no core object was stored (shipped before, in keep
+        mode, or over the storm limit). Raises SkipFile, FileChanged or UploadError; the file stays."""
         started = time.monotonic()
         with CoreFile(path) as core:
             if self.record is not None and self.record.contains(core.name, core.identity):
-                return Shipped(path, None)
+                return None
             facts = await asyncio.to_thread(
                 gather,
                 core,
@@ -86,7 +75,8 @@ class Shipper:
                     extra={"event": "truncated_core", "file": str(path)},
                 )
             if not self.storm.admit(facts.program, core.name):
-                return await self._metadata_only(core, key, facts)
+                await self._metadata_only(core, key, facts)
+                return None
             result = await self._upload(core, key, facts)
             self._finish(core, key)
         seconds = time.monotonic() - started
@@ -108,7 +98,7 @@ class Shipper:
                 "duration_seconds": round(seconds, 3),
             },
         )
-        return Shipped(path, key, core.size, result.bytes_sent, seconds)
+        return key
 
     async def _upload(self, core: CoreFile, key: str, facts: CoreFacts) -> UploadResult:
         part_size = choose_part_size(core.size, self.config.part_size, self.compressed, self.config.max_parts)
@@ -136,7 +126,7 @@ class Shipper:
         )
         return result
 
-    async def _metadata_only(self, core: CoreFile, key: str, facts: CoreFacts) -> Shipped:
+    async def _metadata_only(self, core: CoreFile, key: str, facts: CoreFacts) -> None:
         """A core over the storm limit: store what is known about it, not the core itself."""
         await self.store.put_json(
             key + MANIFEST_SUFFIX,
@@ -154,7 +144,6 @@ class Shipper:
             key + MANIFEST_SUFFIX,
             extra={"event": "dropped", "reason": "rate_limited", "file": str(core.path), "key": key},
         )
-        return Shipped(core.path, None)
 
     def _finish(self, core: CoreFile, key: str) -> None:
         # Checked once more: a file rewritten after the upload completed must be shipped again.

@@ -55,9 +55,9 @@ async def ship(client: S3Client, config: Config, path: Path, crashed: datetime) 
     os.utime(path, (crashed.timestamp(), crashed.timestamp()))
     metrics = Metrics(process=False)
     store = S3Store.for_config(client, config, metrics)
-    shipped = await Shipper(config, store, metrics, delete_after=False).ship(path)
-    assert shipped.key is not None
-    return shipped.key
+    key = await Shipper(config, store, metrics, delete_after=False).ship(path)
+    assert key is not None
+    return key
 
 
 @dataclass
