@@ -212,7 +212,10 @@ def test_sigkill_mid_multipart_then_restart_ships_once_and_cleans_up(
         slow.faults.latency(0.2, ops={"UploadPart"})
         first = _shipper_process(watch, slow.url, bucket.name, *args)
         try:
-            write_file(watch / "core.killed", data)
+            # Written beside the directory and renamed in, as a finished core appears: a 200 MiB
+            # write seen half-way by the start-up scan would make a first, aborted upload.
+            write_file(tmp_path / "core.killed", data)
+            (tmp_path / "core.killed").rename(watch / "core.killed")
             wait_until_sync(lambda: slow.stats().requests.get("UploadPart", 0) >= 3, timeout=60)
         finally:
             first.send_signal(signal.SIGKILL)
