@@ -7,6 +7,7 @@
 #   (gcc -static pause.c, busybox-static) and imported with `ctr images import`.
 #
 # usage: cluster.sh build              build binaries + images into $CACHE (once; 11.5 min here)
+#        cluster.sh bindir             print the directory of the cached binaries
 #        cluster.sh start WORKDIR      build if needed, start everything, wait for node Ready (~20 s)
 #        cluster.sh stop  WORKDIR      stop every process it started, by PID; no mounts left
 #        cluster.sh smoke WORKDIR      DaemonSet/probes/logs/exec/SA-token/crash-restart/helm checks
@@ -670,6 +671,7 @@ cmd_mem() {
 
 case "${1:-}" in
   build) cmd_build ;;
+  bindir) echo "$CACHE/bin" ;;  # where the built binaries are (or will be): for test fixtures
   start|stop|smoke|env|mem|netaudit|_node)
     [ -n "${2:-}" ] || { echo "usage: $0 $1 WORKDIR" >&2; exit 2; }
     mkdir -p "$2"; WORK=$(cd "$2" && pwd)
