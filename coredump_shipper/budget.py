@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from coredump_shipper.afterupload import AfterUpload
+from coredump_shipper.claims import Claims
 from coredump_shipper.config import DiskLimit
 from coredump_shipper.metrics import Metrics
 
@@ -38,9 +40,10 @@ class DiskBudget:
         keep_free: DiskLimit,
         ignored: Callable[[str], bool],
         metrics: Metrics,
-        shipped: Callable[[str, os.stat_result], bool] | None = None,
+        after_upload: AfterUpload,
     ) -> None:
-        self.shipped = shipped
+        # Required, not optional: in keep mode the policy knows which kept files are already shipped.
+        self.after_upload = after_upload
         self.watch_dir = watch_dir
         self.max_use = max_use
         self.keep_free = keep_free
@@ -63,7 +66,7 @@ class DiskBudget:
             except FileNotFoundError:
                 continue
             if stat.S_ISREG(st.st_mode):
-                shipped = self.shipped is not None and self.shipped(name, st)
+                shipped = self.after_upload.shipped_stat(name, st)
                 cores.append(_Core(name, st.st_mtime, st.st_blocks * 512, st.st_ino, shipped))
         # Kept copies of shipped cores go first, then the oldest unshipped ones.
         return sorted(cores, key=lambda core: (not core.shipped, core.mtime, core.name))
@@ -72,9 +75,9 @@ class DiskBudget:
         """Bytes the cores in the directory occupy on disk."""
         return sum(core.allocated for core in self._cores())
 
-    def enforce(self, busy: Collection[str]) -> list[str]:
+    def enforce(self, claims: Claims) -> list[str]:
         """Delete cores until both limits hold, oldest first (kept copies of shipped cores before
-        any unshipped one; never those in `busy`). Returns the unshipped ones lost. Blocking."""
+        any unshipped one; never one a worker claims). Returns the unshipped ones lost. Blocking."""
         max_use, keep_free = self.limits()
         cores = self._cores()
         used = sum(core.allocated for core in cores)
@@ -90,7 +93,7 @@ class DiskBudget:
             if not (over_use or under_free):
                 break
             # A core that occupies no blocks (all holes) frees nothing: deleting it would only lose it.
-            if core.name in busy or core.allocated == 0 or not self._delete(core):
+            if core.allocated == 0 or not claims.delete_unclaimed(self.watch_dir / core.name, core.inode):
                 continue
             used -= core.allocated
             free += core.allocated
@@ -114,13 +117,3 @@ class DiskBudget:
             )
         self.metrics.disk_usage.set(used)
         return dropped
-
-    def _delete(self, core: _Core) -> bool:
-        path = self.watch_dir / core.name
-        try:
-            if os.lstat(path).st_ino != core.inode:
-                return False  # replaced since listing: look again next time
-            os.unlink(path)
-        except FileNotFoundError:
-            return False
-        return True

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from coredump_shipper import __version__
+from coredump_shipper.afterupload import Leave
 from coredump_shipper.config import (
     SETTINGS,
     SETTINGS_BY_NAME,
@@ -193,7 +194,7 @@ async def _ship(config: Config, args: argparse.Namespace) -> int:
     async with s3_client(client_settings(config)) as client:
         store = S3Store.for_config(client, config, metrics)
         backoff = store.backoff
-        shipper = Shipper(config, store, metrics, delete_after=False)
+        shipper = Shipper(config, store, metrics, Leave())
         limit = asyncio.Semaphore(config.workers)
 
         async def one(path: Path) -> bool:

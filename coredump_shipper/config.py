@@ -7,7 +7,6 @@ parser, so a bad value gives the same one-line error whichever way it came in.
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import re
 import socket
@@ -445,15 +444,6 @@ class Config:
     @property
     def state_path(self) -> Path:
         return Path(self.state_file) if self.state_file else self.watch_dir / ".coredump-shipper-state.json"
-
-    def ignored(self, name: str) -> bool:
-        """True for names that are never shipped: the configured globs and the shipper's own files."""
-        if self.after_upload == "keep" and name in {
-            self.state_path.name,
-            f".{self.state_path.name}.tmp",
-        }:
-            return True
-        return any(fnmatch.fnmatchcase(name, glob) for glob in self.ignore)
 
 
 def raw_value(setting: Setting, cli_values: Mapping[str, str | None], env: Mapping[str, str]) -> str | None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from coredump_shipper import afterupload
 from coredump_shipper.budget import DiskBudget
 from coredump_shipper.checks import Check, ExtraCheck
 from coredump_shipper.config import Config
@@ -447,8 +448,10 @@ def inotify_check(proc_root: Path) -> Check:
 
 def disk_budget_check(config: Config) -> Check:
     name = "disk budget"
+    policy = afterupload.for_daemon(config.after_upload, config.state_path)
+    ignored = afterupload.IgnoreFilter(config.ignore, policy)
     budget = DiskBudget(
-        config.watch_dir, config.max_use, config.keep_free, config.ignored, Metrics(process=False)
+        config.watch_dir, config.max_use, config.keep_free, ignored, Metrics(process=False), policy
     )
     max_use, keep_free = budget.limits()
     used = budget.usage()

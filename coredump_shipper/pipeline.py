@@ -11,11 +11,12 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from coredump_shipper.afterupload import AfterUpload
+from coredump_shipper.claims import Claims
 from coredump_shipper.errors import FileChanged, SkipFile, UploadError
 from coredump_shipper.metrics import Metrics
 from coredump_shipper.retry import Backoff
@@ -53,7 +54,7 @@ class Pipeline:
         *,
         workers: int,
         queue_size: int,
-        already_shipped: Callable[[str, os.stat_result], bool] | None = None,
+        after_upload: AfterUpload,
     ) -> None:
         self.watch_dir = watch_dir
         self.shipper = shipper
@@ -61,7 +62,8 @@ class Pipeline:
         self.backoff = backoff
         self.queue: asyncio.Queue[str] = asyncio.Queue(maxsize=queue_size)
         self.workers = [Worker(n) for n in range(workers)]
-        self._already_shipped = already_shipped
+        self.after_upload = after_upload
+        self.claims = Claims()  # shared with the disk budget: a claimed file is never deleted
         self._pending: dict[str, int] = {}  # name -> size when found
         self._again: set[str] = set()
         self._failures: dict[str, int] = {}
@@ -88,10 +90,6 @@ class Pipeline:
     def pending(self) -> int:
         return len(self._pending)
 
-    def in_flight(self) -> set[str]:
-        """Names being shipped right now: the disk budget never deletes these."""
-        return {w.current for w in self.workers if w.current is not None}
-
     def dead_workers(self) -> list[int]:
         return [w.number for w, task in zip(self.workers, self._tasks, strict=True) if task.done()]
 
@@ -115,8 +113,8 @@ class Pipeline:
             return
         if (name, st.st_dev, st.st_ino, st.st_mtime_ns) in self._skipped:
             return
-        if self._already_shipped is not None and self._already_shipped(name, st):
-            return
+        if self.after_upload.shipped_stat(name, st):
+            return  # keep mode: this very file is in the bucket already
         self.metrics.cores_detected.inc()
         self._pending[name] = st.st_size
         self._update_gauges()
@@ -132,6 +130,8 @@ class Pipeline:
         while self._accepting:
             worker.beat(busy=False)
             name = await self.queue.get()
+            # Claimed before the first await: from here on the disk budget cannot delete it.
+            self.claims.take(name)
             worker.beat(busy=True)
             worker.current = name
             self.metrics.queue_depth.set(self.queue.qsize())
@@ -139,6 +139,7 @@ class Pipeline:
                 await self._ship(name)
             finally:
                 worker.current = None
+                self.claims.release(name)
                 self.queue.task_done()
 
     async def _ship(self, name: str) -> None:

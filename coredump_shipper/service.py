@@ -12,18 +12,16 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from coredump_shipper import http
+from coredump_shipper import afterupload, http
 from coredump_shipper.budget import DiskBudget
 from coredump_shipper.config import Config
-from coredump_shipper.corefile import Identity
 from coredump_shipper.errors import UploadError
 from coredump_shipper.metrics import Metrics
 from coredump_shipper.pipeline import Pipeline
-from coredump_shipper.record import ShippedRecord
 from coredump_shipper.s3checks import self_test
 from coredump_shipper.shipper import Shipper
 from coredump_shipper.stopping import cancel_and_wait
@@ -64,11 +62,10 @@ class Service:
         client = await self._stack.enter_async_context(s3_client(client_settings(config)))
         self.store = S3Store.for_config(client, config, self.metrics)
         backoff = self.store.backoff
-        keep = config.after_upload == "keep"
-        record = ShippedRecord(config.state_path) if keep else None
-        # Keep mode: files recorded as shipped are neither queued again nor kept before unshipped ones.
-        self._already_shipped = None if record is None else self._shipped_check(record)
-        shipper = Shipper(config, self.store, self.metrics, delete_after=not keep, record=record)
+        # Built once; every part that acts on shipped files obeys this same object.
+        self.after_upload = afterupload.for_daemon(config.after_upload, config.state_path)
+        self.ignored = afterupload.IgnoreFilter(config.ignore, self.after_upload)
+        shipper = Shipper(config, self.store, self.metrics, self.after_upload)
         self.pipeline = Pipeline(
             config.watch_dir,
             shipper,
@@ -76,13 +73,13 @@ class Service:
             backoff,
             workers=config.workers,
             queue_size=config.queue_size,
-            already_shipped=self._already_shipped,
+            after_upload=self.after_upload,
         )
         await self._stack.enter_async_context(self.pipeline)
         self.watcher = Watcher(
             config.watch_dir,
             self.pipeline.offer,
-            config.ignored,
+            self.ignored,
             self.metrics,
             rescan_interval=config.rescan_interval,
             on_scan=self.pipeline.forget_missing,
@@ -103,10 +100,6 @@ class Service:
             *config.listen,
             extra={"event": "started"},
         )
-
-    @staticmethod
-    def _shipped_check(record: ShippedRecord) -> Callable[[str, os.stat_result], bool]:
-        return lambda name, st: record.contains(name, Identity.of(st))
 
     def stop(self) -> None:
         self._stop.set()
@@ -201,12 +194,13 @@ class Service:
             self.config.watch_dir,
             self.config.max_use,
             self.config.keep_free,
-            self.config.ignored,
+            self.ignored,
             self.metrics,
+            self.after_upload,
         )
         while True:
             try:
-                await asyncio.to_thread(budget.enforce, self.pipeline.in_flight())
+                await asyncio.to_thread(budget.enforce, self.pipeline.claims)
             except OSError as error:  # the directory is gone for a while: the watcher waits for it
                 log.debug("disk budget not checked: %s", error)
             await asyncio.sleep(BUDGET_INTERVAL)

@@ -11,15 +11,14 @@ import logging
 import time
 from pathlib import Path
 
+from coredump_shipper.afterupload import AfterUpload
 from coredump_shipper.config import Config, storage_options
 from coredump_shipper.corefile import CoreFile
 from coredump_shipper.corename import CoreNamePattern
-from coredump_shipper.errors import FileChanged
 from coredump_shipper.facts import CoreFacts, core_uses_pid, gather, truncation_hint
 from coredump_shipper.metrics import Metrics
 from coredump_shipper.naming import TEMPLATE_FIELDS, KeyTemplate
 from coredump_shipper.parts import choose_part_size
-from coredump_shipper.record import ShippedRecord
 from coredump_shipper.storm import StormLimiter
 from coredump_shipper.uploader import S3Store, UploadResult
 
@@ -33,15 +32,12 @@ class Shipper:
         config: Config,
         store: S3Store,
         metrics: Metrics,
-        *,
-        delete_after: bool,
-        record: ShippedRecord | None = None,
+        after_upload: AfterUpload,
     ) -> None:
         self.config = config
         self.store = store
         self.metrics = metrics
-        self.delete_after = delete_after
-        self.record = record
+        self.after_upload = after_upload
         self.compressed = config.compression == "zstd"
         self.keys = KeyTemplate(config.key_template, TEMPLATE_FIELDS, ".zst" if self.compressed else "")
         self.pattern = CoreNamePattern.compile(config.filename_pattern, uses_pid=core_uses_pid())
@@ -55,7 +51,7 @@ class Shipper:
         mode, or over the storm limit). Raises SkipFile, FileChanged or UploadError; the file stays."""
         started = time.monotonic()
         with CoreFile(path) as core:
-            if self.record is not None and self.record.contains(core.name, core.identity):
+            if self.after_upload.shipped(core.name, core.identity):
                 return None
             facts = await asyncio.to_thread(
                 gather,
@@ -148,7 +144,4 @@ class Shipper:
     def _finish(self, core: CoreFile, key: str) -> None:
         # Checked once more: a file rewritten after the upload completed must be shipped again.
         core.check_unchanged()
-        if self.record is not None:
-            self.record.add(core.name, core.identity, key)
-        elif self.delete_after and not core.remove():
-            raise FileChanged(f"{str(core.path)!r} was replaced after upload")
+        self.after_upload.finish(core, key)

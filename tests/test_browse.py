@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import zstandard
 
+from coredump_shipper.afterupload import Leave
 from coredump_shipper.browse import (
     BrowseError,
     CoreEntry,
@@ -55,7 +56,7 @@ async def ship(client: S3Client, config: Config, path: Path, crashed: datetime) 
     os.utime(path, (crashed.timestamp(), crashed.timestamp()))
     metrics = Metrics(process=False)
     store = S3Store.for_config(client, config, metrics)
-    key = await Shipper(config, store, metrics, delete_after=False).ship(path)
+    key = await Shipper(config, store, metrics, Leave()).ship(path)
     assert key is not None
     return key
 
@@ -346,7 +347,7 @@ async def test_pod_program_and_storm_fields_from_the_shipper(
     async with s3_client(client_settings(config)) as client:
         metrics = Metrics(process=False)
         store = S3Store.for_config(client, config, metrics)
-        shipper = Shipper(config, store, metrics, delete_after=False)
+        shipper = Shipper(config, store, metrics, Leave())
         for name in names:
             (watch_dir / name).write_bytes(os.urandom(1000))
             await shipper.ship(watch_dir / name)

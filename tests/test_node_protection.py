@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from pathlib import Path
@@ -9,9 +10,13 @@ from pathlib import Path
 import pytest
 
 from coredump_shipper import service as service_module
+from coredump_shipper.afterupload import Delete, KeepAndRecord
 from coredump_shipper.budget import DiskBudget
+from coredump_shipper.claims import Claims
 from coredump_shipper.config import DiskLimit
+from coredump_shipper.corefile import Identity
 from coredump_shipper.metrics import Metrics
+from coredump_shipper.record import ShippedRecord
 from coredump_shipper.storm import StormLimiter
 from tests.conftest import Bucket, ConfigFactory, running, wait_until, write_file
 from tests.servers import free_port
@@ -71,10 +76,12 @@ def test_budget_deletes_oldest_first_counts_blocks_and_spares_busy(tmp_path: Pat
     (tmp_path / ".hidden").write_bytes(os.urandom(200 * KiB))
     metrics = Metrics(process=False)
     budget = DiskBudget(
-        tmp_path, DiskLimit(bytes=150 * KiB), DiskLimit(), lambda n: n.startswith("."), metrics
+        tmp_path, DiskLimit(bytes=150 * KiB), DiskLimit(), lambda n: n.startswith("."), metrics, Delete()
     )
+    claims = Claims()
+    claims.take("core.busy")
 
-    dropped = budget.enforce(busy={"core.busy"})
+    dropped = budget.enforce(claims)
 
     assert dropped == ["core.old", "core.mid"]
     assert sorted(os.listdir(tmp_path)) == [".hidden", "core.busy", "core.new", "core.sparse"]
@@ -87,11 +94,12 @@ def test_keep_free_as_percentage_of_the_filesystem(tmp_path: Path) -> None:
     make_core(tmp_path / "core.a", 64 * KiB, 1)
     metrics = Metrics(process=False)
     # 100% free can never be met: every core not in use goes.
-    budget = DiskBudget(tmp_path, DiskLimit(), DiskLimit(percent=100), lambda n: False, metrics)
-    assert budget.enforce(busy=()) == ["core.a"]
+    budget = DiskBudget(tmp_path, DiskLimit(), DiskLimit(percent=100), lambda n: False, metrics, Delete())
+    assert budget.enforce(Claims()) == ["core.a"]
     # 0: no floor, nothing goes.
     make_core(tmp_path / "core.b", 64 * KiB, 1)
-    assert DiskBudget(tmp_path, DiskLimit(), DiskLimit(), lambda n: False, metrics).enforce(()) == []
+    unlimited = DiskBudget(tmp_path, DiskLimit(), DiskLimit(), lambda n: False, metrics, Delete())
+    assert unlimited.enforce(Claims()) == []
 
 
 async def test_budget_drops_oldest_while_s3_is_down(
@@ -134,14 +142,40 @@ def test_budget_deletes_kept_copies_of_shipped_cores_before_any_unshipped_one(tm
     make_core(tmp_path / "core.shipped", 64 * KiB, 1_000_001)
     make_core(tmp_path / "core.new-unshipped", 64 * KiB, 1_000_002)
     metrics = Metrics(process=False)
+    record = ShippedRecord(tmp_path / ".state.json")
+    st = os.stat(tmp_path / "core.shipped")
+    record.add("core.shipped", Identity.of(st), "key")
     budget = DiskBudget(
         tmp_path,
         DiskLimit(bytes=150 * KiB),
         DiskLimit(),
-        lambda n: False,
+        lambda n: n == ".state.json",
         metrics,
-        shipped=lambda name, st: name == "core.shipped",
+        KeepAndRecord(record),
     )
-    assert budget.enforce(busy=()) == [], "deleting a shipped copy loses nothing"
-    assert sorted(os.listdir(tmp_path)) == ["core.new-unshipped", "core.old-unshipped"]
+    assert budget.enforce(Claims()) == [], "deleting a shipped copy loses nothing"
+    assert sorted(os.listdir(tmp_path)) == [".state.json", "core.new-unshipped", "core.old-unshipped"]
+    assert metrics.dropped.labels("disk_budget")._value.get() == 0
+
+
+async def test_keep_mode_budget_deletes_the_shipped_copy_not_the_unshipped_core(
+    make_config: ConfigFactory, bucket: Bucket, watch_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon as `run` wires it: a kept, recorded core goes before an older unshipped one."""
+    monkeypatch.setattr(service_module, "BUDGET_INTERVAL", 0.05)
+    keep = make_config(after_upload="keep")
+    async with running(keep) as service:
+        make_core(watch_dir / "core.shipped", 64 * KiB, 1_000_001)
+        await wait_until(lambda: bucket.core_keys() != [] and service.pipeline.pending == 0)
+    assert "core.shipped" in os.listdir(watch_dir), "keep mode keeps the shipped copy"
+    # S3 is now down; an older core arrives that is in no bucket yet, and the cores exceed --max-use.
+    make_core(watch_dir / "core.unshipped", 64 * KiB, 1_000_000)
+    down = make_config(after_upload="keep", endpoint_url=f"http://127.0.0.1:{free_port()}", max_use="100KiB")
+    metrics = Metrics(process=False)
+    async with running(down, metrics):
+        await wait_until(lambda: "core.shipped" not in os.listdir(watch_dir), timeout=10)
+        # Several more budget rounds: the unshipped core must survive every one of them.
+        for _ in range(20):
+            await asyncio.sleep(0.05)
+            assert "core.unshipped" in os.listdir(watch_dir), "an unshipped core was deleted"
     assert metrics.dropped.labels("disk_budget")._value.get() == 0
