@@ -1,7 +1,7 @@
 """The Helm chart, rendered by the real helm binary: security, probes, storage, config and monitoring.
 
 helm comes from `charts/tools/fetch-helm.sh` (run by `make chart-lint`, which CI runs first) or PATH;
-without it these tests are skipped.
+without it these tests are skipped, and under CI=true that skip fails the run (tests/skips.py).
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Bucket, daemon_args, wait_until_sync, write_file
+from tests.faultproxy import ThreadedFaultProxy
 from tests.servers import S3Endpoint, free_port
 from tests.servers.moto import run_moto
 
@@ -134,37 +135,35 @@ def test_sigterm_during_multipart_exits_cleanly_and_next_run_ships(
 ) -> None:
     watch = tmp_path / "cores"
     watch.mkdir()
-    data = os.urandom(120 * 1024 * 1024)
-    args = daemon_args(
-        watch,
-        bucket.name,
-        s3_server.url,
-        "--part-size",
-        "5MiB",
-        "--parts-in-flight",
-        "1",
-        "--compression",
-        "none",
-        "--shutdown-timeout",
-        "0.5",
-    )
-    proc = shipper(*args)
-    try:
-        write_file(watch / "core.huge", data)
-        wait_until_sync(lambda: bucket.incomplete_uploads() != [], timeout=30, interval=0.02)
-        started = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
-        elapsed = time.monotonic() - started
-    finally:
-        proc.kill()
+    data = os.urandom(40 * 1024 * 1024)
+    options = ("--part-size", "5MiB", "--parts-in-flight", "1", "--compression", "none")
+    with ThreadedFaultProxy(s3_server.url) as slow:
+        # 8 parts at >= 0.3 s each: the upload outlasts the 0.5 s shutdown timeout on any machine.
+        slow.faults.latency(0.3, ops={"UploadPart"})
+        args = daemon_args(watch, bucket.name, slow.url, *options, "--shutdown-timeout", "0.5")
+        proc = shipper(*args)
+        try:
+            write_file(tmp_path / "core.huge", data)
+            (tmp_path / "core.huge").rename(watch / "core.huge")
+            wait_until_sync(
+                lambda: slow.stats().requests.get("UploadPart", 0) >= 1, timeout=30, interval=0.02
+            )
+            started = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=30)
+            elapsed = time.monotonic() - started
+        finally:
+            proc.kill()
+        parts_sent = slow.stats().requests.get("UploadPart", 0)
     assert proc.returncode == 0
     assert elapsed < 5, f"took {elapsed:.1f}s to stop"
+    assert parts_sent < 8, "the upload finished before the signal: nothing was interrupted"
+    assert b"shutdown timeout: cancelling 1 upload" in err, err.decode()[-3000:]
     assert bucket.incomplete_uploads() == [], err.decode()[-3000:]
     assert bucket.core_keys() == []
     assert (watch / "core.huge").stat().st_size == len(data)
 
-    proc = shipper(*args)
+    proc = shipper(*daemon_args(watch, bucket.name, s3_server.url, *options))
     try:
         wait_until_sync(lambda: bucket.core_keys() != [], timeout=60)
     finally:

@@ -223,12 +223,20 @@ def test_sigkill_mid_multipart_then_restart_ships_once_and_cleans_up(
         stats = slow.stats()
     orphaned = bucket.incomplete_uploads()
     assert len(orphaned) == 1, "the killed process cannot abort its own upload"
-    second = _shipper_process(watch, s3_server.url, bucket.name, *args)
-    try:
-        wait_until_sync(lambda: not (watch / "core.killed").exists(), timeout=120)
-    finally:
-        second.send_signal(signal.SIGTERM)
-        second.wait(timeout=30)
+    # The second run goes through a proxy too: its request log shows an overwrite, which the
+    # bucket's single object would hide.
+    with ThreadedFaultProxy(s3_server.url) as watched:
+        second = _shipper_process(watch, watched.url, bucket.name, *args)
+        try:
+            wait_until_sync(lambda: not (watch / "core.killed").exists(), timeout=120)
+        finally:
+            second.send_signal(signal.SIGTERM)
+            second.wait(timeout=30)
+        again = watched.stats().requests
+    completed = stats.requests.get("CompleteMultipartUpload", 0) + again.get("CompleteMultipartUpload", 0)
+    assert completed == 1, f"the core was stored {completed} times"
+    assert stats.requests.get("PutObject", 0) + again.get("PutObject", 0) == 1, "one manifest, once"
+    assert again.get("AbortMultipartUpload", 0) == 1, "the orphan is aborted by the second run"
     figures = ledger(bucket, {"core.killed": sha(data)}, watch, key_suffix="")
     record("sigkill_mid_multipart", figures | {"orphans_cleaned": len(orphaned)}, stats)
 
