@@ -127,6 +127,11 @@ class Metrics:
             registry=r,
         )
         self.self_test.set(-1)
+        self.self_test_warnings = Gauge(
+            name("self_test_warnings"),
+            "Checks of the start-up S3 self-test that passed with a warning (e.g. no ListMultipartUploads).",
+            registry=r,
+        )
         for limit in ("max_use", "keep_free"):
             self.disk_limit.labels(limit)
         for result in ("success", "failure"):

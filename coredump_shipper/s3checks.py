@@ -7,10 +7,11 @@ output carries credentials: at most the access key id's last four characters.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import secrets
 import string
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -80,9 +81,18 @@ _IAM_ACTIONS = {
 _CREDENTIAL_CODES = frozenset(
     {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "TokenRefreshRequired"}
 )
-# Codes stores give when they reject the CRC32 checksum headers botocore sends with when_supported.
+# Codes stores give when they reject the CRC32 checksum headers botocore sends with when_supported,
+# or the aws-chunked body that carries them (501 NotImplemented, 411 MissingContentLength).
 _CHECKSUM_SUSPECTS = frozenset(
-    {"InvalidArgument", "NotImplemented", "InvalidRequest", "XAmzContentSHA256Mismatch", "BadDigest"}
+    {
+        "InvalidArgument",
+        "NotImplemented",
+        "InvalidRequest",
+        "XAmzContentSHA256Mismatch",
+        "BadDigest",
+        "MissingContentLength",
+        "411",
+    }
 )
 
 
@@ -113,7 +123,9 @@ def _client_error_problem(error: ClientError, config: Config, operation: str) ->
         config.checksum_mode == "when_supported" and code in _CHECKSUM_SUSPECTS
     ):
         return S3Problem(
-            detail, "--checksum-mode when_required (the store rejects botocore's CRC32 checksums)"
+            detail,
+            "--checksum-mode when_required (the store rejects botocore's CRC32 checksums or the "
+            "aws-chunked bodies that carry them)",
         )
     action = _IAM_ACTIONS.get(operation, "the S3 action above").format(bucket=config.bucket)
     kms = " and kms:GenerateDataKey on the bucket's KMS key" if "kms" in message.lower() else ""
@@ -268,6 +280,21 @@ def _probe_args(config: Config) -> dict[str, Any]:
     return storage_options(config).args(values)
 
 
+def stored_other_bytes(answer: Mapping[str, Any], body: bytes) -> str | None:
+    """Why a single-part PutObject's ETag shows the store kept other bytes than `body`, or None.
+
+    Without KMS or customer keys a single-part object's ETag is the MD5 of its bytes. A store that
+    keeps the request's aws-chunked framing as object data answers with the framing's MD5 instead.
+    """
+    if answer.get("ServerSideEncryption", "").startswith("aws:kms") or answer.get("SSECustomerAlgorithm"):
+        return None  # the ETag of an encrypted object is not its MD5
+    etag = str(answer.get("ETag", "")).strip('"')
+    expected = hashlib.md5(body, usedforsecurity=False).hexdigest()
+    if not etag or "-" in etag or etag == expected:
+        return None
+    return f"the store answered ETag {etag} for a {len(body)}-byte probe whose MD5 is {expected}"
+
+
 async def write_probe_check(config: Config, client: S3Client) -> Check:
     name = "S3 PutObject/DeleteObject"
     key = probe_key(config)
@@ -275,13 +302,25 @@ async def write_probe_check(config: Config, client: S3Client) -> Check:
         Bucket=config.bucket, Key=key, Body=PROBE_BODY, ContentType="text/plain", **_probe_args(config)
     )
     try:
-        error = await _attempt(put)
+        answer = await _call(put)
+        error = None
     except asyncio.CancelledError:
         await _remove_probe(client, config, key)
         raise
+    except Exception as failure:
+        error = failure
     if error is not None:
         problem = s3_problem(error, config, "PutObject")
         return Check(name, "FAIL", problem.detail, problem.fix)
+    mismatch = stored_other_bytes(answer, PROBE_BODY)
+    if mismatch is not None:
+        await _remove_probe(client, config, key)
+        return Check(
+            name,
+            "FAIL",
+            f"PutObject: {mismatch}: it stored other bytes than were sent, so cores would be corrupt",
+            "--checksum-mode when_required (the store keeps botocore's aws-chunked framing as data)",
+        )
     error = await _attempt(client.delete_object(Bucket=config.bucket, Key=key))
     if error is not None:
         problem = s3_problem(error, config, "DeleteObject")

@@ -173,7 +173,17 @@ class Service:
             await asyncio.sleep(self.store.backoff.delay(attempt))
         checks = answer[1]
         failed = [check for check in checks if check.status == "FAIL"]
+        warned = [check for check in checks if check.status == "WARN"]
         self.metrics.self_test.set(0 if failed else 1)
+        self.metrics.self_test_warnings.set(len(warned))
+        for check in warned:
+            log.warning(
+                "S3 self-test warning: %s: %s; fix: %s",
+                check.name,
+                check.detail,
+                check.fix,
+                extra={"event": "self_test", "error": check.detail},
+            )
         self.self_test_failure = "; ".join(f"{c.name}: {c.detail} (fix: {c.fix})" for c in failed) or None
         for check in failed:
             log.error(
@@ -185,7 +195,8 @@ class Service:
             )
         if not failed:
             log.info(
-                "S3 self-test passed: PutObject, a 2-part multipart upload and their deletion work",
+                "S3 self-test passed%s: PutObject, a 2-part multipart upload and their deletion work",
+                f" with {len(warned)} warning(s)" if warned else "",
                 extra={"event": "self_test"},
             )
 
@@ -216,6 +227,16 @@ class Service:
             try:
                 aborted = await self.store.abort_stale_uploads(prefix, self.started_at)
             except UploadError as error:
+                if not error.transient:
+                    # 501/405 and the like never clear: asking again would only fill the log.
+                    log.warning(
+                        "stale multipart uploads under %r are not cleaned up: %s; this store cannot "
+                        "list or abort them: add an AbortIncompleteMultipartUpload lifecycle rule",
+                        prefix,
+                        error,
+                        extra={"event": "stale_uploads", "error": str(error)},
+                    )
+                    return
                 attempt += 1
                 await asyncio.sleep(self.store.backoff.delay(attempt))
                 log.debug("stale upload clean-up postponed: %s", error)

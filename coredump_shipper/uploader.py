@@ -160,6 +160,9 @@ class S3Store:
         self.last_error = "no S3 call made yet"
         # Uploads this process started: never aborted as stale, whatever the server's clock says.
         self._own_uploads: set[str] = set()
+        # Set once a permanent error shows the store cannot list or abort multipart uploads: then
+        # nothing cleans up an upload left behind but a bucket lifecycle rule.
+        self.cleanup_unsupported: str | None = None
 
     @classmethod
     def for_config(cls, client: S3Client, config: Config, metrics: Metrics) -> S3Store:
@@ -337,8 +340,10 @@ class S3Store:
         finally:
             self._buffers.release(buffer)
 
-    async def abort(self, key: str, upload_id: str) -> None:
-        """Abort a multipart upload, even while being cancelled; failures are logged, not raised."""
+    async def abort(self, key: str, upload_id: str) -> bool:
+        """Abort a multipart upload, even while being cancelled; failures are logged, not raised.
+
+        True if it was aborted."""
 
         async def abort() -> None:
             # A store busy with the upload's last parts may answer 500: try again, briefly.
@@ -357,11 +362,19 @@ class S3Store:
                 await _within(ABORT_TIMEOUT, task)
             raise
         except Exception as error:
-            log.warning(
-                "could not abort multipart upload of %r (cleaned up at next start): %s",
-                key,
-                describe(error),
+            if not is_transient(error):
+                self.cleanup_unsupported = (
+                    self.cleanup_unsupported or f"AbortMultipartUpload: {describe(error)}"
+                )
+            # The next start cleans up only where the store lets it list and abort uploads.
+            later = (
+                "cleaned up at next start"
+                if self.cleanup_unsupported is None
+                else "left on the store: only an AbortIncompleteMultipartUpload lifecycle rule removes it"
             )
+            log.warning("could not abort multipart upload of %r (%s): %s", key, later, describe(error))
+            return False
+        return True
 
     async def put_json(self, key: str, document: Mapping[str, Any], object_args: Mapping[str, Any]) -> None:
         body = json.dumps(document, indent=2, sort_keys=True).encode()
@@ -396,10 +409,15 @@ class S3Store:
                     ):
                         continue
                     log.warning("aborting stale multipart upload of %r begun %s", upload["Key"], initiated)
-                    await self.abort(upload["Key"], upload["UploadId"])
-                    aborted += 1
+                    if await self.abort(upload["Key"], upload["UploadId"]):
+                        aborted += 1
+                    elif self.cleanup_unsupported is not None:
+                        raise UploadError("AbortMultipartUpload", self.cleanup_unsupported, transient=False)
+        except UploadError:
+            raise
         except Exception as error:
-            raise UploadError(
-                "ListMultipartUploads", describe(error), transient=is_transient(error)
-            ) from error
+            transient = is_transient(error)
+            if not transient:
+                self.cleanup_unsupported = f"ListMultipartUploads: {describe(error)}"
+            raise UploadError("ListMultipartUploads", describe(error), transient=transient) from error
         return aborted

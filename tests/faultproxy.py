@@ -22,6 +22,9 @@ fires decides the request's fate:
   the request is then forwarded if the client is still there, and silently dropped if it has gone,
   so a timed-out request never reaches the server late.
 - `latency`: waits before forwarding.
+- `frame_body`: forwards the request body wrapped in `aws-chunked` framing (size line, data, final
+  zero chunk), as a store that keeps the framing as object data would store it: the object's bytes
+  (and its ETag) are then not what the client sent. The body is read whole for this rule.
 - `down()` / `up()`: close the listening socket and every open connection (connect attempts are
   refused by the kernel), then listen again on the same port.
 
@@ -282,6 +285,17 @@ class Faults:
         rule.seconds = seconds
         return self._add(rule)
 
+    def frame_body(
+        self,
+        *,
+        times: int | None = None,
+        ratio: float | None = None,
+        ops: Iterable[str] | None = None,
+        seed: int = 0,
+    ) -> FaultRule:
+        """Store the request body with aws-chunked framing around it (silent corruption)."""
+        return self._add(FaultRule("frame", _op_set(ops), times, ratio, random.Random(seed)))
+
     def remove(self, rule: FaultRule) -> None:
         """Switch one rule off; requests it is stalling go on."""
         with self._lock:
@@ -495,23 +509,33 @@ class FaultProxy:
             return await self._answer_error(request, rule)
         if rule.kind == "reset":
             return await self._reset(request, rule)
+        if rule.kind == "frame":
+            return await self._forward(request, framed=True)
         await self._stall(rule)
         # Still here, so the client is too (it hanging up cancels this handler).
         return await self._forward(request)
 
-    async def _forward(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def _forward(self, request: web.BaseRequest, *, framed: bool = False) -> web.StreamResponse:
         assert self._session is not None
         if _expects_continue(request):
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         # encoded=True: sent exactly as received, never re-quoted or re-ordered.
         target = URL(self.upstream + request.raw_path, encoded=True)
-        body = self._stream_body(request) if request.body_exists else None
+        headers = _end_to_end(request.headers)
+        body: AsyncIterator[bytes] | bytes | None = (
+            self._stream_body(request) if request.body_exists else None
+        )
+        if framed:
+            data = await request.read()
+            self.faults._count_bytes("bytes_up", len(data))
+            body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data)
+            headers = _end_to_end(request.headers, drop={"content-length"})
         response: web.StreamResponse | None = None
         try:
             async with self._session.request(
                 request.method,
                 target,
-                headers=_end_to_end(request.headers),
+                headers=headers,
                 data=body,
                 allow_redirects=False,
             ) as upstream:

@@ -1,0 +1,111 @@
+"""S3 diagnostics against stores that answer unlike moto: the fault proxy makes moto answer as they do.
+
+Each case is a store found in the field (docs/compatibility.md, NOTES): rclone answers an aws-chunked
+PutObject with 411 MissingContentLength; s3rver has no ListMultipartUploads (501), refuses
+AbortMultipartUpload (405), and stores the aws-chunked framing as object bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from coredump_shipper.metrics import Metrics
+from coredump_shipper.s3checks import s3_checks
+from tests.conftest import Bucket, ConfigFactory, running, wait_until, write_file
+from tests.faultproxy import FaultProxy
+from tests.servers import S3Endpoint
+
+MiB = 1024 * 1024
+
+
+async def test_doctor_names_the_checksum_fix_for_411_missing_content_length(
+    make_config: ConfigFactory, s3_server: S3Endpoint
+) -> None:
+    async with FaultProxy(s3_server.url) as proxy:
+        proxy.faults.fail(411, code="MissingContentLength", ops={"PutObject"})
+        config = make_config(endpoint_url=proxy.url, checksum_mode="when_supported")
+        checks = {check.name: check for check in await s3_checks(config, write_probe=True)}
+    probe = checks["S3 PutObject/DeleteObject"]
+    assert probe.status == "FAIL" and "MissingContentLength (HTTP 411)" in probe.detail
+    assert "--checksum-mode when_required" in probe.fix and "aws-chunked" in probe.fix
+
+
+async def test_self_test_warning_is_said_and_exported(
+    make_config: ConfigFactory, s3_server: S3Endpoint, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="coredump_shipper")
+    async with FaultProxy(s3_server.url) as proxy:
+        proxy.faults.fail(501, code="NotImplemented", ops={"ListMultipartUploads"})
+        metrics = Metrics(process=False)
+        async with running(make_config(endpoint_url=proxy.url, self_test="on"), metrics) as service:
+            await wait_until(lambda: metrics.self_test._value.get() != -1)
+            ready = service.readiness()[0]
+    assert metrics.self_test._value.get() == 1, "a warning is not a failure"
+    assert metrics.self_test_warnings._value.get() == 1
+    assert ready
+    lines = [r.getMessage() for r in caplog.records if getattr(r, "event", None) == "self_test"]
+    (warning,) = [line for line in lines if line.startswith("S3 self-test warning")]
+    assert "ListMultipartUploads" in warning and "AbortIncompleteMultipartUpload" in warning
+    assert any(line.startswith("S3 self-test passed with 1 warning(s)") for line in lines), lines
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "operation"),
+    [(501, "NotImplemented", "ListMultipartUploads"), (405, "MethodNotAllowed", "AbortMultipartUpload")],
+)
+async def test_stale_upload_clean_up_gives_up_after_a_permanent_error(
+    make_config: ConfigFactory,
+    bucket: Bucket,
+    watch_dir: Path,
+    s3_server: S3Endpoint,
+    caplog: pytest.LogCaptureFixture,
+    status: int,
+    code: str,
+    operation: str,
+) -> None:
+    # An upload a killed shipper on this node left behind: the clean-up's work.
+    bucket.client.create_multipart_upload(Bucket=bucket.name, Key="test/node-1.core.killed")
+    caplog.set_level(logging.DEBUG, logger="coredump_shipper")
+    async with FaultProxy(s3_server.url) as proxy:
+        proxy.faults.fail(status, code=code, ops={operation})
+        # A core whose upload fails, and whose own multipart upload cannot be aborted either (on
+        # the store without ListMultipartUploads: a busy 500): where does that upload go?
+        proxy.faults.fail(400, code="InvalidRequest", ops={"UploadPart"})
+        proxy.faults.fail(500, ops={"AbortMultipartUpload"})
+        config = make_config(endpoint_url=proxy.url, part_size="5MiB", compression="none")
+        async with running(config):
+            await wait_until(lambda: proxy.faults.stats().requests.get(operation, 0) >= 1)
+            write_file(watch_dir / "core.big", os.urandom(6 * MiB))
+            await wait_until(lambda: any("could not abort" in r.getMessage() for r in caplog.records))
+            calls = proxy.faults.stats().requests[operation]
+            await asyncio.sleep(1.5)  # several retry delays (--retry-max-delay 0.5s): none may come
+            if operation == "ListMultipartUploads":
+                assert proxy.faults.stats().requests[operation] == calls, "the clean-up asked again"
+    messages = [r.getMessage() for r in caplog.records]
+    (gave_up,) = [m for m in messages if m.startswith("stale multipart uploads under")]
+    assert f"{code} (HTTP {status})" in gave_up and "AbortIncompleteMultipartUpload" in gave_up
+    assert not any("postponed" in m for m in messages)
+    assert not any("cleaned up at next start" in m for m in messages), "a promise the store breaks"
+    assert any("left on the store" in m for m in messages)
+
+
+async def test_self_test_fails_when_the_store_keeps_other_bytes_than_sent(
+    make_config: ConfigFactory, bucket: Bucket, s3_server: S3Endpoint
+) -> None:
+    async with FaultProxy(s3_server.url) as proxy:
+        framing = proxy.faults.frame_body(ops={"PutObject"})
+        metrics = Metrics(process=False)
+        async with running(make_config(endpoint_url=proxy.url, self_test="on"), metrics) as service:
+            await wait_until(lambda: metrics.self_test._value.get() != -1)
+            ready, body = service.readiness()
+    assert framing.injected >= 1
+    assert metrics.self_test._value.get() == 0
+    assert not ready
+    (reason,) = [r for r in body["reasons"] if r.startswith("S3 self-test failed")]
+    assert "ETag" in reason and "MD5" in reason and "--checksum-mode when_required" in reason
+    assert bucket.keys() == [], "the probe is removed"
