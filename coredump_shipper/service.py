@@ -117,11 +117,12 @@ class Service:
 
     async def serve(self, *, handle_signals: bool = True) -> None:
         await self.startup()
-        try:
-            with _signal_handlers(self.stop) if handle_signals else contextlib.nullcontext():
+        # The handlers stay installed during shutdown: a second signal there must exit at once.
+        with _signal_handlers(self.stop) if handle_signals else contextlib.nullcontext():
+            try:
                 await self.wait()
-        finally:
-            await self.shutdown()
+            finally:
+                await self.shutdown()
 
     # Probes ---------------------------------------------------------------------------------
 

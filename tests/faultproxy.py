@@ -25,6 +25,8 @@ fires decides the request's fate:
 - `frame_body`: forwards the request body wrapped in `aws-chunked` framing (size line, data, final
   zero chunk), as a store that keeps the framing as object data would store it: the object's bytes
   (and its ETag) are then not what the client sent. The body is read whole for this rule.
+- `rewrite_response(edit)`: forwards the request, then answers with `edit(body)` in place of the
+  server's response body (read whole), e.g. to give moto's fixed timestamps real values.
 - `down()` / `up()`: close the listening socket and every open connection (connect attempts are
   refused by the kernel), then listen again on the same port.
 
@@ -52,7 +54,7 @@ import struct
 import threading
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Collection, Coroutine, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
@@ -182,6 +184,7 @@ class FaultRule:
     code: str = ""
     seconds: float | None = None
     after_bytes: int | None = None
+    edit: Callable[[bytes], bytes] | None = None
     injected: int = 0
     active: bool = True
     # Stalled requests waiting for this rule to be switched off, each on its own loop.
@@ -295,6 +298,18 @@ class Faults:
     ) -> FaultRule:
         """Store the request body with aws-chunked framing around it (silent corruption)."""
         return self._add(FaultRule("frame", _op_set(ops), times, ratio, random.Random(seed)))
+
+    def rewrite_response(
+        self,
+        edit: Callable[[bytes], bytes],
+        *,
+        times: int | None = None,
+        ops: Iterable[str] | None = None,
+    ) -> FaultRule:
+        """Answer with `edit(body)` of the server's response body."""
+        rule = FaultRule("rewrite", _op_set(ops), times, None, random.Random(0))
+        rule.edit = edit
+        return self._add(rule)
 
     def remove(self, rule: FaultRule) -> None:
         """Switch one rule off; requests it is stalling go on."""
@@ -511,11 +526,19 @@ class FaultProxy:
             return await self._reset(request, rule)
         if rule.kind == "frame":
             return await self._forward(request, framed=True)
+        if rule.kind == "rewrite":
+            return await self._forward(request, edit=rule.edit)
         await self._stall(rule)
         # Still here, so the client is too (it hanging up cancels this handler).
         return await self._forward(request)
 
-    async def _forward(self, request: web.BaseRequest, *, framed: bool = False) -> web.StreamResponse:
+    async def _forward(
+        self,
+        request: web.BaseRequest,
+        *,
+        framed: bool = False,
+        edit: Callable[[bytes], bytes] | None = None,
+    ) -> web.StreamResponse:
         assert self._session is not None
         if _expects_continue(request):
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -539,6 +562,10 @@ class FaultProxy:
                 data=body,
                 allow_redirects=False,
             ) as upstream:
+                if edit is not None:
+                    edited = edit(await upstream.read())
+                    headers = _end_to_end(upstream.headers, drop={"content-length", "content-encoding"})
+                    return web.Response(status=upstream.status, body=edited, headers=headers)
                 response = self._response_for(upstream)
                 await response.prepare(request)
                 async for chunk in upstream.content.iter_chunked(CHUNK):
