@@ -25,8 +25,8 @@ import aiohttp
 from botocore.exceptions import BotoCoreError, ClientError
 
 from coredump_shipper.errors import ShipperError
+from coredump_shipper.manifest import Manifest, core_key, is_manifest_key
 from coredump_shipper.retry import Backoff, call_with_retries, describe
-from coredump_shipper.shipper import MANIFEST_SUFFIX
 
 if TYPE_CHECKING:
     from aiobotocore.response import StreamingBody
@@ -162,29 +162,8 @@ def program_name(fields: Mapping[str, str]) -> str:
     return _text(fields, "exe", "comm", "exe-name") or posixpath.basename(program_path(fields))
 
 
-def flatten(document: Mapping[str, Any]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for name, value in document.items():
-        if value is None:
-            continue
-        if isinstance(value, str):
-            out[str(name)] = value
-        elif isinstance(value, bool):
-            out[str(name)] = "true" if value else "false"
-        elif isinstance(value, int | float):
-            out[str(name)] = str(value)
-        else:
-            out[str(name)] = json.dumps(value, sort_keys=True)
-    return out
-
-
-def core_key(manifest_key: str) -> str:
-    """The core beside a manifest. Its own location wins over the `key` inside: buckets get copied."""
-    return manifest_key.removesuffix(MANIFEST_SUFFIX)
-
-
-def entry_from_manifest(manifest_key: str, document: Mapping[str, Any]) -> CoreEntry:
-    fields = flatten(document)
+def entry_from_manifest(manifest_key: str, manifest: Manifest) -> CoreEntry:
+    fields = manifest.fields
     return CoreEntry(
         key=core_key(manifest_key),
         crash_time=_time(fields),
@@ -195,7 +174,7 @@ def entry_from_manifest(manifest_key: str, document: Mapping[str, Any]) -> CoreE
         signal=signal_text(fields),
         size=_int(fields, "size"),
         stored_bytes=_int(fields, "stored-bytes"),
-        sha256=fields.get("sha256", ""),
+        sha256=manifest.sha256,
         fields=fields,
     )
 
@@ -267,8 +246,8 @@ async def _read_body(body: StreamingBody, limit: int, url: str) -> bytes:
     return bytes(data)
 
 
-async def read_manifest(client: S3Client, bucket: str, key: str) -> dict[str, Any]:
-    """The manifest document stored under `key`. Raises CoreNotFound or BrowseError."""
+async def read_manifest(client: S3Client, bucket: str, key: str) -> Manifest:
+    """The manifest stored under `key`. Raises CoreNotFound or BrowseError."""
 
     async def get() -> bytes:
         response = await client.get_object(Bucket=bucket, Key=key)
@@ -282,7 +261,7 @@ async def read_manifest(client: S3Client, bucket: str, key: str) -> dict[str, An
         raise NotAManifest(f"s3://{bucket}/{key}: not a manifest: {error}") from None
     if not isinstance(document, dict):
         raise NotAManifest(f"s3://{bucket}/{key}: not a manifest: not a JSON object")
-    return document
+    return Manifest.from_json(document)
 
 
 async def _manifest_keys(
@@ -300,7 +279,7 @@ async def _manifest_keys(
         for obj in page.get("Contents", []):
             key = obj.get("Key", "")
             modified = obj.get("LastModified")
-            if not key.endswith(MANIFEST_SUFFIX):
+            if not is_manifest_key(key):
                 continue
             if stored_after is not None and modified is not None and modified < stored_after:
                 continue

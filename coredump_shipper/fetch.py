@@ -29,16 +29,14 @@ from coredump_shipper.browse import (
     CoreNotFound,
     call_s3,
     cell,
-    core_key,
     display,
-    flatten,
     human_size,
     program_name,
     program_path,
     read_manifest,
 )
+from coredump_shipper.manifest import Manifest, core_key, manifest_key
 from coredump_shipper.retry import describe
-from coredump_shipper.shipper import MANIFEST_SUFFIX
 
 if TYPE_CHECKING:
     from aiobotocore.response import StreamingBody
@@ -257,17 +255,17 @@ async def fetch_core(
     bucket, key = parse_location(key_or_url, bucket)
     url = f"s3://{bucket}/{key}"
     try:
-        manifest: dict[str, Any] | None = await read_manifest(client, bucket, key + MANIFEST_SUFFIX)
+        manifest: Manifest | None = await read_manifest(client, bucket, manifest_key(key))
     except CoreNotFound:
         manifest = None
-    if manifest is not None and manifest.get("rate-limited") == "true":
+    if manifest is not None and manifest.rate_limited:
         raise CoreNotFound(f"{url}: not stored: over the node's --storm-limit, only its metadata was kept")
     try:
         response = await call_s3("GetObject", bucket, key, lambda: client.get_object(Bucket=bucket, Key=key))
     except CoreNotFound:
         raise CoreNotFound(f"{url}: no such core (`coredump-shipper ls` lists shipped cores)") from None
     async with response["Body"] as body:
-        metadata = {**response.get("Metadata", {}), **flatten(manifest or {})}
+        metadata = {**response.get("Metadata", {}), **(manifest.fields if manifest is not None else {})}
         expected = _expected(metadata, url, manifest is not None)
         target = _target(output, metadata, key)
         if target.exists() and not overwrite:

@@ -16,6 +16,7 @@ from coredump_shipper.config import Config, storage_options
 from coredump_shipper.corefile import CoreFile
 from coredump_shipper.corename import CoreNamePattern
 from coredump_shipper.facts import CoreFacts, core_uses_pid, gather, truncation_hint
+from coredump_shipper.manifest import Manifest, manifest_key
 from coredump_shipper.metrics import Metrics
 from coredump_shipper.naming import TEMPLATE_FIELDS, KeyTemplate
 from coredump_shipper.parts import choose_part_size
@@ -23,7 +24,6 @@ from coredump_shipper.storm import StormLimiter
 from coredump_shipper.uploader import S3Store, UploadResult
 
 log = logging.getLogger(__name__)
-MANIFEST_SUFFIX = ".manifest.json"
 
 
 class Shipper:
@@ -109,25 +109,15 @@ class Shipper:
             object_args,
         )
         # Written last: a manifest means its core object is complete.
-        await self.store.put_json(
-            key + MANIFEST_SUFFIX,
-            {
-                **facts.metadata,
-                "key": key,
-                "bucket": self.store.bucket,
-                "sha256": result.sha256,
-                "stored-bytes": result.bytes_sent,
-            },
-            object_args,
-        )
+        manifest = Manifest.for_core(key, self.store.bucket, facts.metadata, result.sha256, result.bytes_sent)
+        await self.store.put_json(manifest_key(key), manifest.to_json(), object_args)
         return result
 
     async def _metadata_only(self, core: CoreFile, key: str, facts: CoreFacts) -> None:
         """A core over the storm limit: store what is known about it, not the core itself."""
+        manifest = Manifest.rate_limited_core(key, self.store.bucket, facts.metadata)
         await self.store.put_json(
-            key + MANIFEST_SUFFIX,
-            {**facts.metadata, "key": key, "bucket": self.store.bucket, "rate-limited": "true"},
-            self.storage.args(facts.template_values),
+            manifest_key(key), manifest.to_json(), self.storage.args(facts.template_values)
         )
         self._finish(core, key)
         self.metrics.dropped.labels("rate_limited").inc()
@@ -137,7 +127,7 @@ class Shipper:
             self.storm.limit,
             facts.program,
             self.storm.window,
-            key + MANIFEST_SUFFIX,
+            manifest_key(key),
             extra={"event": "dropped", "reason": "rate_limited", "file": str(core.path), "key": key},
         )
 

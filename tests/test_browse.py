@@ -35,8 +35,10 @@ from coredump_shipper.browse import (
 )
 from coredump_shipper.config import Config
 from coredump_shipper.fetch import IntegrityError, describe_fetch, fetch_core, output_name, parse_location
+from coredump_shipper.manifest import SUFFIX as MANIFEST_SUFFIX
+from coredump_shipper.manifest import Manifest
 from coredump_shipper.metrics import Metrics
-from coredump_shipper.shipper import MANIFEST_SUFFIX, Shipper
+from coredump_shipper.shipper import Shipper
 from coredump_shipper.uploader import S3Store, client_settings, s3_client
 from tests.conftest import Bucket, ConfigFactory, running, wait_until
 from tests.cores import kernel_core, skip_reason
@@ -390,7 +392,7 @@ async def test_pod_program_and_storm_fields_from_the_shipper(
     ],
 )
 def test_entries_from_manifests(document: dict[str, Any], expected: dict[str, Any]) -> None:
-    entry = entry_from_manifest("a/b.core.manifest.json", document)
+    entry = entry_from_manifest("a/b.core.manifest.json", Manifest.from_json(document))
     assert entry.key == "a/b.core"
     for name, value in expected.items():
         assert getattr(entry, name) == value, name
@@ -416,14 +418,16 @@ def test_entries_from_manifests(document: dict[str, Any], expected: dict[str, An
 def test_filters(filters: Filters, matches: bool) -> None:
     entry = entry_from_manifest(
         "k.manifest.json",
-        {
-            "cluster": "prod",
-            "node": "n1",
-            "pod": "api-0",
-            "comm": "python3",
-            "exe-path": "/usr/bin/python3.11",
-            "crash-time": "2026-01-02T03:04:05Z",
-        },
+        Manifest.from_json(
+            {
+                "cluster": "prod",
+                "node": "n1",
+                "pod": "api-0",
+                "comm": "python3",
+                "exe-path": "/usr/bin/python3.11",
+                "crash-time": "2026-01-02T03:04:05Z",
+            }
+        ),
     )
     assert filters.match(entry) is matches
 

@@ -1,0 +1,88 @@
+"""The manifest's one home: its JSON form both ways, what the daemon writes, and who imports it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from coredump_shipper.manifest import SUFFIX, Manifest, core_key, is_manifest_key, manifest_key
+from tests.conftest import Bucket, ConfigFactory, running, wait_until, write_file
+
+META = {"size": "12", "exe": "python3", "pod": "api-0", "crash-time": "2026-01-02T03:04:05Z"}
+
+
+def test_a_shipped_core_manifest_as_json_and_back() -> None:
+    manifest = Manifest.for_core("c/n.core", "cores", META, "ab" * 32, 40)
+    document = manifest.to_json()
+    assert document == {**META, "key": "c/n.core", "bucket": "cores", "sha256": "ab" * 32, "stored-bytes": 40}
+    again = Manifest.from_json(json.loads(json.dumps(document)))
+    assert again == manifest
+    assert again.fields == {
+        **META,
+        "key": "c/n.core",
+        "bucket": "cores",
+        "sha256": "ab" * 32,
+        "stored-bytes": "40",
+    }
+
+
+def test_a_rate_limited_manifest_has_no_sha256() -> None:
+    manifest = Manifest.rate_limited_core("c/n.core", "cores", META)
+    document = manifest.to_json()
+    assert document == {**META, "key": "c/n.core", "bucket": "cores", "rate-limited": "true"}
+    again = Manifest.from_json(document)
+    assert again.rate_limited and again.sha256 == "" and again.stored_bytes is None
+
+
+@pytest.mark.parametrize(
+    ("document", "sha256", "stored_bytes"),
+    [
+        ({}, "", None),
+        ({"stored-bytes": "lots", "sha256": 5}, "5", None),
+        ({"stored-bytes": -3, "extra": {"nested": [1]}}, "", 0),
+    ],
+)
+def test_odd_documents_read_without_raising(
+    document: dict[str, Any], sha256: str, stored_bytes: int | None
+) -> None:
+    manifest = Manifest.from_json(document)
+    assert (manifest.sha256, manifest.stored_bytes) == (sha256, stored_bytes)
+    assert not manifest.rate_limited
+
+
+def test_keys() -> None:
+    assert manifest_key("a/b.core.zst") == "a/b.core.zst" + SUFFIX == "a/b.core.zst.manifest.json"
+    assert core_key("a/b.core.zst.manifest.json") == "a/b.core.zst"
+    assert is_manifest_key("x.manifest.json") and not is_manifest_key("x.manifest.json.zst")
+
+
+async def test_the_daemon_writes_what_the_readers_read(
+    make_config: ConfigFactory, bucket: Bucket, watch_dir: Path
+) -> None:
+    async with running(make_config()):
+        write_file(watch_dir / "core.m", b"manifest me")
+        await wait_until(lambda: any(is_manifest_key(k) for k in bucket.keys()))
+    (key,) = bucket.core_keys()
+    manifest = Manifest.from_json(json.loads(bucket.get(manifest_key(key))))
+    assert (manifest.key, manifest.bucket) == (key, bucket.name)
+    assert manifest.stored_bytes == bucket.head(key)["ContentLength"]
+    assert manifest.metadata["size"] == "11" and manifest.metadata["filename"] == "core.m"
+    assert len(manifest.sha256) == 64
+
+
+def test_ls_and_fetch_do_not_import_the_write_side() -> None:
+    code = (
+        "import sys, coredump_shipper.browse, coredump_shipper.fetch\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('coredump_shipper'))))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert "coredump_shipper.manifest" in loaded
+    for writer in ("coredump_shipper.uploader", "coredump_shipper.shipper", "coredump_shipper.service"):
+        assert writer not in loaded
