@@ -179,3 +179,33 @@ async def test_keep_mode_budget_deletes_the_shipped_copy_not_the_unshipped_core(
             await asyncio.sleep(0.05)
             assert "core.unshipped" in os.listdir(watch_dir), "an unshipped core was deleted"
     assert metrics.dropped.labels("disk_budget")._value.get() == 0
+
+
+class _ClaimedWhileListing(Delete):
+    """The delete policy, plus a worker that claims `name` right after the budget listed it."""
+
+    def __init__(self, claims: Claims, name: str) -> None:
+        self.claims = claims
+        self.name = name
+
+    def shipped_stat(self, name: str, st: os.stat_result) -> bool:
+        if name == self.name:
+            self.claims.take(name)  # the budget has seen the file; a worker takes it now
+        return super().shipped_stat(name, st)
+
+
+def test_budget_never_deletes_a_file_claimed_after_it_was_listed(tmp_path: Path) -> None:
+    make_core(tmp_path / "core.old", 64 * KiB, 1_000_000)
+    make_core(tmp_path / "core.new", 64 * KiB, 1_000_001)
+    claims = Claims()
+    budget = DiskBudget(
+        tmp_path,
+        DiskLimit(bytes=70 * KiB),
+        DiskLimit(),
+        lambda n: False,
+        Metrics(process=False),
+        _ClaimedWhileListing(claims, "core.old"),
+    )
+    # The old busy-set snapshot was taken before listing: core.old would be deleted under the worker.
+    assert budget.enforce(claims) == ["core.new"]
+    assert os.listdir(tmp_path) == ["core.old"]
