@@ -6,7 +6,10 @@ from typing import Any
 
 import pytest
 
+from tests import test_chart
 from tests.test_chart import CHART, Manifest, one, pod_spec, render, render_error, shipper
+
+pytestmark = test_chart.pytestmark  # helm located the same way, skipped the same way without it
 
 NETWORK_VALUES = CHART / "ci" / "networkpolicy-values.yaml"
 DIGEST = "sha256:" + "ab" * 32
