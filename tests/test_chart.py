@@ -308,7 +308,7 @@ def exported_metric_names() -> set[str]:
     text = generate_latest(metrics.registry).decode()
     names = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
     # Histograms and counters expose suffixed series.
-    suffixes = ("_total", "_bucket", "_sum", "_count", "_created", "_info")
+    suffixes = ("_total", "_bucket", "_sum", "_count", "_info")  # no _created: not exported
     return names | {name + suffix for name in names for suffix in suffixes}
 
 
