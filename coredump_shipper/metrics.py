@@ -10,6 +10,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
     Info,
+    disable_created_metrics,
     gc_collector,
     platform_collector,
     process_collector,
@@ -37,6 +38,9 @@ class Metrics:
     """The shipper's metrics. Label values are fixed sets: never file, pod or key names."""
 
     def __init__(self, registry: CollectorRegistry | None = None, *, process: bool = True) -> None:
+        # A `*_created` gauge per counter and histogram doubles the series and no rule reads them.
+        # prometheus_client only offers this switch process-wide; this registry is the process's only one.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
         if process:
@@ -130,6 +134,31 @@ class Metrics:
         self.self_test_warnings = Gauge(
             name("self_test_warnings"),
             "Checks of the start-up S3 self-test that passed with a warning (e.g. no ListMultipartUploads).",
+            registry=r,
+        )
+        # Health and backlog age are read when scraped (set_function), so they are never stale.
+        self.healthy = Gauge(
+            name("healthy"),
+            "1 while /healthz passes (watcher running, no wedged or dead worker), else 0.",
+            registry=r,
+        )
+        self.healthy.set(1)
+        self.workers_wedged = Gauge(
+            name("workers_wedged"),
+            "Workers busy with no S3 call finished for --stall-timeout, or dead: each fails /healthz.",
+            registry=r,
+        )
+        self.watcher_running = Gauge(
+            name("watcher_running"), "1 while the directory watcher runs, else 0.", registry=r
+        )
+        self.oldest_pending_age = Gauge(
+            name("oldest_pending_age_seconds"),
+            "Age of the oldest core waiting to be shipped, from its modification time (0: none waits).",
+            registry=r,
+        )
+        self.most_failed_attempts = Gauge(
+            name("pending_failed_attempts_max"),
+            "The most failed upload attempts of one core still waiting to be shipped.",
             registry=r,
         )
         for limit in ("max_use", "keep_free"):

@@ -64,13 +64,14 @@ class Pipeline:
         self.workers = [Worker(n) for n in range(workers)]
         self.after_upload = after_upload
         self.claims = Claims()  # shared with the disk budget: a claimed file is never deleted
-        self._pending: dict[str, int] = {}  # name -> size when found
+        self._pending: dict[str, tuple[int, float]] = {}  # name -> (size, mtime) when found
         self._again: set[str] = set()
         self._failures: dict[str, int] = {}
         self._skipped: set[SkipMemoryKey] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._retries: set[asyncio.Task[None]] = set()
         self._accepting = True
+        metrics.oldest_pending_age.set_function(self.oldest_pending_age)
 
     async def __aenter__(self) -> Pipeline:
         self._tasks = [
@@ -89,6 +90,13 @@ class Pipeline:
     @property
     def pending(self) -> int:
         return len(self._pending)
+
+    def oldest_pending_age(self) -> float:
+        """Seconds since the oldest waiting core was written. Its mtime, unlike the time this process
+        found it, survives restarts: a shipper restarting every few minutes still shows a growing age."""
+        if not self._pending:
+            return 0.0
+        return max(0.0, time.time() - min(mtime for _, mtime in self._pending.values()))
 
     def dead_workers(self) -> list[int]:
         return [w.number for w, task in zip(self.workers, self._tasks, strict=True) if task.done()]
@@ -116,15 +124,16 @@ class Pipeline:
         if self.after_upload.shipped_stat(name, st):
             return  # keep mode: this very file is in the bucket already
         self.metrics.cores_detected.inc()
-        self._pending[name] = st.st_size
+        self._pending[name] = (st.st_size, st.st_mtime)
         self._update_gauges()
         await self.queue.put(name)
         self.metrics.queue_depth.set(self.queue.qsize())
 
     def _update_gauges(self) -> None:
         self.metrics.pending_files.set(len(self._pending))
-        self.metrics.pending_bytes.set(sum(self._pending.values()))
+        self.metrics.pending_bytes.set(sum(size for size, _ in self._pending.values()))
         self.metrics.queue_depth.set(self.queue.qsize())
+        self.metrics.most_failed_attempts.set(max(self._failures.values(), default=0))
 
     async def _work(self, worker: Worker) -> None:
         while self._accepting:
@@ -155,9 +164,7 @@ class Pipeline:
             self._retry_later(name, attempt=1)
             return
         except UploadError as error:
-            attempt = self._failures.get(name, 0) + 1
-            self._failures[name] = attempt
-            self.metrics.uploads.labels("failure").inc()
+            attempt = self._failed(name)
             self.metrics.upload_retries.inc()
             delay = self._retry_later(name, attempt)
             log.error(
@@ -177,9 +184,17 @@ class Pipeline:
         except Exception:
             # A bug must not kill the worker or lose the file: log it and try the file again later.
             log.exception("unexpected error shipping %r", str(path))
-            self._retry_later(name, self._failures.get(name, 0) + 1)
+            self._retry_later(name, self._failed(name))
             return
         self._done(name)
+
+    def _failed(self, name: str) -> int:
+        """Count a failed attempt of `name` (its backoff grows, alerts see it); returns its number."""
+        attempt = self._failures.get(name, 0) + 1
+        self._failures[name] = attempt
+        self.metrics.uploads.labels("failure").inc()
+        self._update_gauges()
+        return attempt
 
     def _remember_skip(self, name: str, skip: SkipFile) -> None:
         self._done(name)

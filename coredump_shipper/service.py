@@ -13,6 +13,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,23 @@ log = logging.getLogger(__name__)
 S3_CHECK_INTERVAL = 15.0
 BUDGET_INTERVAL = 5.0
 S3_READY_WINDOW = 60.0
+
+
+@dataclass(frozen=True)
+class Health:
+    """What /healthz answers and the health gauges export."""
+
+    watcher_running: bool
+    wedged: list[int]
+    dead: list[int]
+
+    @property
+    def failing_workers(self) -> list[int]:
+        return self.wedged + self.dead
+
+    @property
+    def ok(self) -> bool:
+        return self.watcher_running and not self.failing_workers
 
 
 class Service:
@@ -85,6 +103,10 @@ class Service:
             on_scan=self.pipeline.forget_missing,
         )
         self.watcher_task = asyncio.create_task(self.watcher.run(), name="watcher")
+        metrics = self.metrics
+        metrics.healthy.set_function(lambda: float(self._health().ok))
+        metrics.workers_wedged.set_function(lambda: float(len(self._health().failing_workers)))
+        metrics.watcher_running.set_function(lambda: float(self._health().watcher_running))
         self._tasks = [
             self.watcher_task,
             asyncio.create_task(self._check_s3(), name="s3-check"),
@@ -110,6 +132,9 @@ class Service:
     async def shutdown(self) -> None:
         """Stop watching, give uploads in progress the shutdown timeout, cancel the rest, stop HTTP."""
         log.info("stopping: in-flight uploads have %.0fs to finish", self.config.shutdown_timeout)
+        # A stopping watcher and cancelled workers are not failures: probes and scrapes during a
+        # rolling update must not report the pod as broken.
+        self._stop.set()
         await cancel_and_wait(self._tasks)
         await self.pipeline.close(grace=self.config.shutdown_timeout)
         await self._stack.aclose()
@@ -126,20 +151,26 @@ class Service:
 
     # Probes ---------------------------------------------------------------------------------
 
-    def health(self) -> tuple[bool, dict[str, Any]]:
+    def _health(self) -> Health:
         now = time.monotonic()
-        watcher_ok = not self.watcher_task.done()
+        stopping = self._stop.is_set()
         wedged = [
             w.number
             for w in self.pipeline.workers
             if w.busy_since is not None
             and now - max(w.last_beat, self.store.last_progress) > self.config.stall_timeout
         ]
-        dead = self.pipeline.dead_workers() if not self._stop.is_set() else []
-        ok = watcher_ok and not wedged and not dead
-        return ok, {
-            "watcher": "running" if watcher_ok else "stopped",
-            "workers": {"total": len(self.pipeline.workers), "wedged": wedged, "dead": dead},
+        return Health(
+            watcher_running=stopping or not self.watcher_task.done(),
+            wedged=wedged,
+            dead=[] if stopping else self.pipeline.dead_workers(),
+        )
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        state = self._health()
+        return state.ok, {
+            "watcher": "running" if state.watcher_running else "stopped",
+            "workers": {"total": len(self.pipeline.workers), "wedged": state.wedged, "dead": state.dead},
         }
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:

@@ -309,7 +309,7 @@ def exported_metric_names() -> set[str]:
     text = generate_latest(metrics.registry).decode()
     names = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
     # Histograms and counters expose suffixed series.
-    suffixes = ("_total", "_bucket", "_sum", "_count", "_created", "_info")
+    suffixes = ("_total", "_bucket", "_sum", "_count", "_info")  # no _created: not exported
     return names | {name + suffix for name in names for suffix in suffixes}
 
 
@@ -325,7 +325,11 @@ def test_alerts_use_real_metric_names_and_cover_the_failure_modes() -> None:
     alerts = {r["alert"]: r for r in rules}
     assert set(alerts) == {
         "CoredumpShipperUploadsFailing",
+        "CoredumpShipperCoreStuck",
         "CoredumpShipperBacklogStuck",
+        "CoredumpShipperSelfTestFailed",
+        "CoredumpShipperUnhealthy",
+        "CoredumpShipperRestarting",
         "CoredumpShipperCoresDropped",
         "CoredumpShipperCoreStorm",
         "CoredumpShipperDown",
@@ -338,7 +342,9 @@ def test_alerts_use_real_metric_names_and_cover_the_failure_modes() -> None:
     assert (
         'coredump_shipper_uploads_total{result="failure"' in alerts["CoredumpShipperUploadsFailing"]["expr"]
     )
-    assert "coredump_shipper_last_success_timestamp_seconds" in alerts["CoredumpShipperBacklogStuck"]["expr"]
+    assert "coredump_shipper_oldest_pending_age_seconds" in alerts["CoredumpShipperBacklogStuck"]["expr"]
+    assert "coredump_shipper_healthy" in alerts["CoredumpShipperUnhealthy"]["expr"]
+    assert "coredump_shipper_self_test_success" in alerts["CoredumpShipperSelfTestFailed"]["expr"]
     assert 'reason="rate_limited"' in alerts["CoredumpShipperCoreStorm"]["expr"]
     for alert in rules:
         assert alert["labels"]["severity"] in {"critical", "warning"}

@@ -132,3 +132,25 @@ shipper flag needs no template change. Empty and null values are left out (the s
 COREDUMP_SHIPPER_WATCH_DIR: {{ .Values.coreDirectory.path | quote }}
 COREDUMP_SHIPPER_LISTEN: {{ printf "0.0.0.0:%d" (int .Values.containerPort) | quote }}
 {{- end }}
+
+{{/*
+A Prometheus duration for `seconds` x metrics.prometheusRule.timeScale, in the largest whole unit
+(600 -> 10m; scaled by 0.01 -> 6s). Usage: include "coredump-shipper.ruleDuration" (list 600 .)
+*/}}
+{{- define "coredump-shipper.ruleDuration" -}}
+{{- $root := index . 1 }}
+{{- $ms := mulf (index . 0) $root.Values.metrics.prometheusRule.timeScale 1000 | floor | int64 }}
+{{- if lt $ms 1 }}{{ $ms = 1 }}{{ end }}
+{{- if eq (mod $ms 3600000) 0 }}{{ div $ms 3600000 }}h
+{{- else if eq (mod $ms 60000) 0 }}{{ div $ms 60000 }}m
+{{- else if eq (mod $ms 1000) 0 }}{{ div $ms 1000 }}s
+{{- else }}{{ $ms }}ms
+{{- end }}
+{{- end }}
+
+{{/*
+`seconds` x metrics.prometheusRule.timeScale as a number, for thresholds compared with ages.
+*/}}
+{{- define "coredump-shipper.ruleSeconds" -}}
+{{- mulf (index . 0) (index . 1).Values.metrics.prometheusRule.timeScale }}
+{{- end }}
