@@ -135,13 +135,15 @@ class EventRecorder:
 
     async def _send(self, notice: CoreNotice) -> None:
         now = self.clock()
-        series = self.series.get(notice.pod.uid)
+        # Stored cores and metadata-only ones (over the storm limit) say different things: two series.
+        tracked = f"{notice.pod.uid}/{'metadata' if notice.metadata_only else 'core'}"
+        series = self.series.get(tracked)
         if series is not None and now - series.last > SERIES_WINDOW:
             series = None
         if series is not None:
             series.count += 1
             series.last = now
-            self.series.move_to_end(notice.pod.uid)
+            self.series.move_to_end(tracked)
         if not self._take_token():
             # The count is kept: the next PATCH that gets through carries the whole series.
             self.metrics.events.labels("rate_limited").inc()
@@ -155,7 +157,7 @@ class EventRecorder:
                 if error.status != 404:
                     raise
                 # The Event expired (the API server keeps them an hour by default): start a new one.
-        self.series[notice.pod.uid] = await self._create(notice, now)
+        self.series[tracked] = await self._create(notice, now)
         while len(self.series) > TRACKED_PODS:
             self.series.popitem(last=False)
         self.metrics.events.labels("created").inc()

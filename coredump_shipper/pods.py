@@ -167,7 +167,7 @@ class PodCache:
         attempt = 0
         while True:
             try:
-                version = await self._list()
+                version = await self.relist()
                 attempt = 0
                 self.last_error = None
                 while True:
@@ -187,7 +187,7 @@ class PodCache:
         """Watch from `version`; without the right to watch, wait and list again."""
         if not self.watching:
             await self._sleep(self.watch_seconds)
-            return await self._list()
+            return await self.relist()
         try:
             return await self._watch(version)
         except KubeError as error:
@@ -213,7 +213,8 @@ class PodCache:
             log.warning("listing this node's pods failed: %s%s; cores ship without pod fields", reason, hint)
         self.last_error = reason
 
-    async def _list(self) -> str:
+    async def relist(self) -> str:
+        """List the node's pods afresh; deleted ones are remembered. Returns the list's resourceVersion."""
         pods: dict[str, Pod] = {}
         params = {**self.selector, "limit": str(LIST_PAGE)}
         while True:

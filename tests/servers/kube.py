@@ -99,10 +99,9 @@ class KubeServer:
         started = time.monotonic()
         make_pki(self.pki)
         (self.work / "logs").mkdir(exist_ok=True)
-        etcd_log = (self.work / "logs" / "etcd.log").open("ab")
         peer = free_port()
-        self.etcd = subprocess.Popen(
-            [
+        with (self.work / "logs" / "etcd.log").open("ab") as etcd_log:
+            self.etcd = self._spawn(etcd_log, [
                 "etcd", "--name", "cds-test", "--data-dir", str(self.work / "etcd"),
                 "--listen-client-urls", f"http://127.0.0.1:{self.etcd_port}",
                 "--advertise-client-urls", f"http://127.0.0.1:{self.etcd_port}",
@@ -110,19 +109,15 @@ class KubeServer:
                 "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
                 "--initial-cluster", f"cds-test=http://127.0.0.1:{peer}",
                 "--listen-metrics-urls", "", "--enable-pprof=false",
-            ],
-            stdout=etcd_log,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            ])  # fmt: skip
         wait_for_port(self.etcd_port, timeout=30)
         self.start_apiserver()
         self.start_seconds = time.monotonic() - started
 
     def start_apiserver(self) -> None:
         pki = self.pki
-        log = (self.work / "logs" / "apiserver.log").open("ab")
-        self.apiserver = subprocess.Popen(
-            [
+        with (self.work / "logs" / "apiserver.log").open("ab") as log:
+            self.apiserver = self._spawn(log, [
                 str(bindir() / "kube-apiserver"),
                 "--etcd-servers", f"http://127.0.0.1:{self.etcd_port}",
                 "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1",
@@ -142,11 +137,7 @@ class KubeServer:
                 # Watches read etcd directly: compacting it expires an old resourceVersion (410).
                 "--watch-cache=false",
                 "--profiling=false",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "AWS_EC2_METADATA_DISABLED": "true"},
-        )  # fmt: skip
+            ])  # fmt: skip
         deadline = time.monotonic() + 120
         while True:
             try:
@@ -158,6 +149,11 @@ class KubeServer:
                 tail = (self.work / "logs" / "apiserver.log").read_text()[-2000:]
                 raise RuntimeError(f"kube-apiserver did not become ready:\n{tail}")
             time.sleep(0.2)
+
+    @staticmethod
+    def _spawn(log: Any, args: list[str]) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "AWS_EC2_METADATA_DISABLED": "true"}
+        return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
 
     def stop_apiserver(self) -> None:
         if self.apiserver is not None:
@@ -199,6 +195,7 @@ class KubeServer:
         try:
             return self.api("POST", path, body)
         except urllib.error.HTTPError as error:
+            error.close()  # it holds the connection
             if error.code != 409:
                 raise
         name = body["metadata"]["name"]
