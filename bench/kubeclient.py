@@ -1,9 +1,10 @@
 """Memory of Kubernetes API clients on top of the daemon's own imports (the choice in docs/kubernetes.md).
 
-    python -m bench.kubeclient KUBECONFIG [--extra-path DIR ...]
+    python -m bench.kubeclient [--extra-path DIR ...]
 
 Each variant runs in a fresh process: the daemon's imports and one S3 client first (the baseline),
-then the Kubernetes client is imported, built from the kubeconfig and lists pods once. Printed: RSS
+then the Kubernetes client is imported, built from a kubeconfig (a real service account token for a
+real kube-apiserver on loopback, tests/servers/kube.py) and lists pods once. Printed: RSS
 after the baseline and after the client, in MiB. kubernetes_asyncio and lightkube are optional
 (install them into a directory with `pip install --target DIR` and pass --extra-path DIR).
 """
@@ -15,6 +16,11 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
+
+from tests.docs import kube_rules
+from tests.servers.kube import run_kube
 
 PROLOGUE = """
 import asyncio, os, sys
@@ -29,7 +35,7 @@ from coredump_shipper.uploader import s3_client, client_settings
 from coredump_shipper.config import load_config
 KUBECONFIG = sys.argv[1]
 async def baseline():
-    config = load_config({'bucket': 'b', 'watch_dir': '/tmp', 'endpoint_url': 'http://127.0.0.1:9'},
+    config = load_config({'bucket': 'bench', 'watch_dir': '/tmp', 'endpoint_url': 'http://127.0.0.1:9'},
                          env={}, command='doctor')
     async with s3_client(client_settings(config)):
         return rss()
@@ -74,14 +80,27 @@ print(json.dumps({'baseline_mib': round(base, 1), 'with_client_mib': round(after
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("kubeconfig")
     parser.add_argument("--extra-path", action="append", default=[])
     args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="cds-kubeclient-") as temp, run_kube(Path(temp)) as kube:
+        kube.apply("/api/v1/namespaces", {"metadata": {"name": "bench"}})
+        kube.apply("/api/v1/namespaces/bench/serviceaccounts", {"metadata": {"name": "reader"}})
+        rules = {"metadata": {"name": "reader"}, "rules": kube_rules()}
+        kube.apply("/apis/rbac.authorization.k8s.io/v1/clusterroles", rules)
+        subject = {"kind": "ServiceAccount", "name": "reader", "namespace": "bench"}
+        role_ref = {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "reader"}
+        binding = {"metadata": {"name": "reader"}, "roleRef": role_ref, "subjects": [subject]}
+        kube.apply("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", binding)
+        kubeconfig = kube.kubeconfig(Path(temp) / "kubeconfig", token=kube.token("bench", "reader"))
+        measure(str(kubeconfig), args.extra_path)
+
+
+def measure(kubeconfig: str, extra_path: list[str]) -> None:
     for name, body in VARIANTS.items():
-        env = {**os.environ, "CDS_EXTRA_PATH": os.pathsep.join(args.extra_path)}
+        env = {**os.environ, "CDS_EXTRA_PATH": os.pathsep.join(extra_path)}
         code = "import json\n" + PROLOGUE + body + EPILOGUE
         result = subprocess.run(
-            [sys.executable, "-c", code, args.kubeconfig],
+            [sys.executable, "-c", code, kubeconfig],
             capture_output=True,
             text=True,
             env=env,
