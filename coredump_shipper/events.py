@@ -171,10 +171,12 @@ class EventRecorder:
                 await self.client.call("create", EVENTS, namespace=pod.namespace, body=body)
                 return _Series("events.k8s.io", name, 1, now, now)
             except KubeError as error:
-                if error.status != 404:
+                # A 404 for a missing namespace says "namespaces ... not found"; this one means the
+                # server does not serve events.k8s.io/v1 at all (before Kubernetes 1.19): core/v1.
+                if error.status != 404 or "could not find the requested resource" not in error.message:
                     raise
-                # The server does not serve events.k8s.io/v1 (or the pod's namespace is gone): core/v1.
                 self.api = "v1"
+                log.info("events.k8s.io/v1 is not served: CoreDumped Events use core/v1")
         body = self._core(notice, name, now)
         await self.client.call("create", CORE_EVENTS, namespace=pod.namespace, body=body)
         return _Series("v1", name, 1, now, now)
@@ -199,7 +201,8 @@ class EventRecorder:
             "uid": pod.uid,
         }
         if notice.container:
-            ref["fieldPath"] = f"spec.containers{{{notice.container}}}"
+            section = next((c.section for c in pod.containers if c.name == notice.container), "containers")
+            ref["fieldPath"] = f"spec.{section}{{{notice.container}}}"
         return ref
 
     def _v1(self, notice: CoreNotice, name: str, now: float) -> dict[str, Any]:

@@ -38,6 +38,7 @@ class Container:
     image: str
     image_id: str | None = None
     container_id: str | None = None  # without the runtime prefix (containerd://)
+    section: str = "containers"  # or initContainers, ephemeralContainers: for an Event's fieldPath
 
 
 @dataclass(frozen=True)

@@ -384,6 +384,33 @@ async def test_api_down_at_start_and_back_later(
             cluster.server.start_apiserver()
 
 
+async def test_core_v1_events_where_events_k8s_io_is_not_served(
+    cluster: Cluster, make_config: ConfigFactory, bucket: Bucket, watch_dir: Path, tmp_path: Path
+) -> None:
+    server = cluster.server
+    server.stop_apiserver()
+    try:
+        await asyncio.to_thread(server.start_apiserver, "--runtime-config", "events.k8s.io/v1=false")
+        pod = cluster.pod("shop")
+        name, uid = pod["metadata"]["name"], pod["metadata"]["uid"]
+        config = make_config(kubeconfig=cluster.kubeconfig(tmp_path), filename_pattern=PATTERN)
+        metrics = Metrics(process=False)
+        async with running(config, metrics) as service:
+            await wait_until(lambda: cache_of(service).by_uid(uid) is not None)
+            write_file(watch_dir / core_name(name, pid=1), b"one")
+            await wait_until(lambda: metrics.events.labels("created")._value.get() == 1)
+            write_file(watch_dir / core_name(name, pid=2), b"two")
+            await wait_until(lambda: metrics.events.labels("updated")._value.get() == 1)
+        items = server.api("GET", "/api/v1/namespaces/shop/events")["items"]
+        (event,) = [e for e in items if e["involvedObject"].get("uid") == uid]
+        assert (event["reason"], event["type"], event["count"]) == ("CoreDumped", "Warning", 2)
+        assert event["source"] == {"component": "coredump-shipper", "host": NODE}
+        assert f"s3://{bucket.name}/" in event["message"]
+    finally:
+        server.stop_apiserver()
+        await asyncio.to_thread(server.start_apiserver)
+
+
 async def test_watch_expired_by_compaction_lists_again(
     cluster: Cluster,
     make_config: ConfigFactory,

@@ -114,7 +114,7 @@ class KubeServer:
         self.start_apiserver()
         self.start_seconds = time.monotonic() - started
 
-    def start_apiserver(self) -> None:
+    def start_apiserver(self, *extra: str) -> None:
         pki = self.pki
         with (self.work / "logs" / "apiserver.log").open("ab") as log:
             self.apiserver = self._spawn(log, [
@@ -137,6 +137,7 @@ class KubeServer:
                 # Watches read etcd directly: compacting it expires an old resourceVersion (410).
                 "--watch-cache=false",
                 "--profiling=false",
+                *extra,
             ])  # fmt: skip
         deadline = time.monotonic() + 120
         while True:
