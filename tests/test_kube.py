@@ -26,6 +26,7 @@ from coredump_shipper.facts import CoreFacts
 from coredump_shipper.identity import PodIdentity
 from coredump_shipper.kubeaccess import from_kubeconfig
 from coredump_shipper.kubeapi import KubeClient
+from coredump_shipper.kubecheck import kube_checks
 from coredump_shipper.metrics import Metrics
 from coredump_shipper.naming import key_safe
 from coredump_shipper.pods import PodCache
@@ -501,3 +502,18 @@ def test_admin_api_refuses_what_rbac_does_not_allow(cluster: Cluster) -> None:
         urllib.request.urlopen(request, context=context, timeout=10)  # noqa: S310
     error.value.close()
     assert error.value.code == 403
+
+
+async def test_doctor_says_whether_the_pods_can_be_listed(
+    cluster: Cluster, make_config: ConfigFactory, tmp_path: Path
+) -> None:
+    cluster.pod("shop", node="node-doctor")
+    config = make_config(kubeconfig=cluster.kubeconfig(tmp_path), node_name="node-doctor")
+    (row,) = await kube_checks(config)
+    assert (row.status, row.name) == ("OK", "Kubernetes API")
+    assert "1 pod(s) on node node-doctor" in row.detail
+    config = make_config(kubeconfig=cluster.kubeconfig(tmp_path, "nothing"))
+    (row,) = await kube_checks(config)
+    assert row.status == "FAIL" and "403" in row.detail and "list, watch on pods" in row.fix
+    (row,) = await kube_checks(make_config(kubernetes="off"))
+    assert (row.status, row.detail) == ("OK", "off")
