@@ -14,9 +14,11 @@ from coredump_shipper.browse import CoreEntry, Filters
 from coredump_shipper.cli import main
 from coredump_shipper.config import load_config, template_fields
 from coredump_shipper.errors import ConfigError
-from coredump_shipper.events import CoreNotice, note_for
+from coredump_shipper.events import BURST, REFILL_SECONDS, CoreNotice, EventRecorder, note_for
 from coredump_shipper.identity import SHA256_RESERVE, choose_container, merge_metadata
-from coredump_shipper.kubeaccess import from_kubeconfig, in_cluster, resolve
+from coredump_shipper.kubeaccess import KubeAccess, from_kubeconfig, in_cluster, resolve
+from coredump_shipper.kubeapi import KubeClient
+from coredump_shipper.metrics import Metrics
 from coredump_shipper.naming import METADATA_LIMIT, KeyTemplate, label_field
 from coredump_shipper.pods import parse_pod, pod_hostname
 
@@ -197,3 +199,18 @@ def test_new_fields_render_in_keys() -> None:
 def template_fields_for(labels: tuple[str, ...]) -> tuple[str, ...]:
     config = load_config({"bucket": "bk", "pod_labels": ",".join(labels)}, {}, command="ship")
     return template_fields(config)
+
+
+def test_event_calls_are_bounded_by_a_token_bucket() -> None:
+    now = [100.0]
+    recorder = EventRecorder(
+        KubeClient(KubeAccess(server="https://127.0.0.1:1")),
+        "n",
+        Metrics(process=False),
+        monotonic=lambda: now[0],
+    )
+    assert all(recorder._take_token() for _ in range(BURST))
+    assert not recorder._take_token()
+    now[0] += REFILL_SECONDS
+    assert recorder._take_token()
+    assert not recorder._take_token()
