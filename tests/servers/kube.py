@@ -144,6 +144,8 @@ class KubeServer:
             try:
                 if self.api("GET", "/readyz", raw=True) == "ok":
                     return
+            except urllib.error.HTTPError as error:  # 500 while post-start hooks run
+                error.close()  # it holds the connection
             except (OSError, urllib.error.URLError, ValueError):
                 pass
             if self.apiserver.poll() is not None or time.monotonic() > deadline:
