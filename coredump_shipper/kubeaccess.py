@@ -81,8 +81,9 @@ def _load_cert_data(context: ssl.SSLContext, cert: bytes, key: bytes) -> None:
         context.load_cert_chain(str(cert_path), str(key_path))
 
 
-def in_cluster(env: Mapping[str, str], directory: Path = SERVICE_ACCOUNT_DIR) -> KubeAccess | None:
+def in_cluster(env: Mapping[str, str], directory: Path | None = None) -> KubeAccess | None:
     """The pod's service account, if this runs in a pod that mounts one."""
+    directory = directory or SERVICE_ACCOUNT_DIR
     host, port = env.get("KUBERNETES_SERVICE_HOST", ""), env.get("KUBERNETES_SERVICE_PORT", "")
     token = directory / "token"
     if not host or not port or not token.is_file():

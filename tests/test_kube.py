@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from coredump_shipper import kubeaccess
 from coredump_shipper import pods as pods_module
 from coredump_shipper.browse import list_cores
 from coredump_shipper.elfcore import CoreInfo
@@ -485,6 +486,31 @@ async def test_rotated_token_file_is_read_again(
         token_file.write_text(cluster.server.token(SHIPPERS, "shipper"))  # the kubelet rotates it
         cache.refresh()
         await wait_until(lambda: cache.synced.is_set() and cache.last_error is None, timeout=30)
+
+
+async def test_in_cluster_config_from_the_service_host_token_and_ca(
+    cluster: Cluster,
+    make_config: ConfigFactory,
+    bucket: Bucket,
+    watch_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What a pod sees: KUBERNETES_SERVICE_HOST/PORT and the mounted token and ca.crt."""
+    mounted = tmp_path / "serviceaccount"
+    mounted.mkdir()
+    (mounted / "token").write_text(cluster.tokens["shipper"])
+    (mounted / "ca.crt").write_bytes((cluster.server.pki / "ca.crt").read_bytes())
+    monkeypatch.setattr(kubeaccess, "SERVICE_ACCOUNT_DIR", mounted)
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(cluster.server.port))
+    pod = cluster.pod("shop")
+    config = make_config(filename_pattern=PATTERN)
+    async with running(config) as service:
+        assert cache_of(service).client.access.source == "in-cluster service account"
+        write_file(watch_dir / core_name(pod["metadata"]["name"]), b"core")
+        await wait_until(lambda: shipped(bucket) == 1)
+    assert manifest(bucket, bucket.core_keys()[0])["pod-uid"] == pod["metadata"]["uid"]
 
 
 def test_admin_api_refuses_what_rbac_does_not_allow(cluster: Cluster) -> None:
