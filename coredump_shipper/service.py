@@ -21,6 +21,7 @@ from coredump_shipper import afterupload, http
 from coredump_shipper.budget import DiskBudget
 from coredump_shipper.config import Config
 from coredump_shipper.errors import UploadError
+from coredump_shipper.kube import kube_features
 from coredump_shipper.metrics import Metrics
 from coredump_shipper.pipeline import Pipeline
 from coredump_shipper.s3checks import self_test
@@ -83,7 +84,8 @@ class Service:
         # Built once; every part that acts on shipped files obeys this same object.
         self.after_upload = afterupload.for_daemon(config.after_upload, config.state_path)
         self.ignored = afterupload.IgnoreFilter(config.ignore, self.after_upload)
-        shipper = Shipper(config, self.store, self.metrics, self.after_upload)
+        kube = await self._stack.enter_async_context(kube_features(config, self.metrics))
+        shipper = Shipper(config, self.store, self.metrics, self.after_upload, kube=kube)
         self.pipeline = Pipeline(
             config.watch_dir,
             shipper,
