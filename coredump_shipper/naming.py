@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import string
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -107,6 +108,19 @@ def header_safe(value: str, limit: int = VALUE_LIMIT) -> str:
     return "".join(out)
 
 
+@dataclass(frozen=True)
+class NodeKeys:
+    """This node's keys: those under `prefix` (listed by prefix) that also match `pattern`, if any."""
+
+    prefix: str
+    pattern: re.Pattern[str] | None
+
+    def owns(self, key: str) -> bool:
+        return key.startswith(self.prefix) and (
+            self.pattern is None or self.pattern.fullmatch(key) is not None
+        )
+
+
 class KeyTemplate:
     """A validated `--key-template`; renders keys with sanitised field values."""
 
@@ -158,26 +172,49 @@ class KeyTemplate:
         key = "/".join("%2E" * len(seg) if seg in {".", ".."} else seg for seg in key.split("/"))
         return key + self.suffix
 
-    def node_prefix(self, cluster: str, node: str) -> str | None:
-        """The literal key prefix that only this node's keys start with, if the template has one.
+    def node_keys(self, cluster: str, node: str) -> NodeKeys | None:
+        """How to find this node's own keys (for its stale multipart uploads), if the template allows.
 
-        Used to find this node's own stale multipart uploads. It must end with a literal delimiter
-        after {node}: with `{node}{filename}`, node "a" would also match node "ab"'s keys.
+        Either a literal prefix that only this node's keys start with (`{cluster}/{node}/...`), or,
+        when fields come before {node}, a pattern in which {node} is a whole key segment
+        (`{cluster}/{namespace}/.../{node}/{filename}`): node names cannot hold '/', so "n-1" never
+        matches "n-10". Anything looser (`{node}{filename}`, `.../{node}.{filename}` after a field)
+        could match another node's keys: None, and the clean-up is left to the bucket's lifecycle rule.
         """
-        prefix = ""
-        after_node = False
-        for literal, name, spec, _ in string.Formatter().parse(self.template):
-            if after_node:
-                return prefix + literal if literal else None
-            prefix += literal
-            if name == "cluster" and not spec:
-                prefix += key_safe(cluster)
-            elif name == "node" and not spec:
-                prefix += key_safe(node)
-                after_node = True
-            else:
-                return None
-        return None
+        prefix = ""  # literal text before the first field that varies per core
+        pattern = ""
+        varies = False
+        node_pos: int | None = None
+        node_before_varying = False
+        parsed = list(string.Formatter().parse(self.template))
+        for index, (literal, name, spec, _) in enumerate(parsed):
+            pattern += re.escape(literal)
+            if not varies:
+                prefix += literal
+            if name is None:
+                continue
+            fixed = {"cluster": cluster, "node": node}.get(name) if not spec else None
+            if fixed is None:
+                varies = True
+                # A plain field renders key_safe (no '/'); a date format adds segments only if it has one.
+                pattern += ".*?" if "/" in (spec or "") else "[^/]*"
+                continue
+            pattern += re.escape(key_safe(fixed))
+            prefix += "" if varies else key_safe(fixed)
+            if name == "node":
+                node_pos, node_before_varying = index, not varies
+        if node_pos is None:
+            return None
+        before = parsed[node_pos][0]
+        after = parsed[node_pos + 1][0] if node_pos + 1 < len(parsed) else ""
+        if not after:
+            return None  # {node}{filename} or {node} last: node "a" would also match node "ab"
+        if node_before_varying:
+            # Nothing varies before {node}: the literal prefix up to the delimiter after it says it all.
+            return NodeKeys(prefix=prefix, pattern=None)
+        if not (before.endswith("/") and after.startswith("/")):
+            return None
+        return NodeKeys(prefix=prefix, pattern=re.compile(pattern + ".*", re.DOTALL))
 
 
 def metadata(values: Mapping[str, Any], reserve: int = 0) -> dict[str, str]:

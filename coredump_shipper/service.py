@@ -252,14 +252,18 @@ class Service:
 
     async def _clean_stale_uploads(self) -> None:
         """Abort this node's multipart uploads left by a killed process; retried until S3 answers."""
-        prefix = self.pipeline.shipper.keys.node_prefix(self.config.cluster_name, self.config.node_name)
-        if prefix is None:
-            log.warning("--key-template has no literal after {node}: stale uploads are not cleaned up")
+        own = self.pipeline.shipper.keys.node_keys(self.config.cluster_name, self.config.node_name)
+        if own is None:
+            log.warning(
+                "--key-template does not set this node's keys apart ({node} needs a literal after it, "
+                "and a segment of its own when fields come before it): stale uploads are not cleaned up"
+            )
             return
+        prefix = own.prefix
         attempt = 0
         while True:
             try:
-                aborted = await self.store.abort_stale_uploads(prefix, self.started_at)
+                aborted = await self.store.abort_stale_uploads(own, self.started_at)
             except UploadError as error:
                 if not error.transient:
                     # 501/405 and the like never clear: asking again would only fill the log.

@@ -35,6 +35,8 @@ from coredump_shipper.retry import Backoff, call_with_retries, describe, is_tran
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
+
+    from coredump_shipper.naming import NodeKeys
 else:
     S3Client = Any
 
@@ -396,16 +398,18 @@ class S3Store:
     async def head_bucket(self) -> None:
         await self._call("HeadBucket", lambda: self.client.head_bucket(Bucket=self.bucket))
 
-    async def abort_stale_uploads(self, prefix: str, started_before: datetime) -> int:
-        """Abort multipart uploads under `prefix` begun before this process: a killed process's leftovers."""
+    async def abort_stale_uploads(self, own: NodeKeys, started_before: datetime) -> int:
+        """Abort this node's multipart uploads begun before this process: a killed process's leftovers."""
         aborted = 0
         paginator = self.client.get_paginator("list_multipart_uploads")
         try:
-            async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=own.prefix):
                 for upload in page.get("Uploads", []):
                     initiated = upload.get("Initiated")
-                    if upload["UploadId"] in self._own_uploads or (
-                        initiated is not None and initiated >= started_before
+                    if (
+                        not own.owns(upload["Key"])
+                        or upload["UploadId"] in self._own_uploads
+                        or (initiated is not None and initiated >= started_before)
                     ):
                         continue
                     log.warning("aborting stale multipart upload of %r begun %s", upload["Key"], initiated)

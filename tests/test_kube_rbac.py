@@ -49,7 +49,7 @@ def test_token_and_role_only_when_the_feature_is_on() -> None:
     env = config_env(on)
     assert env["COREDUMP_SHIPPER_KUBERNETES"] == "auto"
     assert env["COREDUMP_SHIPPER_KEY_TEMPLATE"] == (
-        "{cluster}/{namespace}/{workload}/{crash_time:%Y-%m-%d}/{node}.{filename}"
+        "{cluster}/{namespace}/{workload}/{crash_time:%Y-%m-%d}/{node}/{filename}"
     )
     off = render(sets={"config.kubernetes": "off"})
     assert pod_spec(off)["automountServiceAccountToken"] is False

@@ -66,8 +66,18 @@ async def test_periodic_rescan_finds_files_inotify_never_reported(
     assert bucket.content(key_for("core.silent")) == b"no event for me"
 
 
+CHART_KEY = "{cluster}/{namespace}/{workload}/{crash_time:%Y-%m-%d}/{node}/{filename}"
+
+
+@pytest.mark.parametrize(
+    ("template", "key"),
+    [
+        (None, "{cluster}/{node}.core.{what}"),  # the shipper's default: a literal prefix
+        (CHART_KEY, "{cluster}/ns/app/2026-01-02/{node}/core.{what}"),  # fields before {node}
+    ],
+)
 async def test_stale_upload_clean_up_touches_only_this_nodes_uploads_begun_before_start(
-    make_config: ConfigFactory, bucket: Bucket, s3_server: S3Endpoint
+    make_config: ConfigFactory, bucket: Bucket, s3_server: S3Endpoint, template: str | None, key: str
 ) -> None:
     begun: dict[str, datetime] = {}  # upload id -> when it was really begun
 
@@ -86,28 +96,34 @@ async def test_stale_upload_clean_up_touches_only_this_nodes_uploads_begun_befor
         edited: bytes = ElementTree.tostring(root, xml_declaration=True, encoding="UTF-8")
         return edited
 
-    start("test/node-1.core.killed")  # this node, before start: the only one to abort
-    start("test/node-10.core.other")  # a node whose name extends this one's
-    start("test/node-2.core.other")
-    start("other-cluster/node-1.core.other")
+    def named(cluster: str, node: str, what: str) -> str:
+        return key.format(cluster=cluster, node=node, what=what)
+
+    start(named("test", "node-1", "killed"))  # this node, before start: the only one to abort
+    start(named("test", "node-10", "other"))  # a node whose name extends this one's
+    start(named("test", "node-2", "other"))
+    start(named("other-cluster", "node-1", "other"))
+    settings = {} if template is None else {"key_template": template}
     async with FaultProxy(s3_server.url) as proxy:
         # The listing is held a while, so an upload can begin after the start and before it.
         proxy.faults.latency(1.5, ops={"ListMultipartUploads"})
         proxy.faults.rewrite_response(real_times, ops={"ListMultipartUploads"})
-        async with running(make_config(endpoint_url=proxy.url)):
+        async with running(make_config(endpoint_url=proxy.url, **settings)):
             await wait_until(lambda: proxy.faults.stats().requests.get("ListMultipartUploads", 0) == 1)
-            start("test/node-1.core.new")  # this node, begun after start: a live upload
+            start(named("test", "node-1", "new"))  # this node, begun after start: a live upload
             await wait_until(lambda: proxy.faults.stats().requests.get("AbortMultipartUpload", 0) == 1)
             await asyncio.sleep(0.3)
         aborts = proxy.faults.stats().requests.get("AbortMultipartUpload", 0)
     left = sorted(upload["Key"] for upload in bucket.incomplete_uploads())
     assert aborts == 1
-    assert left == [
-        "other-cluster/node-1.core.other",
-        "test/node-1.core.new",
-        "test/node-10.core.other",
-        "test/node-2.core.other",
-    ]
+    assert left == sorted(
+        [
+            named("other-cluster", "node-1", "other"),
+            named("test", "node-1", "new"),
+            named("test", "node-10", "other"),
+            named("test", "node-2", "other"),
+        ]
+    )
 
 
 async def test_state_file_is_private_atomic_and_a_reused_name_ships_again(

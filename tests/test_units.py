@@ -65,10 +65,36 @@ def test_bad_key_templates_are_rejected(template: str, problem: str) -> None:
         ("cores/{node}-{filename}", "cores/n-"),
         ("{node}{filename}", None),
         ("{filename}/{node}", None),
+        ("{cluster}/{pod}/{node}.{filename}", None),
+        ("{cluster}/{pod}{node}/{filename}", None),
     ],
 )
 def test_node_prefix_only_when_unambiguous(template: str, prefix: str | None) -> None:
-    assert KeyTemplate(template, FIELDS).node_prefix("c", "n") == prefix
+    own = KeyTemplate(template, (*FIELDS, "pod")).node_keys("c", "n")
+    assert (own.prefix if own else None) == prefix
+    assert own is None or own.pattern is None
+
+
+@pytest.mark.parametrize(
+    ("key", "owned"),
+    [
+        ("c/ns/app/2026-01-02/n-1/core.1", True),
+        ("c/ns/app/2026-01-02/n-1/core.1.zst", True),
+        ("c/ns/app/2026-01-02/n-10/core.1", False),  # a node whose name starts with this one's
+        ("c/ns/app/2026-01-02/x-n-1/core.1", False),
+        ("c/ns/app/extra/2026-01-02/n-1/core.1", False),  # a field may not hold '/'
+        ("d/ns/app/2026-01-02/n-1/core.1", False),  # another cluster
+    ],
+)
+def test_node_keys_with_fields_before_the_node(key: str, owned: bool) -> None:
+    """The chart's default key has fields before {node}: a pattern, not a prefix, finds this node's keys."""
+    template = KeyTemplate(
+        "{cluster}/{namespace}/{workload}/{crash_time:%Y-%m-%d}/{node}/{filename}",
+        (*FIELDS, "namespace", "workload"),
+    )
+    own = template.node_keys("c", "n-1")
+    assert own is not None and own.prefix == "c/"
+    assert own.owns(key) is owned
 
 
 @given(st.text())
