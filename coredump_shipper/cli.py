@@ -12,10 +12,9 @@ import urllib.request
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from coredump_shipper import __version__
-from coredump_shipper.afterupload import Leave
 from coredump_shipper.config import (
     SETTINGS,
     SETTINGS_BY_NAME,
@@ -26,11 +25,11 @@ from coredump_shipper.config import (
 )
 from coredump_shipper.errors import ConfigError, FileChanged, ShipperError, SkipFile, UploadError
 from coredump_shipper.logs import setup_logging
-from coredump_shipper.metrics import Metrics
 from coredump_shipper.retry import Backoff
-from coredump_shipper.service import Service
-from coredump_shipper.shipper import Shipper
-from coredump_shipper.uploader import S3Store, client_settings, s3_client
+from coredump_shipper.s3client import client_settings, s3_client
+
+if TYPE_CHECKING:
+    from coredump_shipper.shipper import Shipper
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -140,13 +139,18 @@ def check_health(args: argparse.Namespace) -> int:
     return EXIT_FAILED
 
 
+# Each command imports what only it needs: `ls` and `fetch` load nothing of the upload side, and
+# the daemon none of the debugging side.
+
+
 async def _run(config: Config, args: argparse.Namespace) -> int:
+    from coredump_shipper.service import Service
+
     await Service(config).serve()
     return EXIT_OK
 
 
 async def _doctor(config: Config, args: argparse.Namespace) -> int:
-    # Imported here, as in _ls and _fetch: the daemon and `ship` need none of it (start-up time, memory).
     from coredump_shipper.doctor import exit_status, run_doctor
     from coredump_shipper.doctor import render_table as render_checks
 
@@ -156,7 +160,8 @@ async def _doctor(config: Config, args: argparse.Namespace) -> int:
 
 
 async def _ls(config: Config, args: argparse.Namespace) -> int:
-    from coredump_shipper.browse import list_cores, render_json, render_table
+    from coredump_shipper.listing import list_cores
+    from coredump_shipper.terminal import render_json, render_table
 
     since = timedelta(seconds=parse_duration(args.since)) if args.since else None
     async with s3_client(client_settings(config)) as client:
@@ -178,7 +183,8 @@ async def _ls(config: Config, args: argparse.Namespace) -> int:
 
 
 async def _fetch(config: Config, args: argparse.Namespace) -> int:
-    from coredump_shipper.fetch import describe_fetch, fetch_core
+    from coredump_shipper.fetch import fetch_core
+    from coredump_shipper.terminal import describe_fetch
 
     progress = sys.stderr.isatty() and not args.no_progress
     async with s3_client(client_settings(config)) as client:
@@ -191,6 +197,11 @@ async def _fetch(config: Config, args: argparse.Namespace) -> int:
 
 async def _ship(config: Config, args: argparse.Namespace) -> int:
     """Ship each file with a bounded number of attempts; never deletes what it shipped."""
+    from coredump_shipper.afterupload import Leave
+    from coredump_shipper.metrics import Metrics
+    from coredump_shipper.shipper import Shipper
+    from coredump_shipper.uploader import S3Store
+
     files: Sequence[Path] = args.files
     metrics = Metrics(process=False)
     async with s3_client(client_settings(config)) as client:

@@ -1,4 +1,4 @@
-"""The debugging side, fetching: download one shipped core, prove it is intact, say how to open it.
+"""`fetch`: download one shipped core, prove it is intact, say how to open it.
 
 The core is decompressed and hashed while it streams to a temporary file beside the target, which is
 renamed into place only when its size and sha256 match what the shipper recorded at upload; otherwise
@@ -15,28 +15,18 @@ import posixpath
 import shlex
 import sys
 import tempfile
-import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Final, TextIO, cast
+from typing import IO, TYPE_CHECKING, Any, Final, cast
 
 import zstandard
 
-from coredump_shipper.browse import (
-    S3_FAILURES,
-    BrowseError,
-    CoreNotFound,
-    call_s3,
-    cell,
-    display,
-    human_size,
-    program_name,
-    program_path,
-    read_manifest,
-)
+from coredump_shipper.listing import program_name, program_path
 from coredump_shipper.manifest import Manifest, core_key, manifest_key
 from coredump_shipper.retry import describe
+from coredump_shipper.s3reads import S3_FAILURES, BrowseError, CoreNotFound, call_s3, read_manifest
+from coredump_shipper.terminal import Progress, display
 
 if TYPE_CHECKING:
     from aiobotocore.response import StreamingBody
@@ -131,33 +121,6 @@ class _Sink:
         os.ftruncate(self.fd, self.bytes)
 
 
-class _Progress:
-    """A one-line progress bar on a terminal, redrawn at most 10 times a second."""
-
-    def __init__(self, stream: TextIO | None, label: str, total: int) -> None:
-        self.stream = stream
-        self.label = label
-        self.total = total
-        self.started = self.drawn = time.monotonic()
-        self.width = 0
-
-    def update(self, done: int, *, final: bool = False) -> None:
-        now = time.monotonic()
-        if self.stream is None or (not final and now - self.drawn < 0.1):
-            return
-        self.drawn = now
-        rate = done / max(now - self.started, 1e-6)
-        percent = f" ({100 * done // self.total}%)" if self.total else ""
-        line = (
-            f"{self.label}: {human_size(done)} / {human_size(self.total)}{percent}  {human_size(int(rate))}/s"
-        )
-        self.stream.write("\r" + line.ljust(self.width))
-        self.width = len(line)
-        if final:
-            self.stream.write("\n")
-        self.stream.flush()
-
-
 async def _chunks(body: StreamingBody) -> AsyncIterator[bytes]:
     """The body in CHUNK-sized pieces (the network hands out whatever has arrived)."""
     buffer = bytearray()
@@ -170,7 +133,7 @@ async def _chunks(body: StreamingBody) -> AsyncIterator[bytes]:
         yield bytes(buffer)
 
 
-async def _stream(body: StreamingBody, write: Callable[[bytes], object], progress: _Progress) -> None:
+async def _stream(body: StreamingBody, write: Callable[[bytes], object], progress: Progress) -> None:
     """Feed the body to `write` in a thread, reading the next chunk while the previous one is written."""
     received = 0
     pending: asyncio.Future[object] | None = None
@@ -212,7 +175,7 @@ def _verify(sink: _Sink, metadata: Mapping[str, str], expected: str, url: str) -
     return digest
 
 
-async def _download(body: StreamingBody, fd: int, compressed: bool, progress: _Progress, url: str) -> _Sink:
+async def _download(body: StreamingBody, fd: int, compressed: bool, progress: Progress, url: str) -> _Sink:
     sink = _Sink(fd)
     write: Callable[[bytes], object] = sink.write
     if compressed:
@@ -276,7 +239,7 @@ async def fetch_core(
         fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
         try:
             try:
-                bar = _Progress(
+                bar = Progress(
                     sys.stderr if progress else None, target.name, response.get("ContentLength", 0)
                 )
                 sink = await _download(
@@ -328,18 +291,3 @@ def gdb_command(core: Path, metadata: Mapping[str, str]) -> tuple[str, tuple[str
             "gdb will warn and some memory will be missing"
         )
     return f"gdb {shlex.quote(program)} {shlex.quote(_shown_path(core))}", tuple(notes)
-
-
-def describe_fetch(result: FetchResult) -> str:
-    """What `fetch` prints on stdout: where the core is, its metadata, and how to open it."""
-    lines = [
-        f"fetched {cell(result.url)}",
-        f"  to {cell(str(result.path))} ({human_size(result.bytes)}, sha256 {result.sha256} verified)",
-        "metadata:",
-    ]
-    width = max((len(name) for name in result.metadata), default=0)
-    for name, value in sorted(result.metadata.items()):
-        lines.append(f"  {cell(name).ljust(width)}  {cell(display(value))}")
-    lines += ["open it with:", f"  {result.gdb_command}"]
-    lines += [f"note: {note}" for note in result.notes]
-    return "\n".join(lines) + "\n"

@@ -24,7 +24,7 @@ from coredump_shipper.checks import Check
 from coredump_shipper.config import Config, storage_options, template_fields
 from coredump_shipper.naming import KeyTemplate
 from coredump_shipper.retry import describe
-from coredump_shipper.uploader import client_settings, s3_client
+from coredump_shipper.s3client import client_settings, s3_client
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client

@@ -25,9 +25,10 @@ from coredump_shipper.kube import kube_features
 from coredump_shipper.metrics import Metrics
 from coredump_shipper.pipeline import Pipeline
 from coredump_shipper.s3checks import self_test
+from coredump_shipper.s3client import client_settings, s3_client
 from coredump_shipper.shipper import Shipper
 from coredump_shipper.stopping import cancel_and_wait
-from coredump_shipper.uploader import S3Store, client_settings, s3_client
+from coredump_shipper.uploader import S3Store
 from coredump_shipper.watcher import Watcher
 
 if TYPE_CHECKING:

@@ -1,4 +1,4 @@
-"""`ls` (browse.py) and `fetch` (fetch.py) on cores shipped by the real shipper and daemon to local S3."""
+"""`ls` (listing.py) and `fetch` (fetch.py) on cores shipped by the real shipper and daemon to local S3."""
 
 from __future__ import annotations
 
@@ -21,25 +21,17 @@ import pytest
 import zstandard
 
 from coredump_shipper.afterupload import Leave
-from coredump_shipper.browse import (
-    BrowseError,
-    CoreEntry,
-    CoreNotFound,
-    Filters,
-    display,
-    entry_from_manifest,
-    human_size,
-    list_cores,
-    render_json,
-    render_table,
-)
 from coredump_shipper.config import Config
-from coredump_shipper.fetch import IntegrityError, describe_fetch, fetch_core, output_name, parse_location
+from coredump_shipper.fetch import IntegrityError, fetch_core, output_name, parse_location
+from coredump_shipper.listing import CoreEntry, Filters, entry_from_manifest, list_cores
 from coredump_shipper.manifest import SUFFIX as MANIFEST_SUFFIX
 from coredump_shipper.manifest import Manifest
 from coredump_shipper.metrics import Metrics
+from coredump_shipper.s3client import client_settings, s3_client
+from coredump_shipper.s3reads import BrowseError, CoreNotFound
 from coredump_shipper.shipper import Shipper
-from coredump_shipper.uploader import S3Store, client_settings, s3_client
+from coredump_shipper.terminal import describe_fetch, display, human_size, render_json, render_table
+from coredump_shipper.uploader import S3Store
 from tests.conftest import Bucket, ConfigFactory, running, wait_until
 from tests.cores import kernel_core, skip_reason
 

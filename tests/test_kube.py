@@ -21,18 +21,18 @@ import pytest
 
 from coredump_shipper import kubeaccess
 from coredump_shipper import pods as pods_module
-from coredump_shipper.browse import list_cores
 from coredump_shipper.elfcore import CoreInfo
 from coredump_shipper.facts import CoreFacts
 from coredump_shipper.identity import PodIdentity
 from coredump_shipper.kubeaccess import from_kubeconfig
 from coredump_shipper.kubeapi import KubeClient
 from coredump_shipper.kubecheck import kube_checks
+from coredump_shipper.listing import list_cores
 from coredump_shipper.metrics import Metrics
 from coredump_shipper.naming import key_safe
 from coredump_shipper.pods import PodCache
+from coredump_shipper.s3client import client_settings, s3_client
 from coredump_shipper.service import Service
-from coredump_shipper.uploader import client_settings, s3_client
 from tests.conftest import Bucket, ConfigFactory, running, wait_until, write_file
 from tests.docs import kube_rules
 from tests.servers.kube import KubeServer

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from coredump_shipper.browse import CoreEntry, Filters
 from coredump_shipper.cli import main
 from coredump_shipper.config import load_config, template_fields
 from coredump_shipper.errors import ConfigError
@@ -18,6 +17,7 @@ from coredump_shipper.events import BURST, REFILL_SECONDS, CoreNotice, EventReco
 from coredump_shipper.identity import SHA256_RESERVE, choose_container, merge_metadata
 from coredump_shipper.kubeaccess import KubeAccess, from_kubeconfig, in_cluster, resolve
 from coredump_shipper.kubeapi import KubeClient
+from coredump_shipper.listing import CoreEntry, Filters
 from coredump_shipper.metrics import Metrics
 from coredump_shipper.naming import METADATA_LIMIT, KeyTemplate, label_field
 from coredump_shipper.pods import parse_pod, pod_hostname

@@ -8,7 +8,7 @@ from pathlib import Path
 from tests.docs import DAEMON_CALLS
 
 PACKAGE = Path(__file__).resolve().parent.parent / "coredump_shipper"
-# The daemon's side; browse.py and fetch.py are the debugging side, with a reader's policy of their own.
+# The daemon's side; listing.py, fetch.py and s3reads.py are the debugging side (a reader's policy).
 DAEMON_MODULES = ("uploader.py", "s3checks.py", "service.py", "shipper.py", "cli.py", "doctor.py")
 CALL = re.compile(r"client\.([a-z_]+)\(|get_paginator\(\"([a-z_]+)\"\)")
 

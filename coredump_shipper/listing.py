@@ -1,16 +1,14 @@
-"""The debugging side, listing: which cores were shipped, read from their manifests.
+"""`ls`: which cores were shipped, read from their manifests, filtered, newest first.
 
 Each core's manifest (`<key>.manifest.json`, written after the core object, so its presence means the
 object is complete) says what the core is: filters use its fields, never the key layout, which is
-configurable. The manifest readers, the S3 call wrapper and the display helpers here are shared with
-`fetch`, which downloads and verifies one core.
+configurable. The field readers here (program, signal) also serve `fetch`'s gdb hint.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import posixpath
 import signal
@@ -19,48 +17,23 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
-from urllib.parse import unquote
 
-import aiohttp
-from botocore.exceptions import BotoCoreError, ClientError
-
-from coredump_shipper.errors import ShipperError
 from coredump_shipper.manifest import Manifest, core_key, is_manifest_key
-from coredump_shipper.retry import Backoff, call_with_retries, describe
+from coredump_shipper.s3reads import CoreNotFound, NotAManifest, call_s3, read_manifest
+from coredump_shipper.terminal import display
 
 if TYPE_CHECKING:
-    from aiobotocore.response import StreamingBody
     from types_aiobotocore_s3 import S3Client
 else:
     S3Client = Any
-    StreamingBody = Any
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 LIST_CONCURRENCY: Final = 8
-# Manifests are a few hundred bytes; anything this large was not written by the shipper.
-MAX_MANIFEST_BYTES: Final = 1024 * 1024
 # SigV4 rejects requests signed by a clock more than 15 minutes off, so a manifest cannot have been
 # stored more than that before the crash it describes (node clock) happened.
 CLOCK_SLACK: Final = timedelta(minutes=15)
-_CALL_ATTEMPTS: Final = 4
-_BACKOFF: Final = Backoff(base=0.2, cap=5.0)
-_NOT_FOUND: Final = frozenset({"NoSuchKey", "NotFound", "404"})
-# What an S3 call can fail with besides ClientError: shared with the download in `fetch`.
-S3_FAILURES: Final = (ClientError, BotoCoreError, aiohttp.ClientError, OSError, TimeoutError)
-
-
-class BrowseError(ShipperError):
-    """Listing or fetching cores failed; the message says what and where."""
-
-
-class CoreNotFound(BrowseError):
-    """There is no object under the key asked for."""
-
-
-class NotAManifest(BrowseError):
-    """An object named like a manifest that does not hold one."""
 
 
 @dataclass(frozen=True)
@@ -92,23 +65,7 @@ class CoreEntry:
         return self.fields.get("rate-limited") != "true"
 
 
-# --- reading manifests --------------------------------------------------------------------------
-
-
-def display(value: str) -> str:
-    """A stored value made readable: %XX escapes decoded when that gives printable text.
-
-    Values come from hostile file names; one whose decoded form holds control characters (which could
-    drive the terminal) stays escaped.
-    """
-    if "%" in value:
-        try:
-            decoded = unquote(value, errors="strict")
-        except UnicodeDecodeError:
-            return value
-        if decoded.isprintable():
-            return decoded
-    return value if value.isprintable() else value.encode("unicode_escape").decode("ascii")
+# --- what a manifest says -----------------------------------------------------------------------
 
 
 def _text(fields: Mapping[str, str], *names: str) -> str:
@@ -222,56 +179,6 @@ def _any_match(pattern: str, values: Iterable[str]) -> bool:
     return any(value and fnmatchcase(value, pattern) for value in values)
 
 
-# --- S3 calls -------------------------------------------------------------------------------------
-
-
-def _code(error: ClientError) -> str:
-    return str(error.response.get("Error", {}).get("Code", ""))
-
-
-async def call_s3(operation: str, bucket: str, key: str, call: Callable[[], Awaitable[T]]) -> T:
-    """One S3 call, tried again on transient failures; failures become BrowseError."""
-    url = f"s3://{bucket}/{key}"
-    try:
-        return await call_with_retries(call, _BACKOFF, _CALL_ATTEMPTS)
-    except ClientError as error:
-        code = _code(error)
-        if code == "NoSuchBucket":
-            raise BrowseError(f"bucket {bucket!r} does not exist") from None
-        if code in _NOT_FOUND:
-            raise CoreNotFound(f"{url}: no such object") from None
-        raise BrowseError(f"{operation} {url} failed: {describe(error)}") from error
-    except S3_FAILURES as error:
-        raise BrowseError(f"{operation} {url} failed: {describe(error)}") from error
-
-
-async def _read_body(body: StreamingBody, limit: int, url: str) -> bytes:
-    data = bytearray()
-    while chunk := await body.read(limit + 1 - len(data)):
-        data += chunk
-        if len(data) > limit:
-            raise NotAManifest(f"{url}: not a manifest: larger than {limit} bytes")
-    return bytes(data)
-
-
-async def read_manifest(client: S3Client, bucket: str, key: str) -> Manifest:
-    """The manifest stored under `key`. Raises CoreNotFound or BrowseError."""
-
-    async def get() -> bytes:
-        response = await client.get_object(Bucket=bucket, Key=key)
-        async with response["Body"] as body:
-            return await _read_body(body, MAX_MANIFEST_BYTES, f"s3://{bucket}/{key}")
-
-    raw = await call_s3("GetObject", bucket, key, get)
-    try:
-        document = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise NotAManifest(f"s3://{bucket}/{key}: not a manifest: {error}") from None
-    if not isinstance(document, dict):
-        raise NotAManifest(f"s3://{bucket}/{key}: not a manifest: not a JSON object")
-    return Manifest.from_json(document)
-
-
 async def _manifest_keys(
     client: S3Client, bucket: str, prefix: str, stored_after: datetime | None
 ) -> list[str]:
@@ -353,67 +260,3 @@ async def list_cores(
     entries = [e for e in await _bounded(keys, read, concurrency) if e is not None and filters.match(e)]
     entries.sort(key=lambda e: (e.crash_time or datetime.min.replace(tzinfo=UTC), e.key), reverse=True)
     return entries if limit is None else entries[: max(0, limit)]
-
-
-# --- rendering ----------------------------------------------------------------------------------
-
-
-def human_size(count: int) -> str:
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{count} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
-
-
-def cell(text: str) -> str:
-    # Keys can be written by anyone with access to the bucket: never let one drive the terminal.
-    return (text if text.isprintable() else text.encode("unicode_escape").decode("ascii")) or "-"
-
-
-def _time_text(moment: datetime | None) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if moment else "-"
-
-
-TABLE_COLUMNS: Final = ("TIME (UTC)", "CLUSTER", "NODE", "POD", "PROGRAM", "SIGNAL", "SIZE", "KEY")
-
-
-def render_table(entries: Iterable[CoreEntry]) -> str:
-    """An aligned text table, one core per line (the header alone when there are none)."""
-    rows: list[tuple[str, ...]] = [TABLE_COLUMNS]
-    for e in entries:
-        size = (
-            human_size(e.size)
-            + (" (truncated)" if e.truncated else "")
-            + ("" if e.stored else " (not stored)")
-        )
-        cells = (e.cluster, e.node, e.pod, e.exe, e.signal, size, e.key)
-        rows.append((_time_text(e.crash_time), *map(cell, cells)))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_COLUMNS) - 1)]
-    lines = ["  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[-1]]) for row in rows]
-    return "\n".join(lines) + "\n"
-
-
-def entry_json(entry: CoreEntry) -> dict[str, Any]:
-    crash = entry.crash_time.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if entry.crash_time else None
-    return {
-        "key": entry.key,
-        "crash_time": crash,
-        "cluster": entry.cluster,
-        "node": entry.node,
-        "pod": entry.pod,
-        "exe": entry.exe,
-        "signal": entry.signal,
-        "size": entry.size,
-        "stored_bytes": entry.stored_bytes,
-        "sha256": entry.sha256,
-        "truncated": entry.truncated,
-        "stored": entry.stored,
-        "fields": dict(sorted(entry.fields.items())),
-    }
-
-
-def render_json(entries: Iterable[CoreEntry]) -> str:
-    """A JSON array (newest first, as given), one object per core, for scripts."""
-    return json.dumps([entry_json(e) for e in entries], indent=2) + "\n"
