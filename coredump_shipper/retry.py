@@ -84,3 +84,12 @@ async def call_with_retries(
             if on_retry is not None:
                 on_retry(attempt, error)
             await asyncio.sleep(backoff.delay(attempt))
+
+
+async def repeat_until(step: Callable[[int], Awaitable[bool]], pause: Callable[[int], float]) -> None:
+    """Await `step(attempt)` (attempt 0, 1, ...) until it returns True, sleeping `pause(n)` after the
+    n-th time it returns False. A step that never returns True repeats until cancelled."""
+    attempt = 0
+    while not await step(attempt):
+        attempt += 1
+        await asyncio.sleep(pause(attempt))

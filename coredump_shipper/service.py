@@ -12,18 +12,21 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from coredump_shipper import afterupload, http
 from coredump_shipper.budget import DiskBudget
-from coredump_shipper.config import Config
+from coredump_shipper.checks import Check
+from coredump_shipper.config import Config, template_fields
 from coredump_shipper.errors import UploadError
 from coredump_shipper.kube import kube_features
 from coredump_shipper.metrics import Metrics
+from coredump_shipper.naming import KeyTemplate
 from coredump_shipper.pipeline import Pipeline
+from coredump_shipper.retry import repeat_until
 from coredump_shipper.s3checks import self_test
 from coredump_shipper.s3client import client_settings, s3_client
 from coredump_shipper.shipper import Shipper
@@ -70,6 +73,10 @@ class Service:
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.self_test_failure: str | None = None
+        # This node's keys, for the stale-upload clean-up (None: the template cannot set them apart).
+        self.own_keys = KeyTemplate(config.key_template, template_fields(config)).node_keys(
+            config.cluster_name, config.node_name
+        )
         self.store: S3Store
         self.pipeline: Pipeline
         self.watcher: Watcher
@@ -192,21 +199,27 @@ class Service:
 
     async def _check_s3(self) -> None:
         """A cheap HeadBucket now and then keeps readiness current when no core is shipped."""
-        while True:
+
+        async def check(attempt: int) -> bool:
             with contextlib.suppress(UploadError):
                 await self.store.head_bucket()
-            await asyncio.sleep(S3_CHECK_INTERVAL)
+            return False  # for the whole run
+
+        await repeat_until(check, lambda attempt: S3_CHECK_INTERVAL)
 
     async def _self_test(self, client: S3Client) -> None:
         """Write a probe object and a 2-part upload once S3 answers; say which call and setting fail."""
-        attempt = 0
-        while not (answer := await self_test(self.config, client))[0]:
-            if attempt == 0:  # said once: a TLS or credentials problem must reach the log
-                (head,) = answer[1]
+        checks: Sequence[Check] = ()
+
+        async def run(attempt: int) -> bool:
+            nonlocal checks
+            answered, checks = await self_test(self.config, client)
+            if not answered and attempt == 0:  # said once: a TLS or credentials problem must reach the log
+                (head,) = checks
                 log.warning("S3 self-test waits for S3: %s; fix: %s", head.detail, head.fix)
-            attempt += 1
-            await asyncio.sleep(self.store.backoff.delay(attempt))
-        checks = answer[1]
+            return answered
+
+        await repeat_until(run, self.store.backoff.delay)
         failed = [check for check in checks if check.status == "FAIL"]
         warned = [check for check in checks if check.status == "WARN"]
         self.metrics.self_test.set(0 if failed else 1)
@@ -244,16 +257,20 @@ class Service:
             self.metrics,
             self.after_upload,
         )
-        while True:
+        claims = self.pipeline.claims
+
+        async def enforce(attempt: int) -> bool:
             try:
-                await asyncio.to_thread(budget.enforce, self.pipeline.claims)
+                await asyncio.to_thread(budget.enforce, claims)
             except OSError as error:  # the directory is gone for a while: the watcher waits for it
                 log.debug("disk budget not checked: %s", error)
-            await asyncio.sleep(BUDGET_INTERVAL)
+            return False  # for the whole run
+
+        await repeat_until(enforce, lambda attempt: BUDGET_INTERVAL)
 
     async def _clean_stale_uploads(self) -> None:
         """Abort this node's multipart uploads left by a killed process; retried until S3 answers."""
-        own = self.pipeline.shipper.keys.node_keys(self.config.cluster_name, self.config.node_name)
+        own = self.own_keys
         if own is None:
             log.warning(
                 "--key-template does not set this node's keys apart ({node} needs a literal after it, "
@@ -261,28 +278,28 @@ class Service:
             )
             return
         prefix = own.prefix
-        attempt = 0
-        while True:
+
+        async def clean(attempt: int) -> bool:
             try:
                 aborted = await self.store.abort_stale_uploads(own, self.started_at)
             except UploadError as error:
-                if not error.transient:
-                    # 501/405 and the like never clear: asking again would only fill the log.
-                    log.warning(
-                        "stale multipart uploads under %r are not cleaned up: %s; this store cannot "
-                        "list or abort them: add an AbortIncompleteMultipartUpload lifecycle rule",
-                        prefix,
-                        error,
-                        extra={"event": "stale_uploads", "error": str(error)},
-                    )
-                    return
-                attempt += 1
-                await asyncio.sleep(self.store.backoff.delay(attempt))
-                log.debug("stale upload clean-up postponed: %s", error)
-                continue
+                if error.transient:
+                    log.debug("stale upload clean-up postponed: %s", error)
+                    return False
+                # 501/405 and the like never clear: asking again would only fill the log.
+                log.warning(
+                    "stale multipart uploads under %r are not cleaned up: %s; this store cannot "
+                    "list or abort them: add an AbortIncompleteMultipartUpload lifecycle rule",
+                    prefix,
+                    error,
+                    extra={"event": "stale_uploads", "error": str(error)},
+                )
+                return True
             if aborted:
                 log.warning("aborted %d stale multipart upload(s) under %r", aborted, prefix)
-            return
+            return True
+
+        await repeat_until(clean, self.store.backoff.delay)
 
 
 @contextlib.contextmanager

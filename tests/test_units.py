@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 from datetime import UTC, datetime
@@ -14,7 +15,7 @@ from coredump_shipper.config import load_config, parse_disk_limit, parse_duratio
 from coredump_shipper.errors import ConfigError
 from coredump_shipper.naming import KeyTemplate, header_safe, key_safe, metadata
 from coredump_shipper.parts import MAX_PARTS, MIN_PART, MiB, choose_part_size, compress_bound
-from coredump_shipper.retry import Backoff
+from coredump_shipper.retry import Backoff, repeat_until
 
 FIELDS = ("cluster", "node", "filename", "crash_time")
 TiB = 1024**4
@@ -182,3 +183,34 @@ def test_flag_beats_env_beats_alias_beats_default() -> None:
     config = load_config({"bucket": "flag"}, env=env, command="ship")
     assert config.bucket == "flag"
     assert config.workers == 2 and config.part_size == 8 * MiB
+
+
+async def test_repeat_until_pauses_after_each_false_and_stops_at_true() -> None:
+    calls: list[int] = []
+    pauses: list[int] = []
+
+    async def step(attempt: int) -> bool:
+        calls.append(attempt)
+        return attempt == 2
+
+    def pause(attempt: int) -> float:
+        pauses.append(attempt)
+        return 0.0
+
+    await repeat_until(step, pause)
+    assert calls == [0, 1, 2] and pauses == [1, 2]
+
+
+async def test_repeat_until_runs_a_step_that_never_succeeds_until_cancelled() -> None:
+    fifth = asyncio.Event()
+
+    async def step(attempt: int) -> bool:
+        if attempt == 4:
+            fifth.set()
+        return False
+
+    task = asyncio.create_task(repeat_until(step, lambda attempt: 0.001))
+    await asyncio.wait_for(fifth.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
