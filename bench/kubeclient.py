@@ -31,7 +31,8 @@ def rss():
         if line.startswith('VmRSS:'):
             return int(line.split()[1]) / 1024
 import coredump_shipper.service
-from coredump_shipper.s3client import s3_client, client_settings
+from coredump_shipper.s3client import s3_client
+from coredump_shipper.settings import client_settings
 from coredump_shipper.config import load_config
 KUBECONFIG = sys.argv[1]
 async def baseline():

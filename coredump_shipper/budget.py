@@ -17,7 +17,7 @@ from pathlib import Path
 
 from coredump_shipper.afterupload import AfterUpload
 from coredump_shipper.claims import Claims
-from coredump_shipper.config import DiskLimit
+from coredump_shipper.disklimit import DiskLimit
 from coredump_shipper.metrics import Metrics
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,6 @@ from coredump_shipper.config import (
 from coredump_shipper.errors import ConfigError, FileChanged, ShipperError, SkipFile, UploadError
 from coredump_shipper.logs import setup_logging
 from coredump_shipper.retry import Backoff
-from coredump_shipper.s3client import client_settings, s3_client
 
 if TYPE_CHECKING:
     from coredump_shipper.shipper import Shipper
@@ -161,6 +160,8 @@ async def _doctor(config: Config, args: argparse.Namespace) -> int:
 
 async def _ls(config: Config, args: argparse.Namespace) -> int:
     from coredump_shipper.listing import list_cores
+    from coredump_shipper.s3client import s3_client
+    from coredump_shipper.settings import client_settings
     from coredump_shipper.terminal import render_json, render_table
 
     since = timedelta(seconds=parse_duration(args.since)) if args.since else None
@@ -184,6 +185,8 @@ async def _ls(config: Config, args: argparse.Namespace) -> int:
 
 async def _fetch(config: Config, args: argparse.Namespace) -> int:
     from coredump_shipper.fetch import fetch_core
+    from coredump_shipper.s3client import s3_client
+    from coredump_shipper.settings import client_settings
     from coredump_shipper.terminal import describe_fetch
 
     progress = sys.stderr.isatty() and not args.no_progress
@@ -199,13 +202,15 @@ async def _ship(config: Config, args: argparse.Namespace) -> int:
     """Ship each file with a bounded number of attempts; never deletes what it shipped."""
     from coredump_shipper.afterupload import Leave
     from coredump_shipper.metrics import Metrics
+    from coredump_shipper.s3client import s3_client
+    from coredump_shipper.settings import client_settings, store_settings
     from coredump_shipper.shipper import Shipper
     from coredump_shipper.uploader import S3Store
 
     files: Sequence[Path] = args.files
     metrics = Metrics(process=False)
     async with s3_client(client_settings(config)) as client:
-        store = S3Store.for_config(client, config, metrics)
+        store = S3Store(client, store_settings(config), metrics)
         backoff = store.backoff
         shipper = Shipper(config, store, metrics, Leave())
         limit = asyncio.Semaphore(config.workers)

@@ -12,10 +12,12 @@ import re
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from coredump_shipper.corename import CoreNamePattern
+from coredump_shipper.disklimit import DiskLimit
 from coredump_shipper.errors import ConfigError
 from coredump_shipper.naming import TEMPLATE_FIELDS, KeyTemplate, label_fields
 from coredump_shipper.storage import StorageOptions
@@ -57,19 +59,6 @@ def parse_duration(text: str) -> float:
     if not match or match.group(2) not in _DURATION_UNITS:
         raise ValueError(f"{text!r} is not a duration (examples: 20s, 5m, 1h)")
     return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-
-
-@dataclass(frozen=True)
-class DiskLimit:
-    """A byte count, or a percentage of the watched filesystem's size."""
-
-    bytes: int = 0
-    percent: float = 0.0
-
-    def resolve(self, filesystem_bytes: int) -> int:
-        if self.percent:
-            return int(filesystem_bytes * self.percent / 100)
-        return self.bytes
 
 
 def parse_disk_limit(text: str) -> DiskLimit:
@@ -498,6 +487,36 @@ class Config:
     log_format: str
     log_level: str
 
+    # The settings that are small languages, parsed once (on first use: load_config touches each to
+    # validate it) and handed to the parts as parsed values.
+    @cached_property
+    def keys(self) -> KeyTemplate:
+        """--key-template, with the suffix of the stored objects (.zst when compressed)."""
+        suffix = ".zst" if self.compression == "zstd" else ""
+        return KeyTemplate(self.key_template, self.template_fields, suffix)
+
+    @cached_property
+    def core_names(self) -> CoreNamePattern:
+        """--filename-pattern, read whatever kernel.core_uses_pid is (the shipper narrows it)."""
+        return CoreNamePattern.compile(self.filename_pattern)
+
+    @cached_property
+    def storage(self) -> StorageOptions:
+        """--sse, --sse-kms-key-id, --storage-class, --acl and --tags."""
+        return StorageOptions.parse(
+            self.sse or None,
+            self.sse_kms_key_id,
+            self.storage_class,
+            self.acl,
+            self.tags,
+            self.template_fields,
+        )
+
+    @property
+    def template_fields(self) -> tuple[str, ...]:
+        """Fields a key template or tag may use: the fixed ones and one per --pod-labels label."""
+        return TEMPLATE_FIELDS + label_fields(self.pod_labels or ())
+
     @property
     def state_path(self) -> Path:
         return Path(self.state_file) if self.state_file else self.watch_dir / ".coredump-shipper-state.json"
@@ -544,30 +563,13 @@ def load_config(
 def _validate(config: Config, command: str) -> None:
     if config.bucket is not None and not re.fullmatch(r"[a-z0-9][a-z0-9.\-_]{1,254}", config.bucket):
         raise ConfigError("--bucket", f"{config.bucket!r} is not a valid bucket name")
-    KeyTemplate(config.key_template, template_fields(config))
-    CoreNamePattern.compile(config.filename_pattern)
-    storage_options(config)
+    # Parsed here, so a bad one stops the start with its one-line error.
+    _ = config.keys, config.core_names, config.storage
     if config.retry_max_delay < config.retry_base_delay:
         raise ConfigError("--retry-max-delay", "must not be shorter than --retry-base-delay")
     if command == "run":
         # `doctor` reports a bad watch directory in its table instead of stopping here.
         _validate_watch_dir(config.watch_dir)
-
-
-def storage_options(config: Config) -> StorageOptions:
-    return StorageOptions.parse(
-        config.sse or None,
-        config.sse_kms_key_id,
-        config.storage_class,
-        config.acl,
-        config.tags,
-        template_fields(config),
-    )
-
-
-def template_fields(config: Config) -> tuple[str, ...]:
-    """Fields a key template or tag may use: the fixed ones and one per --pod-labels label."""
-    return TEMPLATE_FIELDS + label_fields(config.pod_labels or ())
 
 
 def _validate_watch_dir(path: Path) -> None:

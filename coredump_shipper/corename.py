@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import re
 import signal
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any, Final, TypeAlias
@@ -219,19 +220,11 @@ class CoreNamePattern:
             raise ConfigError(SETTING, "must not contain NUL")
         tokens = _tokenize(pattern)
         _check_unambiguous(pattern, tokens)
-        body = _body_regex(tokens)
-        has_pid = any(isinstance(t, _Spec) and t.field == "pid" for t in tokens)
-        suffix = rf"\.(?P<{_SUFFIX_GROUP}>{_DIGITS})"
-        if has_pid or uses_pid is False:
-            variants = [body]
-        elif uses_pid:
-            variants = [body + suffix]
-        else:
-            # Two expressions rather than an optional group: the suffix must win over a text
-            # field that could also absorb ".1234".
-            variants = [body + suffix, body]
-        regexes = tuple(re.compile(v, re.DOTALL) for v in variants)
-        return cls(pattern, uses_pid, tuple(tokens), regexes)
+        return cls(pattern, uses_pid, tuple(tokens), _regexes(tokens, uses_pid))
+
+    def with_uses_pid(self, uses_pid: bool | None) -> CoreNamePattern:
+        """The same pattern read as on a node whose kernel.core_uses_pid is `uses_pid` (no re-parse)."""
+        return CoreNamePattern(self.pattern, uses_pid, self._tokens, _regexes(self._tokens, uses_pid))
 
     def parse(self, filename: str) -> CoreFields:
         """Fields from a file name (a ``str`` from os.fsdecode); never raises."""
@@ -270,7 +263,22 @@ class CoreNamePattern:
         return "".join(parts)
 
 
-def _body_regex(tokens: list[_Token]) -> str:
+def _regexes(tokens: Sequence[_Token], uses_pid: bool | None) -> tuple[re.Pattern[str], ...]:
+    body = _body_regex(tokens)
+    has_pid = any(isinstance(t, _Spec) and t.field == "pid" for t in tokens)
+    suffix = rf"\.(?P<{_SUFFIX_GROUP}>{_DIGITS})"
+    if has_pid or uses_pid is False:
+        variants = [body]
+    elif uses_pid:
+        variants = [body + suffix]
+    else:
+        # Two expressions rather than an optional group: the suffix must win over a text
+        # field that could also absorb ".1234".
+        variants = [body + suffix, body]
+    return tuple(re.compile(v, re.DOTALL) for v in variants)
+
+
+def _body_regex(tokens: Sequence[_Token]) -> str:
     parts: list[str] = []
     seen: set[str] = set()
     for token in tokens:

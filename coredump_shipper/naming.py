@@ -159,7 +159,8 @@ class KeyTemplate:
             raise ConfigError("--key-template", f"{template!r}: {error}") from None
         return tuple(used)
 
-    def render(self, values: Mapping[str, Any]) -> str:
+    def render(self, values: Mapping[str, Any], *, suffix: str | None = None) -> str:
+        """The key for `values`, ending in the template's suffix unless another `suffix` is given."""
         safe: dict[str, Any] = {}
         for name in self.fields:
             value = values.get(name)
@@ -170,7 +171,7 @@ class KeyTemplate:
         key = self.template.format(**safe)
         # A date format such as {crash_time:%Y/%m} adds segments of its own; none may be "." or "..".
         key = "/".join("%2E" * len(seg) if seg in {".", ".."} else seg for seg in key.split("/"))
-        return key + self.suffix
+        return key + (self.suffix if suffix is None else suffix)
 
     def node_keys(self, cluster: str, node: str) -> NodeKeys | None:
         """How to find this node's own keys (for its stale multipart uploads), if the template allows.

@@ -10,7 +10,6 @@ import asyncio
 import hashlib
 import os
 import secrets
-import string
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -21,10 +20,10 @@ from aiobotocore.session import get_session
 from botocore.exceptions import ClientError, ConnectionError, HTTPClientError, NoCredentialsError, SSLError
 
 from coredump_shipper.checks import Check
-from coredump_shipper.config import Config, storage_options, template_fields
-from coredump_shipper.naming import KeyTemplate
+from coredump_shipper.config import Config
 from coredump_shipper.retry import describe
-from coredump_shipper.s3client import client_settings, s3_client
+from coredump_shipper.s3client import s3_client
+from coredump_shipper.settings import client_settings
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -261,24 +260,23 @@ async def head_bucket_check(config: Config, client: S3Client, write_probe: bool)
 
 def probe_key(config: Config, kind: str = "") -> str:
     """A key where cores go (so prefix-scoped IAM policies apply), under a name no core has."""
-    fields = tuple(name for _, name, _, _ in string.Formatter().parse(config.key_template) if name)
-    template = KeyTemplate(config.key_template, fields)
     filename = f"{PROBE_NAME}-{config.node_name}-{secrets.token_hex(6)}{kind}"
-    return template.render(
+    return config.keys.render(
         {
             "cluster": config.cluster_name,
             "node": config.node_name,
             "filename": filename,
             "crash_time": datetime.now(UTC),
-        }
+        },
+        suffix="",
     )
 
 
 def _probe_args(config: Config) -> dict[str, Any]:
     """The same encryption, class, ACL and tags as cores get: a bucket policy judges probes alike."""
-    values: dict[str, Any] = {name: "probe" for name in template_fields(config)}
+    values: dict[str, Any] = {name: "probe" for name in config.template_fields}
     values["crash_time"] = datetime.now(UTC)
-    return storage_options(config).args(values)
+    return config.storage.args(values)
 
 
 def stored_other_bytes(answer: Mapping[str, Any], body: bytes) -> str | None:

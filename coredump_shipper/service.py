@@ -20,15 +20,15 @@ from typing import TYPE_CHECKING, Any
 from coredump_shipper import afterupload, http
 from coredump_shipper.budget import DiskBudget
 from coredump_shipper.checks import Check
-from coredump_shipper.config import Config, template_fields
+from coredump_shipper.config import Config
 from coredump_shipper.errors import UploadError
 from coredump_shipper.kube import kube_features
 from coredump_shipper.metrics import Metrics
-from coredump_shipper.naming import KeyTemplate
 from coredump_shipper.pipeline import Pipeline
 from coredump_shipper.retry import repeat_until
 from coredump_shipper.s3checks import self_test
-from coredump_shipper.s3client import client_settings, s3_client
+from coredump_shipper.s3client import s3_client
+from coredump_shipper.settings import client_settings, store_settings
 from coredump_shipper.shipper import Shipper
 from coredump_shipper.stopping import cancel_and_wait
 from coredump_shipper.uploader import S3Store
@@ -74,9 +74,7 @@ class Service:
         self._tasks: list[asyncio.Task[None]] = []
         self.self_test_failure: str | None = None
         # This node's keys, for the stale-upload clean-up (None: the template cannot set them apart).
-        self.own_keys = KeyTemplate(config.key_template, template_fields(config)).node_keys(
-            config.cluster_name, config.node_name
-        )
+        self.own_keys = config.keys.node_keys(config.cluster_name, config.node_name)
         self.store: S3Store
         self.pipeline: Pipeline
         self.watcher: Watcher
@@ -87,7 +85,7 @@ class Service:
         app = http.make_app(self.health, self.readiness, self.metrics.registry)
         await self._stack.enter_async_context(http.serve(app, *config.listen))
         client = await self._stack.enter_async_context(s3_client(client_settings(config)))
-        self.store = S3Store.for_config(client, config, self.metrics)
+        self.store = S3Store(client, store_settings(config), self.metrics)
         backoff = self.store.backoff
         # Built once; every part that acts on shipped files obeys this same object.
         self.after_upload = afterupload.for_daemon(config.after_upload, config.state_path)

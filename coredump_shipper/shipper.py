@@ -14,13 +14,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from coredump_shipper.afterupload import AfterUpload
-from coredump_shipper.config import Config, storage_options, template_fields
+from coredump_shipper.config import Config
 from coredump_shipper.corefile import CoreFile
-from coredump_shipper.corename import CoreNamePattern
 from coredump_shipper.facts import CoreFacts, core_uses_pid, gather, truncation_hint
 from coredump_shipper.manifest import Manifest, manifest_key
 from coredump_shipper.metrics import Metrics
-from coredump_shipper.naming import KeyTemplate
 from coredump_shipper.parts import choose_part_size
 from coredump_shipper.storm import StormLimiter
 from coredump_shipper.uploader import S3Store, UploadResult
@@ -47,12 +45,12 @@ class Shipper:
         self.metrics = metrics
         self.after_upload = after_upload
         self.kube = kube
-        self.fields = template_fields(config)
+        self.fields = config.template_fields
         self.compressed = config.compression == "zstd"
-        self.keys = KeyTemplate(config.key_template, self.fields, ".zst" if self.compressed else "")
-        self.pattern = CoreNamePattern.compile(config.filename_pattern, uses_pid=core_uses_pid())
+        self.keys = config.keys
+        self.pattern = config.core_names.with_uses_pid(core_uses_pid())
         self.storm = StormLimiter(config.storm_limit, config.storm_window)
-        self.storage = storage_options(config)
+        self.storage = config.storage
         metrics.storm_limit.set(config.storm_limit)
         metrics.storm_window.set(config.storm_window)
 

@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from coredump_shipper.body import zero_copy_body
 from coredump_shipper.buffers import PartBuffers
-from coredump_shipper.config import Config
 from coredump_shipper.corefile import CoreFile
 from coredump_shipper.errors import UploadError
 from coredump_shipper.metrics import Metrics
 from coredump_shipper.parts import PartSource
 from coredump_shipper.retry import Backoff, call_with_retries, describe, is_transient
+from coredump_shipper.settings import StoreSettings
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -61,23 +61,14 @@ class UploadResult:
 class S3Store:
     """Uploads to one bucket with retries on every call; aborts what it cannot finish."""
 
-    def __init__(
-        self,
-        client: S3Client,
-        bucket: str,
-        metrics: Metrics,
-        backoff: Backoff,
-        parts_in_flight: int,
-        call_attempts: int = 5,
-        call_timeout: float = 120.0,
-    ) -> None:
+    def __init__(self, client: S3Client, settings: StoreSettings, metrics: Metrics) -> None:
         self.client = client
-        self.bucket = bucket
+        self.bucket = settings.bucket
         self.metrics = metrics
-        self.backoff = backoff
-        self.call_attempts = call_attempts
-        self.call_timeout = call_timeout
-        self._buffers = PartBuffers(parts_in_flight)
+        self.backoff = settings.backoff
+        self.call_attempts = settings.call_attempts
+        self.call_timeout = settings.call_timeout
+        self._buffers = PartBuffers(settings.parts_in_flight)
         # Monotonic times of the last S3 call that ended (well or badly) and that succeeded:
         # liveness looks at the first, readiness at the second.
         self.last_progress = time.monotonic()
@@ -88,19 +79,6 @@ class S3Store:
         # Set once a permanent error shows the store cannot list or abort multipart uploads: then
         # nothing cleans up an upload left behind but a bucket lifecycle rule.
         self.cleanup_unsupported: str | None = None
-
-    @classmethod
-    def for_config(cls, client: S3Client, config: Config, metrics: Metrics) -> S3Store:
-        """The store as the settings describe it (one place, for the daemon and `ship` alike)."""
-        return cls(
-            client,
-            config.bucket,
-            metrics,
-            Backoff(base=config.retry_base_delay, cap=config.retry_max_delay),
-            config.parts_in_flight,
-            call_attempts=config.max_attempts,
-            call_timeout=config.call_timeout,
-        )
 
     async def _call(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
         def on_retry(attempt: int, error: BaseException) -> None:

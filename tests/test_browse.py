@@ -27,8 +27,9 @@ from coredump_shipper.listing import CoreEntry, Filters, entry_from_manifest, li
 from coredump_shipper.manifest import SUFFIX as MANIFEST_SUFFIX
 from coredump_shipper.manifest import Manifest
 from coredump_shipper.metrics import Metrics
-from coredump_shipper.s3client import client_settings, s3_client
+from coredump_shipper.s3client import s3_client
 from coredump_shipper.s3reads import BrowseError, CoreNotFound
+from coredump_shipper.settings import client_settings, store_settings
 from coredump_shipper.shipper import Shipper
 from coredump_shipper.terminal import describe_fetch, display, human_size, render_json, render_table
 from coredump_shipper.uploader import S3Store
@@ -49,7 +50,7 @@ async def ship(client: S3Client, config: Config, path: Path, crashed: datetime) 
     """Ship `path` with the real Shipper; its mtime is the crash time the shipper records."""
     os.utime(path, (crashed.timestamp(), crashed.timestamp()))
     metrics = Metrics(process=False)
-    store = S3Store.for_config(client, config, metrics)
+    store = S3Store(client, store_settings(config), metrics)
     key = await Shipper(config, store, metrics, Leave()).ship(path)
     assert key is not None
     return key
@@ -338,7 +339,7 @@ async def test_pod_program_and_storm_fields_from_the_shipper(
     ]
     async with s3_client(client_settings(config)) as client:
         metrics = Metrics(process=False)
-        store = S3Store.for_config(client, config, metrics)
+        store = S3Store(client, store_settings(config), metrics)
         shipper = Shipper(config, store, metrics, Leave())
         for name in names:
             (watch_dir / name).write_bytes(os.urandom(1000))

@@ -31,8 +31,9 @@ from coredump_shipper.listing import list_cores
 from coredump_shipper.metrics import Metrics
 from coredump_shipper.naming import key_safe
 from coredump_shipper.pods import PodCache
-from coredump_shipper.s3client import client_settings, s3_client
+from coredump_shipper.s3client import s3_client
 from coredump_shipper.service import Service
+from coredump_shipper.settings import client_settings
 from tests.conftest import Bucket, ConfigFactory, running, wait_until, write_file
 from tests.docs import kube_rules
 from tests.servers.kube import KubeServer

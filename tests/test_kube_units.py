@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from coredump_shipper.cli import main
-from coredump_shipper.config import load_config, template_fields
+from coredump_shipper.config import load_config
 from coredump_shipper.errors import ConfigError
 from coredump_shipper.events import BURST, REFILL_SECONDS, CoreNotice, EventRecorder, note_for
 from coredump_shipper.identity import SHA256_RESERVE, choose_container, merge_metadata
@@ -109,7 +109,7 @@ def test_pod_labels_setting_and_fields() -> None:
     values = {"bucket": "bk", "pod_labels": "app.kubernetes.io/name, team"}
     config = load_config(values, env, command="ship")
     assert config.pod_labels == ("app.kubernetes.io/name", "team")
-    assert template_fields(config)[-2:] == ("label_app_kubernetes_io_name", "label_team")
+    assert config.template_fields[-2:] == ("label_app_kubernetes_io_name", "label_team")
     assert label_field("app.kubernetes.io/name") == "label_app_kubernetes_io_name"
     with pytest.raises(ConfigError) as error:
         load_config({"bucket": "bk", "pod_labels": "bad key!"}, env, command="ship")
@@ -198,7 +198,7 @@ def test_new_fields_render_in_keys() -> None:
 
 def template_fields_for(labels: tuple[str, ...]) -> tuple[str, ...]:
     config = load_config({"bucket": "bk", "pod_labels": ",".join(labels)}, {}, command="ship")
-    return template_fields(config)
+    return config.template_fields
 
 
 def test_event_calls_are_bounded_by_a_token_bucket() -> None:

@@ -13,8 +13,8 @@ from coredump_shipper import service as service_module
 from coredump_shipper.afterupload import Delete, KeepAndRecord
 from coredump_shipper.budget import DiskBudget
 from coredump_shipper.claims import Claims
-from coredump_shipper.config import DiskLimit
 from coredump_shipper.corefile import Identity
+from coredump_shipper.disklimit import DiskLimit
 from coredump_shipper.metrics import Metrics
 from coredump_shipper.record import ShippedRecord
 from coredump_shipper.storm import StormLimiter

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import subprocess
+import sys
 from datetime import UTC, datetime
 
 import pytest
@@ -12,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from coredump_shipper.config import load_config, parse_disk_limit, parse_duration, parse_size
+from coredump_shipper.corename import CoreNamePattern
 from coredump_shipper.errors import ConfigError
 from coredump_shipper.naming import KeyTemplate, header_safe, key_safe, metadata
 from coredump_shipper.parts import MAX_PARTS, MIN_PART, MiB, choose_part_size, compress_bound
@@ -183,6 +186,42 @@ def test_flag_beats_env_beats_alias_beats_default() -> None:
     config = load_config({"bucket": "flag"}, env=env, command="ship")
     assert config.bucket == "flag"
     assert config.workers == 2 and config.part_size == 8 * MiB
+
+
+def test_config_holds_its_small_languages_parsed_once() -> None:
+    settings = {
+        "bucket": "bk",
+        "key_template": "{cluster}/{node}/{filename}",
+        "filename_pattern": "core.%e.%p",
+        "tags": "team={cluster}",
+    }
+    config = load_config(settings, env={}, command="ship")
+    assert config.keys is config.keys and config.core_names is config.core_names
+    assert config.keys.render({"cluster": "c", "node": "n", "filename": "f"}) == "c/n/f.zst"
+    assert config.keys.render({"cluster": "c", "node": "n", "filename": "f"}, suffix="") == "c/n/f"
+    assert config.core_names.parse("core.app.12").exe == "app"
+    assert config.storage.args({"cluster": "c"}) == {"Tagging": "team=c"}
+    plain = load_config({**settings, "compression": "none"}, env={}, command="ship")
+    assert plain.keys.render({"cluster": "c", "node": "n", "filename": "f"}) == "c/n/f"
+
+
+@pytest.mark.parametrize(("uses_pid", "name", "pid"), [(True, "core.app.7", 7), (False, "core.app.7", None)])
+def test_core_names_narrowed_to_the_nodes_core_uses_pid(uses_pid: bool, name: str, pid: int | None) -> None:
+    config = load_config({"bucket": "bk", "filename_pattern": "core.%e"}, env={}, command="ship")
+    narrowed = config.core_names.with_uses_pid(uses_pid)
+    assert narrowed.parse(name).pid == pid
+    assert narrowed == CoreNamePattern.compile("core.%e", uses_pid=uses_pid)
+
+
+def test_the_s3_layer_and_the_disk_budget_do_not_import_the_config() -> None:
+    code = (
+        "import sys\n"
+        "import coredump_shipper.uploader, coredump_shipper.storage, coredump_shipper.budget\n"
+        "import coredump_shipper.s3client, coredump_shipper.settings\n"
+        "print('coredump_shipper.config' in sys.modules)"
+    )
+    answer = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert answer.stdout.strip() == "False"
 
 
 async def test_repeat_until_pauses_after_each_false_and_stops_at_true() -> None:
