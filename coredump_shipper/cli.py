@@ -23,7 +23,7 @@ from coredump_shipper.config import (
     parse_duration,
     raw_value,
 )
-from coredump_shipper.errors import ConfigError, FileChanged, ShipperError, SkipFile, UploadError
+from coredump_shipper.errors import ConfigError, FileChanged, S3Error, ShipperError, SkipFile
 from coredump_shipper.logs import setup_logging
 from coredump_shipper.retry import Backoff
 
@@ -231,7 +231,7 @@ async def _ship_one(shipper: Shipper, path: Path, attempts: int, backoff: Backof
         except SkipFile as skip:
             log.error("not shipped: %s", skip.detail)
             return False
-        except (UploadError, FileChanged) as error:
+        except (S3Error, FileChanged) as error:
             if attempt == attempts:
                 log.error("giving up on %s after %d attempts: %s", path, attempts, error)
                 return False

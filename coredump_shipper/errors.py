@@ -27,10 +27,23 @@ class FileChanged(ShipperError):
     """The file changed while it was being uploaded: the upload must not count as success."""
 
 
-class UploadError(ShipperError):
-    """An S3 call failed; `transient` says whether trying again may help."""
+class S3Error(ShipperError):
+    """An S3 call failed, for good or after its attempts: which operation, the store's error code ("" for
+    a network failure or timeout), whether trying again later may help, and the one-line `message`."""
 
-    def __init__(self, operation: str, message: str, *, transient: bool) -> None:
+    def __init__(
+        self,
+        operation: str,
+        message: str,
+        *,
+        code: str = "",
+        transient: bool,
+        cause: BaseException | None = None,
+    ) -> None:
         super().__init__(f"{operation} failed: {message}")
         self.operation = operation
+        self.message = message
+        self.code = code
         self.transient = transient
+        # What botocore or the network raised: the diagnostics read the store's full answer from it.
+        self.cause = cause

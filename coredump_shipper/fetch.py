@@ -25,7 +25,7 @@ import zstandard
 from coredump_shipper.listing import program_name, program_path
 from coredump_shipper.manifest import Manifest, core_key, manifest_key
 from coredump_shipper.retry import describe
-from coredump_shipper.s3reads import S3_FAILURES, BrowseError, CoreNotFound, call_s3, read_manifest
+from coredump_shipper.s3reads import S3_FAILURES, BrowseError, CoreNotFound, read_manifest, read_s3
 from coredump_shipper.terminal import Progress, display
 
 if TYPE_CHECKING:
@@ -224,7 +224,7 @@ async def fetch_core(
     if manifest is not None and manifest.rate_limited:
         raise CoreNotFound(f"{url}: not stored: over the node's --storm-limit, only its metadata was kept")
     try:
-        response = await call_s3("GetObject", bucket, key, lambda: client.get_object(Bucket=bucket, Key=key))
+        response = await read_s3("GetObject", bucket, key, lambda: client.get_object(Bucket=bucket, Key=key))
     except CoreNotFound:
         raise CoreNotFound(f"{url}: no such core (`coredump-shipper ls` lists shipped cores)") from None
     async with response["Body"] as body:

@@ -19,7 +19,7 @@ from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 from coredump_shipper.manifest import Manifest, core_key, is_manifest_key
-from coredump_shipper.s3reads import CoreNotFound, NotAManifest, call_s3, read_manifest
+from coredump_shipper.s3reads import CoreNotFound, NotAManifest, read_manifest, read_s3
 from coredump_shipper.terminal import display
 
 if TYPE_CHECKING:
@@ -188,7 +188,7 @@ async def _manifest_keys(
         kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
         if token:
             kwargs["ContinuationToken"] = token
-        page = await call_s3(
+        page = await read_s3(
             "ListObjectsV2", bucket, prefix, functools.partial(client.list_objects_v2, **kwargs)
         )
         for obj in page.get("Contents", []):

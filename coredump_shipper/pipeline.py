@@ -17,7 +17,7 @@ from types import TracebackType
 
 from coredump_shipper.afterupload import AfterUpload
 from coredump_shipper.claims import Claims
-from coredump_shipper.errors import FileChanged, SkipFile, UploadError
+from coredump_shipper.errors import FileChanged, S3Error, SkipFile
 from coredump_shipper.metrics import Metrics
 from coredump_shipper.retry import Backoff
 from coredump_shipper.shipper import Shipper
@@ -163,7 +163,7 @@ class Pipeline:
             # A short pause: a file still being written would otherwise be re-read in a hot loop.
             self._retry_later(name, attempt=1)
             return
-        except UploadError as error:
+        except S3Error as error:
             attempt = self._failed(name)
             self.metrics.upload_retries.inc()
             delay = self._retry_later(name, attempt)

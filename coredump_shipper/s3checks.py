@@ -10,10 +10,10 @@ import asyncio
 import hashlib
 import os
 import secrets
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiobotocore.session import get_session
@@ -21,16 +21,19 @@ from botocore.exceptions import ClientError, ConnectionError, HTTPClientError, N
 
 from coredump_shipper.checks import Check
 from coredump_shipper.config import Config
-from coredump_shipper.retry import describe
+from coredump_shipper.errors import S3Error
+from coredump_shipper.metrics import Metrics
+from coredump_shipper.retry import Backoff, describe
+from coredump_shipper.s3call import call_s3
 from coredump_shipper.s3client import s3_client
-from coredump_shipper.settings import client_settings
+from coredump_shipper.settings import StoreSettings, client_settings
+from coredump_shipper.uploader import S3Store, UploadResult
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
 else:
     S3Client = Any
 
-T = TypeVar("T")
 
 # A doctor run must answer in seconds when S3 is down, whatever the daemon's own timeouts are.
 # The call timeout bounds each call: the read timeout does not cover a PUT waiting for "100 Continue"
@@ -232,25 +235,78 @@ def endpoint_check(config: Config, client: S3Client) -> Check:
     )
 
 
-async def _call(call: Awaitable[T]) -> T:
+async def _attempt(call: Awaitable[Any]) -> BaseException | None:
+    """One diagnostic call that is not an upload (DeleteObject, ListMultipartUploads), through the
+    common S3 call layer with the diagnostics' deadline and a single attempt; its failure, if any."""
     try:
-        async with asyncio.timeout(S3_CALL_TIMEOUT):  # not wait_for: see uploader._within
-            return await call
-    except TimeoutError:
-        raise TimeoutError(f"no answer within {S3_CALL_TIMEOUT:.0f}s") from None
-
-
-async def _attempt(call: Awaitable[Any]) -> Exception | None:
-    try:
-        await _call(call)
-    except Exception as error:
-        return error
+        await call_s3("S3 call", lambda: call, attempts=1, backoff=Backoff(), deadline=S3_CALL_TIMEOUT)
+    except S3Error as error:
+        return _cause(error)
     return None
+
+
+def _cause(error: S3Error) -> BaseException:
+    # The operator's fix depends on what the store or the network said: the original error.
+    return error.cause if error.cause is not None else error
+
+
+def probe_store(config: Config, client: S3Client) -> S3Store:
+    """The daemon's own S3Store (zero-copy bodies, part buffers, object options, aborts), with the
+    diagnostics' short deadline and a single attempt, counting into metrics of its own."""
+    settings = StoreSettings(
+        bucket=config.bucket,
+        backoff=Backoff(),
+        parts_in_flight=1,
+        call_attempts=1,
+        call_timeout=S3_CALL_TIMEOUT,
+    )
+    return S3Store(client, settings, Metrics(process=False))
+
+
+class ProbeFile:
+    """A probe body as the uploader reads a core: an open file descriptor, here in memory (memfd), so
+    no writable filesystem is needed. `size` may exceed the data: the rest is a hole (zeros)."""
+
+    def __init__(self, data: bytes, size: int | None = None) -> None:
+        self.size = len(data) if size is None else size
+        self.fd = os.memfd_create("coredump-shipper-probe", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(self.fd, self.size)
+            os.pwrite(self.fd, data, self.size - len(data))
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def check_unchanged(self) -> None:
+        """Nothing else can write to it."""
+
+    def __enter__(self) -> ProbeFile:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        os.close(self.fd)
+
+
+async def _upload_probe(store: S3Store, config: Config, key: str, probe: ProbeFile) -> UploadResult:
+    """Upload `probe` as cores are uploaded: a single PutObject up to one part, else multipart."""
+    return await store.upload(
+        probe,
+        key,
+        {},
+        part_size=MULTIPART_PROBE_PART,
+        compression_level=None,
+        content_type="text/plain",
+        object_args=_probe_args(config),
+    )
 
 
 async def head_bucket_check(config: Config, client: S3Client, write_probe: bool) -> tuple[Check, bool]:
     """The check and whether later calls are worth making."""
-    error = await _attempt(client.head_bucket(Bucket=config.bucket))
+    try:
+        await probe_store(config, client).head_bucket()
+        error: BaseException | None = None
+    except S3Error as failure:
+        error = _cause(failure)
     if error is None:
         return Check("S3 HeadBucket", "OK", f"bucket {config.bucket} answered"), True
     problem = s3_problem(error, config, "HeadBucket")
@@ -279,15 +335,15 @@ def _probe_args(config: Config) -> dict[str, Any]:
     return config.storage.args(values)
 
 
-def stored_other_bytes(answer: Mapping[str, Any], body: bytes) -> str | None:
+def stored_other_bytes(answer: UploadResult, body: bytes) -> str | None:
     """Why a single-part PutObject's ETag shows the store kept other bytes than `body`, or None.
 
     Without KMS or customer keys a single-part object's ETag is the MD5 of its bytes. A store that
     keeps the request's aws-chunked framing as object data answers with the framing's MD5 instead.
     """
-    if answer.get("ServerSideEncryption", "").startswith("aws:kms") or answer.get("SSECustomerAlgorithm"):
+    if answer.encryption.startswith("aws:kms"):
         return None  # the ETag of an encrypted object is not its MD5
-    etag = str(answer.get("ETag", "")).strip('"')
+    etag = answer.etag.strip('"')
     expected = hashlib.md5(body, usedforsecurity=False).hexdigest()
     if not etag or "-" in etag or etag == expected:
         return None
@@ -297,19 +353,14 @@ def stored_other_bytes(answer: Mapping[str, Any], body: bytes) -> str | None:
 async def write_probe_check(config: Config, client: S3Client) -> Check:
     name = "S3 PutObject/DeleteObject"
     key = probe_key(config)
-    put = client.put_object(
-        Bucket=config.bucket, Key=key, Body=PROBE_BODY, ContentType="text/plain", **_probe_args(config)
-    )
     try:
-        answer = await _call(put)
-        error = None
+        with ProbeFile(PROBE_BODY) as probe:
+            answer = await _upload_probe(probe_store(config, client), config, key, probe)
     except asyncio.CancelledError:
         await _remove_probe(client, config, key)
         raise
-    except Exception as failure:
-        error = failure
-    if error is not None:
-        problem = s3_problem(error, config, "PutObject")
+    except S3Error as failure:
+        problem = s3_problem(_cause(failure), config, failure.operation)
         return Check(name, "FAIL", problem.detail, problem.fix)
     mismatch = stored_other_bytes(answer, PROBE_BODY)
     if mismatch is not None:
@@ -333,58 +384,25 @@ async def write_probe_check(config: Config, client: S3Client) -> Check:
 
 
 async def multipart_check(config: Config, client: S3Client) -> Check:
-    """A real 2-part upload (5 MiB + 1 KiB), completed then deleted; and the start-up clean-up's listing."""
+    """A real 2-part upload (5 MiB + a few bytes) through the uploader, completed then deleted; and the
+    start-up clean-up's listing."""
     name = "S3 multipart"
     key = probe_key(config, ".multipart")
     try:
-        created = await _call(
-            client.create_multipart_upload(Bucket=config.bucket, Key=key, **_probe_args(config))
-        )
-    except Exception as error:
-        problem = s3_problem(error, config, "CreateMultipartUpload")
-        return Check(name, "FAIL", f"{problem.detail}: cores above --part-size cannot ship", problem.fix)
-    upload_id = created["UploadId"]
-    try:
-        return await _two_parts(config, client, key, upload_id)
+        # The uploader aborts the upload itself if a part or the completion fails or is cancelled.
+        with ProbeFile(PROBE_BODY, MULTIPART_PROBE_PART + len(PROBE_BODY)) as probe:
+            await _upload_probe(probe_store(config, client), config, key, probe)
     except asyncio.CancelledError:
-        # Stopped half-way (SIGTERM at start-up): leave neither an upload nor a probe object behind.
-        await _attempt(
-            asyncio.shield(client.abort_multipart_upload(Bucket=config.bucket, Key=key, UploadId=upload_id))
-        )
+        # Stopped half-way (SIGTERM at start-up): leave no probe object behind either.
         await _remove_probe(client, config, key)
         raise
-
-
-async def _remove_probe(client: S3Client, config: Config, key: str) -> None:
-    await _attempt(asyncio.shield(client.delete_object(Bucket=config.bucket, Key=key)))
-
-
-async def _two_parts(config: Config, client: S3Client, key: str, upload_id: str) -> Check:
-    name = "S3 multipart"
-    operation = "UploadPart"
-    try:
-        parts: list[Any] = []
-        for number, body in ((1, bytes(MULTIPART_PROBE_PART)), (2, PROBE_BODY)):
-            answer = await _call(
-                client.upload_part(
-                    Bucket=config.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
-                )
-            )
-            parts.append({"PartNumber": number, "ETag": answer["ETag"]})
-        operation = "CompleteMultipartUpload"
-        await _call(
-            client.complete_multipart_upload(
-                Bucket=config.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
-            )
-        )
-    except Exception as error:
-        await _attempt(client.abort_multipart_upload(Bucket=config.bucket, Key=key, UploadId=upload_id))
-        problem = s3_problem(error, config, operation)
+    except S3Error as failure:
+        problem = s3_problem(_cause(failure), config, failure.operation)
         return Check(name, "FAIL", f"{problem.detail}: cores above --part-size cannot ship", problem.fix)
     await _attempt(client.delete_object(Bucket=config.bucket, Key=key))
-    failure = await _attempt(client.list_multipart_uploads(Bucket=config.bucket, Prefix=key, MaxUploads=1))
-    if failure is not None:
-        problem = s3_problem(failure, config, "ListMultipartUploads")
+    refused = await _attempt(client.list_multipart_uploads(Bucket=config.bucket, Prefix=key, MaxUploads=1))
+    if refused is not None:
+        problem = s3_problem(refused, config, "ListMultipartUploads")
         return Check(
             name,
             "WARN",
@@ -392,6 +410,10 @@ async def _two_parts(config: Config, client: S3Client, key: str, upload_id: str)
             f"{problem.fix}, or an AbortIncompleteMultipartUpload lifecycle rule",
         )
     return Check(name, "OK", "a 2-part upload completed and was deleted; ListMultipartUploads allowed")
+
+
+async def _remove_probe(client: S3Client, config: Config, key: str) -> None:
+    await _attempt(asyncio.shield(client.delete_object(Bucket=config.bucket, Key=key)))
 
 
 async def self_test(config: Config, client: S3Client) -> tuple[bool, list[Check]]:

@@ -1,4 +1,4 @@
-"""The reads `ls` and `fetch` share: one S3 call with retries and typed errors, a manifest by key."""
+"""The reads `ls` and `fetch` share: an S3 call whose failures say what was not found, a manifest by key."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 import aiohttp
 from botocore.exceptions import BotoCoreError, ClientError
 
-from coredump_shipper.errors import ShipperError
+from coredump_shipper.errors import S3Error, ShipperError
 from coredump_shipper.manifest import Manifest
-from coredump_shipper.retry import Backoff, call_with_retries, describe
+from coredump_shipper.retry import Backoff
+from coredump_shipper.s3call import call_s3
 
 if TYPE_CHECKING:
     from aiobotocore.response import StreamingBody
@@ -43,24 +44,18 @@ class NotAManifest(BrowseError):
     """An object named like a manifest that does not hold one."""
 
 
-def _code(error: ClientError) -> str:
-    return str(error.response.get("Error", {}).get("Code", ""))
-
-
-async def call_s3(operation: str, bucket: str, key: str, call: Callable[[], Awaitable[T]]) -> T:
-    """One S3 call, tried again on transient failures; failures become BrowseError."""
+async def read_s3(operation: str, bucket: str, key: str, call: Callable[[], Awaitable[T]]) -> T:
+    """One S3 call through the common layer (transient failures tried again, no deadline: a body may
+    stream for long); a missing bucket or key becomes CoreNotFound or BrowseError saying so."""
     url = f"s3://{bucket}/{key}"
     try:
-        return await call_with_retries(call, _BACKOFF, _CALL_ATTEMPTS)
-    except ClientError as error:
-        code = _code(error)
-        if code == "NoSuchBucket":
+        return await call_s3(operation, call, attempts=_CALL_ATTEMPTS, backoff=_BACKOFF, deadline=None)
+    except S3Error as error:
+        if error.code == "NoSuchBucket":
             raise BrowseError(f"bucket {bucket!r} does not exist") from None
-        if code in _NOT_FOUND:
+        if error.code in _NOT_FOUND:
             raise CoreNotFound(f"{url}: no such object") from None
-        raise BrowseError(f"{operation} {url} failed: {describe(error)}") from error
-    except S3_FAILURES as error:
-        raise BrowseError(f"{operation} {url} failed: {describe(error)}") from error
+        raise BrowseError(f"{operation} {url} failed: {error.message}") from error
 
 
 async def _read_body(body: StreamingBody, limit: int, url: str) -> bytes:
@@ -80,7 +75,7 @@ async def read_manifest(client: S3Client, bucket: str, key: str) -> Manifest:
         async with response["Body"] as body:
             return await _read_body(body, MAX_MANIFEST_BYTES, f"s3://{bucket}/{key}")
 
-    raw = await call_s3("GetObject", bucket, key, get)
+    raw = await read_s3("GetObject", bucket, key, get)
     try:
         document = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:

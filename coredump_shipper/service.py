@@ -21,7 +21,7 @@ from coredump_shipper import afterupload, http
 from coredump_shipper.budget import DiskBudget
 from coredump_shipper.checks import Check
 from coredump_shipper.config import Config
-from coredump_shipper.errors import UploadError
+from coredump_shipper.errors import S3Error
 from coredump_shipper.kube import kube_features
 from coredump_shipper.metrics import Metrics
 from coredump_shipper.pipeline import Pipeline
@@ -199,7 +199,7 @@ class Service:
         """A cheap HeadBucket now and then keeps readiness current when no core is shipped."""
 
         async def check(attempt: int) -> bool:
-            with contextlib.suppress(UploadError):
+            with contextlib.suppress(S3Error):
                 await self.store.head_bucket()
             return False  # for the whole run
 
@@ -280,7 +280,7 @@ class Service:
         async def clean(attempt: int) -> bool:
             try:
                 aborted = await self.store.abort_stale_uploads(own, self.started_at)
-            except UploadError as error:
+            except S3Error as error:
                 if error.transient:
                     log.debug("stale upload clean-up postponed: %s", error)
                     return False

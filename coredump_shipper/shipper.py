@@ -56,7 +56,7 @@ class Shipper:
 
     async def ship(self, path: Path) -> str | None:
         """Ship one file; its key, or None when no core object was stored (shipped before, in keep
-        mode, or over the storm limit). Raises SkipFile, FileChanged or UploadError; the file stays."""
+        mode, or over the storm limit). Raises SkipFile, FileChanged or S3Error; the file stays."""
         started = time.monotonic()
         with CoreFile(path) as core:
             if self.after_upload.shipped(core.name, core.identity):

@@ -17,15 +17,15 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from coredump_shipper.body import zero_copy_body
 from coredump_shipper.buffers import PartBuffers
-from coredump_shipper.corefile import CoreFile
-from coredump_shipper.errors import UploadError
+from coredump_shipper.errors import S3Error
 from coredump_shipper.metrics import Metrics
 from coredump_shipper.parts import PartSource
-from coredump_shipper.retry import Backoff, call_with_retries, describe, is_transient
+from coredump_shipper.retry import Backoff, describe
+from coredump_shipper.s3call import call_s3, s3_error, within
 from coredump_shipper.settings import StoreSettings
 
 if TYPE_CHECKING:
@@ -42,12 +42,17 @@ ABORT_ATTEMPTS = 4
 ABORT_BACKOFF = Backoff(base=0.1, cap=1.0)
 
 
-async def _within(seconds: float, awaitable: Awaitable[T]) -> T:
-    """`awaitable` with a deadline. asyncio.wait_for on Python 3.11 can swallow a cancellation that
-    arrives as the call completes (the task then runs on after shutdown cancelled it); a timeout
-    scope cannot."""
-    async with asyncio.timeout(seconds):
-        return await awaitable
+class Source(Protocol):
+    """What is uploaded: an open file (a core, or the diagnostics' in-memory probe) that can say
+    whether it changed since it was opened."""
+
+    @property
+    def fd(self) -> int: ...
+
+    @property
+    def size(self) -> int: ...
+
+    def check_unchanged(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,9 @@ class UploadResult:
     bytes_sent: int
     sha256: str
     parts: int
+    # The store's answer to a single PutObject (the self-test compares the ETag with the body's MD5).
+    etag: str = ""
+    encryption: str = ""
 
 
 class S3Store:
@@ -88,23 +96,24 @@ class S3Store:
         try:
             # aiohttp's read timeout does not cover waiting for "100 Continue" (botocore sends
             # Expect: 100-continue with every PutObject/UploadPart), so each attempt has a deadline.
-            result = await call_with_retries(
-                lambda: _within(self.call_timeout, call()),
-                self.backoff,
-                self.call_attempts,
-                on_retry,
+            result = await call_s3(
+                operation,
+                call,
+                attempts=self.call_attempts,
+                backoff=self.backoff,
+                deadline=self.call_timeout,
+                on_retry=on_retry,
             )
-        except Exception as error:
+        except S3Error as failure:
             self.last_progress = time.monotonic()
-            failure = UploadError(operation, describe(error), transient=is_transient(error))
             self.last_error = str(failure)
-            raise failure from error
+            raise
         self.last_progress = self.last_success = time.monotonic()
         return result
 
     async def upload(
         self,
-        core: CoreFile,
+        core: Source,
         key: str,
         metadata: Mapping[str, str],
         part_size: int,
@@ -125,7 +134,7 @@ class S3Store:
 
     async def _put(
         self,
-        core: CoreFile,
+        core: Source,
         source: PartSource,
         key: str,
         metadata: Mapping[str, str],
@@ -141,7 +150,7 @@ class S3Store:
         try:
             core.check_unchanged()
             sha256 = source.sha256.hexdigest()
-            await self._call(
+            answer = await self._call(
                 "PutObject",
                 lambda: self.client.put_object(
                     Body=zero_copy_body(body), Metadata={**metadata, "sha256": sha256}, **create
@@ -150,11 +159,12 @@ class S3Store:
         finally:
             self._buffers.release(buffer)
         self.metrics.upload_bytes.inc(len(body))
-        return UploadResult(key, len(body), sha256, 1)
+        etag, encryption = answer.get("ETag", ""), answer.get("ServerSideEncryption", "")
+        return UploadResult(key, len(body), sha256, 1, etag, encryption)
 
     async def _multipart(
         self,
-        core: CoreFile,
+        core: Source,
         source: PartSource,
         key: str,
         metadata: Mapping[str, str],
@@ -171,7 +181,7 @@ class S3Store:
         except asyncio.CancelledError:
             # Stopped while the server may already have created the upload: abort it once its id is known.
             with contextlib.suppress(Exception, asyncio.CancelledError):
-                orphan = await _within(ABORT_TIMEOUT, creating)
+                orphan = await within(ABORT_TIMEOUT, creating)
                 await self.abort(key, orphan["UploadId"])
             raise
         upload_id = created["UploadId"]
@@ -248,26 +258,28 @@ class S3Store:
 
         True if it was aborted."""
 
-        async def abort() -> None:
-            # A store busy with the upload's last parts may answer 500: try again, briefly.
-            await call_with_retries(
-                lambda: self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id),
-                ABORT_BACKOFF,
-                ABORT_ATTEMPTS,
-            )
-
-        task = asyncio.ensure_future(_within(ABORT_TIMEOUT, abort()))
+        # A store busy with the upload's last parts may answer 500: try again, briefly, all of it
+        # within ABORT_TIMEOUT.
+        abort = call_s3(
+            "AbortMultipartUpload",
+            lambda: self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id),
+            attempts=ABORT_ATTEMPTS,
+            backoff=ABORT_BACKOFF,
+            deadline=None,
+        )
+        task = asyncio.ensure_future(within(ABORT_TIMEOUT, abort))
         try:
             await asyncio.shield(task)
         except asyncio.CancelledError:
             # A second cancellation (hard stop): still give the abort its chance to finish.
             with contextlib.suppress(Exception, asyncio.CancelledError):
-                await _within(ABORT_TIMEOUT, task)
+                await within(ABORT_TIMEOUT, task)
             raise
         except Exception as error:
-            if not is_transient(error):
+            failure = error if isinstance(error, S3Error) else s3_error("AbortMultipartUpload", error)
+            if not failure.transient:
                 self.cleanup_unsupported = (
-                    self.cleanup_unsupported or f"AbortMultipartUpload: {describe(error)}"
+                    self.cleanup_unsupported or f"AbortMultipartUpload: {failure.message}"
                 )
             # The next start cleans up only where the store lets it list and abort uploads.
             later = (
@@ -275,7 +287,7 @@ class S3Store:
                 if self.cleanup_unsupported is None
                 else "left on the store: only an AbortIncompleteMultipartUpload lifecycle rule removes it"
             )
-            log.warning("could not abort multipart upload of %r (%s): %s", key, later, describe(error))
+            log.warning("could not abort multipart upload of %r (%s): %s", key, later, failure.message)
             return False
         return True
 
@@ -317,12 +329,12 @@ class S3Store:
                     if await self.abort(upload["Key"], upload["UploadId"]):
                         aborted += 1
                     elif self.cleanup_unsupported is not None:
-                        raise UploadError("AbortMultipartUpload", self.cleanup_unsupported, transient=False)
-        except UploadError:
+                        raise S3Error("AbortMultipartUpload", self.cleanup_unsupported, transient=False)
+        except S3Error:
             raise
         except Exception as error:
-            transient = is_transient(error)
-            if not transient:
-                self.cleanup_unsupported = f"ListMultipartUploads: {describe(error)}"
-            raise UploadError("ListMultipartUploads", describe(error), transient=transient) from error
+            failure = s3_error("ListMultipartUploads", error)
+            if not failure.transient:
+                self.cleanup_unsupported = f"ListMultipartUploads: {failure.message}"
+            raise failure from error
         return aborted

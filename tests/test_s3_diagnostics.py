@@ -8,6 +8,7 @@ AbortMultipartUpload (405), and stores the aws-chunked framing as object bytes.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from coredump_shipper.metrics import Metrics
-from coredump_shipper.s3checks import s3_checks
+from coredump_shipper.s3checks import MULTIPART_PROBE_PART, PROBE_BODY, PROBE_NAME, s3_checks
 from tests.conftest import Bucket, ConfigFactory, running, wait_until, write_file
 from tests.faultproxy import FaultProxy
 from tests.servers import S3Endpoint
@@ -109,3 +110,24 @@ async def test_self_test_fails_when_the_store_keeps_other_bytes_than_sent(
     (reason,) = [r for r in body["reasons"] if r.startswith("S3 self-test failed")]
     assert "ETag" in reason and "MD5" in reason and "--checksum-mode when_required" in reason
     assert bucket.keys() == [], "the probe is removed"
+
+
+async def test_doctor_probes_upload_through_the_shippers_own_store(
+    make_config: ConfigFactory, s3_server: S3Endpoint, bucket: Bucket
+) -> None:
+    # With DeleteObject refused the probes stay behind: they carry what only the uploader adds to an
+    # object (the sha256 of its content), and the multipart one has the 2 parts the uploader cut.
+    async with FaultProxy(s3_server.url) as proxy:
+        proxy.faults.fail(403, code="AccessDenied", ops={"DeleteObject"})
+        config = make_config(endpoint_url=proxy.url, self_test="on")
+        checks = {check.name: check for check in await s3_checks(config, write_probe=True)}
+        requests = proxy.faults.stats().requests
+    assert checks["S3 PutObject/DeleteObject"].status == "WARN"
+    assert checks["S3 multipart"].status == "OK"
+    assert requests["UploadPart"] == 2 and requests["CompleteMultipartUpload"] == 1
+    probes = {key: bucket.head(key) for key in bucket.keys() if PROBE_NAME in key}
+    (single,) = [head for key, head in probes.items() if not key.endswith(".multipart")]
+    (multipart,) = [head for key, head in probes.items() if key.endswith(".multipart")]
+    assert single["Metadata"]["sha256"] == hashlib.sha256(PROBE_BODY).hexdigest()
+    assert multipart["ContentLength"] == MULTIPART_PROBE_PART + len(PROBE_BODY)
+    assert multipart["ETag"].strip('"').endswith("-2")
