@@ -20,7 +20,7 @@ from coredump_shipper.corename import CoreNamePattern
 from coredump_shipper.disklimit import DiskLimit
 from coredump_shipper.errors import ConfigError
 from coredump_shipper.naming import TEMPLATE_FIELDS, KeyTemplate, label_fields
-from coredump_shipper.storage import StorageOptions
+from coredump_shipper.storageoptions import StorageOptions
 
 ENV_PREFIX = "COREDUMP_SHIPPER_"
 MiB = 1024 * 1024

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from coredump_shipper import afterupload
 from coredump_shipper.budget import DiskBudget
-from coredump_shipper.checks import Check, ExtraCheck
+from coredump_shipper.checkrow import Check, ExtraCheck
 from coredump_shipper.config import Config
 from coredump_shipper.corename import CoreNamePattern
 from coredump_shipper.errors import ConfigError

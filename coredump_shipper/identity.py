@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from coredump_shipper.facts import CoreFacts
+from coredump_shipper.corefacts import CoreFacts
 from coredump_shipper.kubeapi import TRANSPORT_ERRORS, KubeError
 from coredump_shipper.metrics import Metrics
 from coredump_shipper.naming import METADATA_LIMIT, header_safe, label_field

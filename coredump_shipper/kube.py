@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from coredump_shipper.config import Config
+from coredump_shipper.corefacts import CoreFacts
 from coredump_shipper.errors import ConfigError
 from coredump_shipper.events import CoreNotice, EventRecorder
-from coredump_shipper.facts import CoreFacts
 from coredump_shipper.identity import PodIdentity
 from coredump_shipper.kubeaccess import resolve
 from coredump_shipper.kubeapi import KubeClient

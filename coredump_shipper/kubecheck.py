@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from coredump_shipper.checks import Check
+from coredump_shipper.checkrow import Check
 from coredump_shipper.config import Config
 from coredump_shipper.errors import ConfigError
 from coredump_shipper.kubeaccess import resolve

@@ -19,7 +19,7 @@ import aiohttp
 from aiobotocore.session import get_session
 from botocore.exceptions import ClientError, ConnectionError, HTTPClientError, NoCredentialsError, SSLError
 
-from coredump_shipper.checks import Check
+from coredump_shipper.checkrow import Check
 from coredump_shipper.config import Config
 from coredump_shipper.errors import S3Error
 from coredump_shipper.metrics import Metrics

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from coredump_shipper import afterupload, http
 from coredump_shipper.budget import DiskBudget
-from coredump_shipper.checks import Check
+from coredump_shipper.checkrow import Check
 from coredump_shipper.config import Config
 from coredump_shipper.errors import S3Error
 from coredump_shipper.kube import kube_features

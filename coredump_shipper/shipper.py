@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 from coredump_shipper.afterupload import AfterUpload
 from coredump_shipper.config import Config
+from coredump_shipper.corefacts import CoreFacts, core_uses_pid, gather, truncation_hint
 from coredump_shipper.corefile import CoreFile
-from coredump_shipper.facts import CoreFacts, core_uses_pid, gather, truncation_hint
 from coredump_shipper.manifest import Manifest, manifest_key
 from coredump_shipper.metrics import Metrics
 from coredump_shipper.parts import choose_part_size

@@ -1,4 +1,4 @@
-"""The S3 side: one client for the process, single PUTs and streaming multipart uploads, aborts.
+"""The S3 store: single PUTs and streaming multipart uploads, aborts, and the stale-upload clean-up.
 
 Memory is bounded by one process-wide budget of parts held in memory (`parts_in_flight`), shared by all
 workers: whatever the number and size of files, at most that many part bodies exist at once (plus one

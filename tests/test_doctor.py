@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, SSLError
 
-from coredump_shipper.checks import Check
+from coredump_shipper.checkrow import Check
 from coredump_shipper.config import Config
 from coredump_shipper.doctor import (
     core_pattern_checks,

@@ -21,8 +21,8 @@ import pytest
 
 from coredump_shipper import kubeaccess
 from coredump_shipper import pods as pods_module
+from coredump_shipper.corefacts import CoreFacts
 from coredump_shipper.elfcore import CoreInfo
-from coredump_shipper.facts import CoreFacts
 from coredump_shipper.identity import PodIdentity
 from coredump_shipper.kubeaccess import from_kubeconfig
 from coredump_shipper.kubeapi import KubeClient

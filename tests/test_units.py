@@ -216,7 +216,7 @@ def test_core_names_narrowed_to_the_nodes_core_uses_pid(uses_pid: bool, name: st
 def test_the_s3_layer_and_the_disk_budget_do_not_import_the_config() -> None:
     code = (
         "import sys\n"
-        "import coredump_shipper.uploader, coredump_shipper.storage, coredump_shipper.budget\n"
+        "import coredump_shipper.uploader, coredump_shipper.storageoptions, coredump_shipper.budget\n"
         "import coredump_shipper.s3client, coredump_shipper.settings\n"
         "print('coredump_shipper.config' in sys.modules)"
     )
