@@ -288,12 +288,13 @@ class ProbeFile:
 
 
 async def _upload_probe(store: S3Store, config: Config, key: str, probe: ProbeFile) -> UploadResult:
-    """Upload `probe` as cores are uploaded: a single PutObject up to one part, else multipart."""
+    """Upload `probe` as cores are uploaded: a single PutObject up to one part, else multipart
+    (the part buffer is no larger than the probe needs)."""
     return await store.upload(
         probe,
         key,
         {},
-        part_size=MULTIPART_PROBE_PART,
+        part_size=min(probe.size, MULTIPART_PROBE_PART),
         compression_level=None,
         content_type="text/plain",
         object_args=_probe_args(config),
