@@ -47,7 +47,7 @@ def pipe_line(helper: str, watch_dir: str, max_core_size: int, keep_free: DiskLi
     if max_core_size:
         words += ["-m", _size(max_core_size)]
     if keep_free.percent:
-        words += ["-f", f"{keep_free.percent:g}%"]
+        words += ["-f", f"{keep_free.percent:g}%%"]  # the kernel expands "%%" to "%"
     elif keep_free.bytes:
         words += ["-f", _size(keep_free.bytes)]
     seconds = math.ceil(timeout)
