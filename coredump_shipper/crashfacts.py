@@ -136,6 +136,34 @@ def read(directory: Path, core_name: str, inode: int, size: int) -> CrashFacts |
         os.close(fd)
 
 
+# A receiver killed half-way (OOM, a node reboot) leaves its temporary files; facts whose core was
+# deleted by someone else are orphans. The receiver renames facts in just before the core, and its
+# deadline is minutes, so these ages never catch a crash still being received.
+ORPHAN_AGE = 60.0
+LEFTOVER_AGE = 86400.0
+
+
+def sweep(directory: Path, names: set[str], now: float) -> list[str]:
+    """After a full directory listing: delete orphaned facts and stale receiver leftovers."""
+    removed = []
+    for name in names:
+        if name.startswith(TEMP_PREFIX):
+            age = LEFTOVER_AGE
+        elif is_receiver_file(name) and name[1 : -len(SUFFIX)] not in names:
+            age = ORPHAN_AGE
+        else:
+            continue
+        try:
+            if now - os.lstat(directory / name).st_mtime > age:
+                os.unlink(directory / name)
+                removed.append(name)
+        except OSError:
+            continue
+    if removed:
+        log.info("removed %d leftover file(s) of the pipe receiver: %s", len(removed), sorted(removed)[:5])
+    return removed
+
+
 def remove(directory: Path, core_name: str) -> None:
     """Delete the facts of a core that was deleted (a missing file is fine)."""
     try:

@@ -316,3 +316,23 @@ def test_doctor_file_mode_warns_a_non_root_shipper(
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     row = statuses(replace(config), proc)["cores of other uids"]
     assert row[0] == "WARN" and "uid 1000 can read only" in row[1]
+
+
+def test_sweep_removes_orphaned_facts_and_stale_leftovers_only(tmp_path: Path) -> None:
+    old = 1_000_000.0
+    (tmp_path / "core.kept").write_bytes(b"core")
+    files = {
+        ".core.kept.crash.json": old,  # its core is there: kept
+        ".core.gone.crash.json": old,  # its core was deleted by someone else: removed
+        ".core.new.crash.json": old + 3000,  # the core is being renamed in right now: kept
+        ".coredump-receive.7.core.tmp": old - 86400 * 2,  # a receiver killed two days ago: removed
+        ".coredump-receive.8.core.tmp": old,  # a crash being received: kept
+        ".notes": old,  # not the receiver's: kept
+    }
+    for name, mtime in files.items():
+        (tmp_path / name).write_text("{}")
+        os.utime(tmp_path / name, (mtime, mtime))
+    names = set(os.listdir(tmp_path))
+    removed = crashfacts.sweep(tmp_path, names, now=old + 3030)
+    assert sorted(removed) == [".core.gone.crash.json", ".coredump-receive.7.core.tmp"]
+    assert set(os.listdir(tmp_path)) == names - set(removed)
