@@ -180,9 +180,11 @@ func (g *spaceGuard) allow(n int64) bool {
 	return true
 }
 
+// zero is compared against, never written: all-zero blocks become holes.
+var zero = make([]byte, holeBlock)
+
 // writeSparse writes the non-zero blocks of chunk at offset; returns how far the file now reaches.
 func writeSparse(fd int, chunk []byte, offset int64, guard *spaceGuard) (int, string, error) {
-	zero := make([]byte, holeBlock)
 	done := 0
 	for done < len(chunk) {
 		end := done + holeBlock
