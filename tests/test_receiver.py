@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import stat
 import subprocess
 import time
@@ -74,8 +75,10 @@ def test_binaries_are_static_for_amd64_and_arm64() -> None:
     for binary, machine in ((RECEIVER, 62), (RECEIVER.with_name("coredump-receive-arm64"), 183)):
         header = binary.read_bytes()[:64]
         assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == machine
-        done = subprocess.run(["file", str(binary)], capture_output=True, text=True, check=False)
-        if done.returncode == 0:
+        # No PT_INTERP program header: nothing for the kernel to load from the host.
+        assert b"/lib64/ld-linux" not in binary.read_bytes() and b"/lib/ld-linux" not in binary.read_bytes()
+        if shutil.which("file"):
+            done = subprocess.run(["file", str(binary)], capture_output=True, text=True, check=False)
             assert "statically linked" in done.stdout
     version = subprocess.run([str(RECEIVER), "--version"], capture_output=True, text=True, check=True)
     from coredump_shipper import __version__
@@ -209,7 +212,7 @@ def test_slow_writer_hits_the_deadline(core_dir: Path) -> None:
         log = child.stderr.read()
         child.stdin.close()
     assert code == 0, log
-    assert 1.0 <= elapsed < 5, elapsed
+    assert 1.0 <= elapsed < 8, elapsed
     name = f"core.h.slow.sig6.{pid}.1700000000"
     assert (core_dir / name).read_bytes() == b"x" * 1000
     assert facts_of(core_dir, name)["truncated_reason"] == "deadline"
