@@ -372,7 +372,7 @@ SETTINGS: tuple[Setting, ...] = (
         "keep-free",
         parse_disk_limit,
         "5%",
-        "space to keep free on the watched filesystem (bytes or %; 0 = no floor)",
+        "space to keep free on the watched filesystem (bytes or %; 0 = no floor); the pipe receiver's too",
         commands=_DAEMON | _PIPE,
     ),
     Setting(

@@ -123,18 +123,18 @@ def _python_for(uid: int) -> tuple[list[str], dict[str, str]]:
     The venv's own interpreter usually is one; where it links into a private directory (a pyenv
     under /root), the system Python of the same version runs with the venv's site-packages.
     """
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    site = Path(sys.prefix) / "lib" / f"python{version}" / "site-packages"
+    package = Path(__file__).resolve().parent.parent / "coredump_shipper"
+    for needed in (site, package):
+        if not _reachable_by_others(needed):
+            unavailable(f"{needed} is not readable by uid {uid}: the checkout's parents need o+x")
     if _reachable_by_others(Path(sys.executable)):
         return [sys.executable], {}
-    system = Path(f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}")
+    system = Path(f"/usr/bin/python{version}")
     if not system.exists() or not _reachable_by_others(system):
-        unavailable(f"no Python {sys.version_info.major}.{sys.version_info.minor} that uid {uid} may run")
-    site = (
-        Path(sys.prefix)
-        / "lib"
-        / f"python{sys.version_info.major}.{sys.version_info.minor}"
-        / "site-packages"
-    )
-    return [str(system)], {"PYTHONPATH": f"{Path(__file__).resolve().parent.parent}:{site}"}
+        unavailable(f"no Python {version} that uid {uid} may run")
+    return [str(system)], {"PYTHONPATH": f"{package.parent}:{site}"}
 
 
 def _ready(port: int) -> bool:
