@@ -97,8 +97,13 @@ def pipe_core_pattern(line: str, pipe_limit: int = 16) -> Iterator[None]:
             PIPE_LIMIT.write_text(f"{pipe_limit}\n")
             yield
         finally:
-            CORE_PATTERN.write_text(old_pattern + "\n")
+            now = CORE_PATTERN.read_text().rstrip("\n")
             PIPE_LIMIT.write_text(old_limit + "\n")
+            if now == line:
+                CORE_PATTERN.write_text(old_pattern + "\n")
+        if now != line:
+            # Someone changed it without the lock: their value stays, and the crashes may have gone there.
+            raise AssertionError(f"kernel.core_pattern was changed by another process meanwhile: {now!r}")
 
 
 def repair_core_pattern() -> str | None:
