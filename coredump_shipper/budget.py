@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from coredump_shipper import crashfacts
 from coredump_shipper.afterupload import AfterUpload
 from coredump_shipper.claims import Claims
 from coredump_shipper.disklimit import DiskLimit
@@ -95,6 +96,7 @@ class DiskBudget:
             # A core that occupies no blocks (all holes) frees nothing: deleting it would only lose it.
             if core.allocated == 0 or not claims.delete_unclaimed(self.watch_dir / core.name, core.inode):
                 continue
+            crashfacts.remove(self.watch_dir, core.name)  # the pipe receiver's facts of that core
             used -= core.allocated
             free += core.allocated
             if core.shipped:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from coredump_shipper import afterupload, http
+from coredump_shipper import afterupload, crashfacts, http
 from coredump_shipper.budget import DiskBudget
 from coredump_shipper.checkrow import Check
 from coredump_shipper.config import Config
@@ -108,7 +108,7 @@ class Service:
             self.ignored,
             self.metrics,
             rescan_interval=config.rescan_interval,
-            on_scan=self.pipeline.forget_missing,
+            on_scan=self._after_scan,
         )
         self.watcher_task = asyncio.create_task(self.watcher.run(), name="watcher")
         metrics = self.metrics
@@ -130,6 +130,10 @@ class Service:
             *config.listen,
             extra={"event": "started"},
         )
+
+    def _after_scan(self, names: set[str]) -> None:
+        self.pipeline.forget_missing(names)
+        crashfacts.sweep(self.config.watch_dir, names, time.time())
 
     def stop(self) -> None:
         self._stop.set()

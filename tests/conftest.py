@@ -22,6 +22,7 @@ from coredump_shipper.config import Config, load_config
 from coredump_shipper.metrics import Metrics
 from coredump_shipper.service import Service
 from tests import skips
+from tests.receiver import repair_core_pattern
 from tests.servers import S3Endpoint, free_port
 from tests.servers import kube as kube_servers
 from tests.servers import swift as swift_server
@@ -36,6 +37,13 @@ def pytest_configure(config: pytest.Config) -> None:
     # Under CI=true a skip fails unless tests/ci-skip-allowlist.txt names it (see tests/skips.py).
     if not config.pluginmanager.is_registered(skips):
         config.pluginmanager.register(skips, "ci-skips")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """A run killed while kernel.core_pattern piped into its temporary directory left it so: repair."""
+    left = repair_core_pattern()
+    if left is not None:
+        print(f"kernel.core_pattern was {left!r}, left by a killed test run: restored to 'core'")
 
 
 @pytest.fixture(scope="session")
