@@ -26,9 +26,12 @@ from coredump_shipper.config import (
 from coredump_shipper.corepattern import DEFAULT_HELPER, pipe_line
 from coredump_shipper.errors import ConfigError, FileChanged, S3Error, ShipperError, SkipFile
 from coredump_shipper.logs import setup_logging
-from coredump_shipper.retry import Backoff
 
+# Each command imports what it needs when it runs (see _run, _ship, _ls, _fetch, _doctor): aiohttp,
+# botocore, prometheus-client and inotify cost about half a CPU-second to import, which a one-shot
+# command or an exec probe (`check`) would pay every time for nothing it uses.
 if TYPE_CHECKING:
+    from coredump_shipper.retry import Backoff
     from coredump_shipper.shipper import Shipper
 
 EXIT_OK = 0
@@ -148,8 +151,7 @@ def check_health(args: argparse.Namespace) -> int:
     return EXIT_FAILED
 
 
-# Each command imports what only it needs: `ls` and `fetch` load nothing of the upload side, and
-# the daemon none of the debugging side.
+# `ls` and `fetch` load nothing of the upload side, and the daemon none of the debugging side.
 
 
 async def _run(config: Config, args: argparse.Namespace) -> int:
