@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 import hashlib
 import json
@@ -84,6 +85,9 @@ class S3Store:
         self.last_error = "no S3 call made yet"
         # Uploads this process started: never aborted as stale, whatever the server's clock says.
         self._own_uploads: set[str] = set()
+        # Keys whose CreateMultipartUpload is in flight: the store may list the upload before its id
+        # reaches this process, and the stale-upload clean-up must not take it for a dead one's.
+        self._creating: collections.Counter[str] = collections.Counter()
         # Set once a permanent error shows the store cannot list or abort multipart uploads: then
         # nothing cleans up an upload left behind but a bucket lifecycle rule.
         self.cleanup_unsupported: str | None = None
@@ -176,6 +180,7 @@ class S3Store:
                 lambda: self.client.create_multipart_upload(Metadata=dict(metadata), **create),
             )
         )
+        self._creating[key] += 1
         try:
             created = await asyncio.shield(creating)
         except asyncio.CancelledError:
@@ -184,6 +189,10 @@ class S3Store:
                 orphan = await within(ABORT_TIMEOUT, creating)
                 await self.abort(key, orphan["UploadId"])
             raise
+        finally:
+            self._creating[key] -= 1
+            if self._creating[key] <= 0:
+                del self._creating[key]
         upload_id = created["UploadId"]
         self._own_uploads.add(upload_id)
         etags: dict[int, str] = {}
@@ -277,6 +286,8 @@ class S3Store:
             raise
         except Exception as error:
             failure = error if isinstance(error, S3Error) else s3_error("AbortMultipartUpload", error)
+            if failure.code == "NoSuchUpload":
+                return True  # already gone: completed or aborted meanwhile; the store can abort all right
             if not failure.transient:
                 self.cleanup_unsupported = (
                     self.cleanup_unsupported or f"AbortMultipartUpload: {failure.message}"
@@ -322,6 +333,7 @@ class S3Store:
                     if (
                         not own.owns(upload["Key"])
                         or upload["UploadId"] in self._own_uploads
+                        or upload["Key"] in self._creating
                         or (initiated is not None and initiated >= started_before)
                     ):
                         continue

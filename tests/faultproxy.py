@@ -299,6 +299,19 @@ class Faults:
         """Store the request body with aws-chunked framing around it (silent corruption)."""
         return self._add(FaultRule("frame", _op_set(ops), times, ratio, random.Random(seed)))
 
+    def late(
+        self,
+        seconds: float,
+        *,
+        times: int | None = None,
+        ops: Iterable[str] | None = None,
+    ) -> FaultRule:
+        """Forward requests at once but hold the server's answer for `seconds`: the store has acted
+        while the client still waits (e.g. an upload exists before its id reaches the client)."""
+        rule = FaultRule("late", _op_set(ops), times, None, random.Random(0))
+        rule.seconds = seconds
+        return self._add(rule)
+
     def rewrite_response(
         self,
         edit: Callable[[bytes], bytes],
@@ -526,8 +539,9 @@ class FaultProxy:
             return await self._reset(request, rule)
         if rule.kind == "frame":
             return await self._forward(request, framed=True)
-        if rule.kind == "rewrite":
-            return await self._forward(request, edit=rule.edit)
+        if rule.kind in {"rewrite", "late"}:
+            late = rule.seconds or 0.0 if rule.kind == "late" else 0.0
+            return await self._forward(request, edit=rule.edit, answer_after=late)
         await self._stall(rule)
         # Still here, so the client is too (it hanging up cancels this handler).
         return await self._forward(request)
@@ -538,6 +552,7 @@ class FaultProxy:
         *,
         framed: bool = False,
         edit: Callable[[bytes], bytes] | None = None,
+        answer_after: float = 0.0,
     ) -> web.StreamResponse:
         assert self._session is not None
         if _expects_continue(request):
@@ -562,6 +577,8 @@ class FaultProxy:
                 data=body,
                 allow_redirects=False,
             ) as upstream:
+                if answer_after:
+                    await asyncio.sleep(answer_after)
                 if edit is not None:
                     edited = edit(await upstream.read())
                     headers = _end_to_end(upstream.headers, drop={"content-length", "content-encoding"})

@@ -315,3 +315,24 @@ async def test_same_size_rewrite_during_a_single_put_is_shipped_again(
     assert metrics.upload_retries._value.get() >= 1
     assert metrics.uploads.labels("success")._value.get() == 1
     assert bucket.content(key_for("core.rewritten")) == b"B" * 4096
+
+
+async def test_stale_upload_clean_up_spares_an_upload_whose_id_has_not_arrived_yet(
+    make_config: ConfigFactory, bucket: Bucket, s3_server: S3Endpoint, watch_dir: Path
+) -> None:
+    """The store lists an upload as soon as it creates it, before its id reaches the shipper; moto
+    also dates every upload 2010. The clean-up must not take the shipper's own new upload for a dead
+    one's and abort it under the worker."""
+    data = random.Random(7).randbytes(12 * MiB)  # incompressible: two parts
+    write_file(watch_dir / "core.early", data)  # there at start: a worker takes it at once
+    async with FaultProxy(s3_server.url) as proxy:
+        proxy.faults.late(3.0, ops={"CreateMultipartUpload"}, times=1)  # created, the id held back
+        proxy.faults.latency(1.0, ops={"ListMultipartUploads"})  # listed meanwhile
+        async with running(make_config(endpoint_url=proxy.url)) as service:
+            await wait_until(lambda: service.pipeline.pending == 0, timeout=30)
+        requests = proxy.faults.stats().requests
+    assert requests.get("ListMultipartUploads", 0) == 1
+    assert requests.get("AbortMultipartUpload", 0) == 0, "the clean-up aborted the shipper's own upload"
+    assert requests.get("CreateMultipartUpload", 0) == 1, "shipped on the first try"
+    assert bucket.content(key_for("core.early")) == data
+    assert bucket.incomplete_uploads() == []
