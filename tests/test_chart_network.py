@@ -87,18 +87,25 @@ def test_schema_rejects_bad_network_policy_values(sets: dict[str, str], message:
     assert message in render_error(sets={"networkPolicy.enabled": "true", **sets})
 
 
+PINNED = {
+    "image.registry": "registry.example.com",
+    "image.repository": "platform/coredump-shipper",
+    "image.tag": "ignored-when-a-digest-is-set",
+    "image.digest": DIGEST,
+    "nodeSetup.enabled": "true",
+    "nodeSetup.image.repository": "library/busybox",
+    "nodeSetup.image.digest": DIGEST,
+}
+
+
 def test_images_can_be_pinned_by_digest() -> None:
-    manifests = render(
-        sets={
-            "image.registry": "registry.example.com",
-            "image.repository": "platform/coredump-shipper",
-            "image.tag": "ignored-when-a-digest-is-set",
-            "image.digest": DIGEST,
-            "nodeSetup.enabled": "true",
-            "nodeSetup.image.repository": "library/busybox",
-            "nodeSetup.image.digest": DIGEST,
-        }
-    )
+    manifests = render(sets={**PINNED, "capture.mode": "file"})
     assert shipper(manifests)["image"] == f"registry.example.com/platform/coredump-shipper@{DIGEST}"
     (init,) = pod_spec(manifests)["initContainers"]
     assert init["image"] == f"library/busybox@{DIGEST}"
+
+
+def test_pipe_mode_node_setup_runs_the_pinned_shipper_image() -> None:
+    """In pipe mode node setup copies the receiver out of the shipper's own image: same digest."""
+    (init,) = pod_spec(render(sets={**PINNED, "capture.mode": "pipe"}))["initContainers"]
+    assert init["image"] == f"registry.example.com/platform/coredump-shipper@{DIGEST}"
