@@ -1,19 +1,22 @@
 """Cutting a core into upload parts: sizing, hole-aware reading, hashing and streaming compression.
 
-`PartSource.next_part()` is blocking and is called in a worker thread: reading, hashing and zstd all
+`PartSource.fill()` is blocking and is called in a worker thread: reading, hashing and zstd all
 release the GIL, so the event loop keeps serving other uploads and the HTTP endpoints meanwhile.
-Memory stays bounded whatever the file size: one read buffer, the compressor's window and the part
+A helper thread hashes each 1 MiB chunk while the calling thread reads the next one (`pread`) and
+compresses: SHA-256 and zstd, the two most expensive passes over the bytes, run on two cores.
+Memory stays bounded whatever the file size: two read buffers, the compressor's window and the part
 being filled.
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import math
 import os
 
 import zstandard
+
+from coredump_shipper.background import BackgroundSha256, Helper
 
 MiB = 1024 * 1024
 MIN_PART = 5 * MiB
@@ -46,20 +49,23 @@ class PartSource:
     """Fills part buffers with what to upload for one open file, and hashes the original.
 
     Without compression a part is read straight into its buffer, which is then the request body
-    itself; with compression 1 MiB reads go through zstd and its output fills the buffer, the
-    overflow carried to the next part. Every part but the last is exactly `part_size` bytes.
+    itself (the helper hashes each chunk while the next is read); with compression 1 MiB chunks go
+    through zstd and its output fills the buffer, the overflow carried to the next part, while the
+    helper hashes the chunk being compressed. Every part but the last is exactly `part_size` bytes.
     """
 
     def __init__(self, fd: int, size: int, part_size: int, compression_level: int | None) -> None:
         self.fd = fd
         self.size = size
         self.part_size = part_size
-        self.sha256 = hashlib.sha256()
+        self._helper = Helper()
+        self.sha256 = BackgroundSha256(self._helper)
         self.bytes_out = 0
         self._offset = 0
         self._dropped = 0  # page cache dropped up to here
         self._compressor: zstandard.ZstdCompressionObj | None = None
-        self._read_buffer = bytearray()
+        self._read_buffers: tuple[bytearray, ...] = ()
+        self._chunks = 0  # chunks read so far (compression): picks the read buffer
         self._carry = memoryview(b"")  # compressed bytes that did not fit the last part
         self._flushed = False
         self._empty_sent = False
@@ -67,7 +73,7 @@ class PartSource:
             self._compressor = zstandard.ZstdCompressor(
                 level=compression_level, write_content_size=True, write_checksum=True
             ).compressobj(size=size)
-            self._read_buffer = bytearray(READ_SIZE)
+            self._read_buffers = (bytearray(READ_SIZE), bytearray(READ_SIZE))
 
     @property
     def finished(self) -> bool:
@@ -102,7 +108,12 @@ class PartSource:
         for start in range(0, count, READ_SIZE):
             chunk = target[start : min(start + READ_SIZE, count)]
             self._read_into(chunk)
-            self.sha256.update(chunk)
+            if count <= READ_SIZE:
+                self.sha256.update_now(chunk)  # one chunk: nothing to overlap with
+            else:
+                self.sha256.update_later(chunk)  # hashed while the next chunk is read
+        # Hashed before the part leaves: its buffer is sent and then reused.
+        self._helper.wait()
         self._drop_cache()
         return count
 
@@ -116,10 +127,14 @@ class PartSource:
                 self._carry = self._carry[take:]
                 filled += take
             elif self._offset < self.size:
-                chunk = memoryview(self._read_buffer)[: min(READ_SIZE, self.size - self._offset)]
+                # Two read buffers in turn: the helper may still be hashing the previous chunk
+                # (submitting this one waits for it), never the one being read now.
+                buffer = self._read_buffers[self._chunks % 2]
+                self._chunks += 1
+                chunk = memoryview(buffer)[: min(READ_SIZE, self.size - self._offset)]
                 self._read_into(chunk)
-                self.sha256.update(chunk)
                 self._drop_cache()
+                self.sha256.update_later(chunk)  # hashed by the helper while zstd compresses it
                 self._carry = memoryview(self._compressor.compress(chunk))
             elif not self._flushed:
                 self._carry = memoryview(self._compressor.flush())
