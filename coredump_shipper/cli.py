@@ -12,7 +12,7 @@ import urllib.request
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from coredump_shipper import __version__
 from coredump_shipper.config import (
@@ -25,11 +25,13 @@ from coredump_shipper.config import (
 )
 from coredump_shipper.errors import ConfigError, FileChanged, ShipperError, SkipFile, UploadError
 from coredump_shipper.logs import setup_logging
-from coredump_shipper.metrics import Metrics
-from coredump_shipper.retry import Backoff
-from coredump_shipper.service import Service
-from coredump_shipper.shipper import Shipper
-from coredump_shipper.uploader import S3Store, client_settings, s3_client
+
+# Each command imports what it needs when it runs (see _run, _ship, _ls, _fetch, _doctor): aiohttp,
+# botocore, prometheus-client and inotify cost about half a CPU-second to import, which a one-shot
+# command or an exec probe (`check`) would pay every time for nothing it uses.
+if TYPE_CHECKING:
+    from coredump_shipper.retry import Backoff
+    from coredump_shipper.shipper import Shipper
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -140,6 +142,8 @@ def check_health(args: argparse.Namespace) -> int:
 
 
 async def _run(config: Config, args: argparse.Namespace) -> int:
+    from coredump_shipper.service import Service
+
     await Service(config).serve()
     return EXIT_OK
 
@@ -156,6 +160,7 @@ async def _doctor(config: Config, args: argparse.Namespace) -> int:
 
 async def _ls(config: Config, args: argparse.Namespace) -> int:
     from coredump_shipper.browse import list_cores, render_json, render_table
+    from coredump_shipper.uploader import client_settings, s3_client
 
     since = timedelta(seconds=parse_duration(args.since)) if args.since else None
     async with s3_client(client_settings(config)) as client:
@@ -176,6 +181,7 @@ async def _ls(config: Config, args: argparse.Namespace) -> int:
 
 async def _fetch(config: Config, args: argparse.Namespace) -> int:
     from coredump_shipper.fetch import describe_fetch, fetch_core
+    from coredump_shipper.uploader import client_settings, s3_client
 
     progress = sys.stderr.isatty() and not args.no_progress
     async with s3_client(client_settings(config)) as client:
@@ -188,6 +194,10 @@ async def _fetch(config: Config, args: argparse.Namespace) -> int:
 
 async def _ship(config: Config, args: argparse.Namespace) -> int:
     """Ship each file with a bounded number of attempts; never deletes what it shipped."""
+    from coredump_shipper.metrics import Metrics
+    from coredump_shipper.shipper import Shipper
+    from coredump_shipper.uploader import S3Store, client_settings, s3_client
+
     files: Sequence[Path] = args.files
     metrics = Metrics(process=False)
     async with s3_client(client_settings(config)) as client:
