@@ -81,6 +81,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--big", action="store_true", help="also ship a 4 GiB core (memory)")
     parser.add_argument("--starts", type=int, default=5, help="daemon start-ups to time")
     parser.add_argument("--latency-cores", type=int, default=20)
+    parser.add_argument("--no-race", action="store_true", help="skip the HTTPS and plain-HTTP races")
     parser.add_argument("--no-plain", action="store_true", help="skip the plain-HTTP rows")
     parser.add_argument("--no-link", action="store_true", help="skip the limited-link rows")
     parser.add_argument(
@@ -234,6 +235,19 @@ class Extras:
     idle: IdleResult | None = None
 
 
+def races(
+    args: argparse.Namespace, https: Target, plain: Target, inputs: Sequence[Input], work: Path, logs: Path
+) -> list[Run]:
+    """The unlimited races: HTTPS (the main rows), then plain HTTP."""
+    timed("warm-up", warm_up, https, work, logs)
+    if args.no_race:
+        return []
+    runs: list[Run] = timed("HTTPS race", race_sink, https, inputs, args.reps, logs)
+    if not args.no_plain:
+        runs += timed("plain HTTP race", race_sink, plain, inputs, args.reps, logs)
+    return runs
+
+
 def race_links(args: argparse.Namespace, inputs: Sequence[Input], work: Path, logs: Path) -> list[Run]:
     """The limited links, each a throttled sink of its own behind a TLS terminator."""
     runs: list[Run] = []
@@ -258,6 +272,8 @@ def storms(args: argparse.Namespace, target: Target, work: Path, logs: Path) -> 
             timed(f"storm {count} x {size // MiB} MiB", storm_daemon, target, work, logs, count, size)
         )
         say(_storm_brief(results[-1]))
+        if not script_count:
+            continue
         results.append(
             timed(
                 f"script storm {script_count} x {size // MiB} MiB",
@@ -309,11 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         inputs = [realistic, kernel]
         runs: list[Run] = []
         with run_nullsink(logs) as sink, https_target(HTTPS, sink, work) as https:
-            timed("warm-up", lambda: warm_up(https, work, logs))
-            runs += timed("HTTPS race", lambda: race_sink(https, inputs, args.reps, logs))
-            if not args.no_plain:
-                plain = plain_target(PLAIN, sink)
-                runs += timed("plain HTTP race", lambda: race_sink(plain, inputs, args.reps, logs))
+            runs += races(args, https, plain_target(PLAIN, sink), inputs, work, logs)
             if not args.no_daemon:
                 big = [(f"{args.size_mib / 1024:g} GiB realistic core", realistic.path)]
                 if args.big:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import math
 import os
+import threading
 
 import zstandard
 
@@ -24,6 +25,25 @@ MAX_PART = 5 * 1024 * MiB
 MAX_PARTS = 10_000
 READ_SIZE = 1 * MiB
 _ZEROS = bytes(READ_SIZE)
+# Below this size the helper thread's hand-offs cost more than the overlap saves (a storm of small
+# cores is bound by CPU per core, not by one file's wall time): such files are hashed inline.
+PARALLEL_FROM = 4 * READ_SIZE
+# Read buffers kept for the next file: enough for two workers' two buffers each. Allocating 1 MiB
+# per file instead leaves the heap fragmented after a storm of thousands of small cores.
+KEEP_READ_BUFFERS = 4
+_spare_read_buffers: list[bytearray] = []
+_spare_lock = threading.Lock()
+
+
+def _take_read_buffer() -> bytearray:
+    with _spare_lock:
+        return _spare_read_buffers.pop() if _spare_read_buffers else bytearray(READ_SIZE)
+
+
+def _give_back(buffers: list[bytearray]) -> None:
+    with _spare_lock:
+        room = KEEP_READ_BUFFERS - len(_spare_read_buffers)
+        _spare_read_buffers.extend(buffers[: max(room, 0)])
 
 
 def compress_bound(size: int) -> int:
@@ -64,7 +84,9 @@ class PartSource:
         self._offset = 0
         self._dropped = 0  # page cache dropped up to here
         self._compressor: zstandard.ZstdCompressionObj | None = None
-        self._read_buffers: tuple[bytearray, ...] = ()
+        # Compression reads into these in turn (one for files hashed inline), taken when needed.
+        self._read_buffers: list[bytearray] = []
+        self._parallel = size >= PARALLEL_FROM
         self._chunks = 0  # chunks read so far (compression): picks the read buffer
         self._carry = memoryview(b"")  # compressed bytes that did not fit the last part
         self._flushed = False
@@ -73,7 +95,6 @@ class PartSource:
             self._compressor = zstandard.ZstdCompressor(
                 level=compression_level, write_content_size=True, write_checksum=True
             ).compressobj(size=size)
-            self._read_buffers = (bytearray(READ_SIZE), bytearray(READ_SIZE))
 
     @property
     def finished(self) -> bool:
@@ -108,10 +129,10 @@ class PartSource:
         for start in range(0, count, READ_SIZE):
             chunk = target[start : min(start + READ_SIZE, count)]
             self._read_into(chunk)
-            if count <= READ_SIZE:
-                self.sha256.update_now(chunk)  # one chunk: nothing to overlap with
-            else:
+            if self._parallel:
                 self.sha256.update_later(chunk)  # hashed while the next chunk is read
+            else:
+                self.sha256.update_now(chunk)
         # Hashed before the part leaves: its buffer is sent and then reused.
         self._helper.wait()
         self._drop_cache()
@@ -127,21 +148,32 @@ class PartSource:
                 self._carry = self._carry[take:]
                 filled += take
             elif self._offset < self.size:
-                # Two read buffers in turn: the helper may still be hashing the previous chunk
-                # (submitting this one waits for it), never the one being read now.
-                buffer = self._read_buffers[self._chunks % 2]
-                self._chunks += 1
-                chunk = memoryview(buffer)[: min(READ_SIZE, self.size - self._offset)]
+                chunk = self._next_read_view()
                 self._read_into(chunk)
                 self._drop_cache()
-                self.sha256.update_later(chunk)  # hashed by the helper while zstd compresses it
+                if self._parallel:
+                    self.sha256.update_later(chunk)  # hashed by the helper while zstd compresses it
+                else:
+                    self.sha256.update_now(chunk)
                 self._carry = memoryview(self._compressor.compress(chunk))
             elif not self._flushed:
                 self._carry = memoryview(self._compressor.flush())
                 self._flushed = True
+                self._helper.wait()  # done with the read buffers: the next file may have them
+                _give_back(self._read_buffers)
+                self._read_buffers = []
             else:
                 break
         return filled
+
+    def _next_read_view(self) -> memoryview:
+        """Where the next chunk goes. With the helper, two buffers in turn: it may still be hashing
+        the previous chunk (submitting this one waits for it), never the one being read now."""
+        index = self._chunks % 2 if self._parallel else 0
+        self._chunks += 1
+        if index == len(self._read_buffers):
+            self._read_buffers.append(_take_read_buffer())
+        return memoryview(self._read_buffers[index])[: min(READ_SIZE, self.size - self._offset)]
 
     def _read_into(self, view: memoryview) -> None:
         """Fill `view` from the current offset; a hole is zeros without reading it."""
