@@ -5,7 +5,10 @@ realistic core (read from the page cache):
 
 - one row per pass alone: reading (`preadv`), SHA-256 (the manifest's), zstd level 1, MD5 (what a
   Content-MD5 would cost), CRC32 (zlib), and CRC32C / CRC64NVME, S3's hardware-accelerated
-  checksums, when `awscrt` is importable (`.venv/bin/pip install awscrt`; not a dependency);
+  checksums, when `awscrt` is importable. Not in `.venv`: botocore imports awscrt whenever it is
+  installed (0.2 s more per process, and other code paths), so measure in a venv of its own:
+  `python3 -m venv /tmp/crc && /tmp/crc/bin/pip install awscrt zstandard` then
+  `PYTHONPATH=. /tmp/crc/bin/python -m bench.passes`;
 - `PartSource` filling every part of the file as the uploader does, with the helper thread
   (hash and read-ahead beside zstd) and with every helper job run inline (the old serial order):
   wall and CPU seconds, and how much of the shorter pass the overlap hid.
@@ -18,6 +21,7 @@ import hashlib
 import importlib
 import os
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -133,31 +137,46 @@ def _fill_all(path: Path, inline: bool) -> None:
         os.close(fd)
 
 
+def passes_table(path: Path) -> str:
+    """Each pass over the bytes of `path` alone, in this process."""
+    gib = path.stat().st_size / (1 << 30)
+    lines = ["| Pass over the bytes (alone) | MB/s | CPU s per GiB |", "|---|---|---|"]
+    for name, run in _passes().items():
+        warm_page_cache(path)
+        wall, cpu = _timed(lambda run=run: run(path))  # type: ignore[misc]
+        lines.append(f"| {name} | {path.stat().st_size / wall / 1e6:.0f} | {cpu / gib:.2f} |")
+    return "\n".join(lines)
+
+
+def overlap_table(path: Path, reps: int = 3) -> str:
+    """PartSource filling every part of `path`, serial and with the helper (medians of `reps`)."""
+    gib = path.stat().st_size / (1 << 30)
+    lines = ["| PartSource, zstd level 1, all parts | Wall s per GiB | CPU s per GiB |", "|---|---|---|"]
+    walls = {}
+    for label, inline in (("every job inline (the old serial order)", True), ("helper thread hashes", False)):
+        runs = []
+        for _ in range(reps):
+            warm_page_cache(path)
+            runs.append(_timed(lambda inline=inline: _fill_all(path, inline)))  # type: ignore[misc]
+        wall = statistics.median(w for w, _ in runs)
+        cpu = statistics.median(c for _, c in runs)
+        walls[label] = wall
+        lines.append(f"| {label} | {wall / gib:.2f} | {cpu / gib:.2f} |")
+    serial, helper = walls.values()
+    lines.append(f"| wall time saved by the overlap | {1 - helper / serial:.0%} | |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--size-mib", type=int, default=512)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="cds-passes-") as tmp:
         path = make_realistic_core(Path(tmp) / "core.realistic", args.size_mib * MiB)
-        gib = path.stat().st_size / (1 << 30)
         print(f"{args.size_mib} MiB realistic core; load average {os.getloadavg()[0]:.2f}\n")
-        print("| Pass over the bytes | MB/s | CPU s per GiB |\n|---|---|---|")
-        for name, run in _passes().items():
-            warm_page_cache(path)
-            wall, cpu = _timed(lambda run=run: run(path))  # type: ignore[misc]
-            print(f"| {name} | {path.stat().st_size / wall / 1e6:.0f} | {cpu / gib:.2f} |")
-        print("\n| PartSource, zstd level 1 | Wall s per GiB | CPU s per GiB |\n|---|---|---|")
-        results = {}
-        for label, inline in (
-            ("serial (every job inline)", True),
-            ("helper thread (hash + read-ahead)", False),
-        ):
-            warm_page_cache(path)
-            wall, cpu = _timed(lambda inline=inline: _fill_all(path, inline))  # type: ignore[misc]
-            results[label] = wall
-            print(f"| {label} | {wall / gib:.2f} | {cpu / gib:.2f} |")
-        serial, helper = results.values()
-        print(f"\nwall time saved by the overlap: {(1 - helper / serial):.0%}")
+        print(passes_table(path))
+        print()
+        print(overlap_table(path))
     return 0
 
 

@@ -32,6 +32,7 @@ from bench.inputs import (
     warm_page_cache,
 )
 from bench.measure import run_measured
+from bench.passes import overlap_table, passes_table
 from bench.report import (
     Run,
     aggregate,
@@ -96,6 +97,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="1 MiB,64 MiB cores timed for the serial script (its rate does not depend on the count)",
     )
     parser.add_argument("--idle-s", type=float, default=150.0, help="idle window (0: skip)")
+    parser.add_argument("--no-passes", action="store_true", help="skip timing each pass over the bytes")
     parser.add_argument("--work-dir", type=Path, help="where inputs go (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the work dir and its inputs")
     return parser.parse_args(argv)
@@ -233,6 +235,7 @@ class Extras:
     daemon: DaemonResult = field(default_factory=DaemonResult)
     storms: list[StormResult] = field(default_factory=list)
     idle: IdleResult | None = None
+    passes: str = ""  # Markdown: each pass over the bytes, and the helper thread's overlap
 
 
 def races(
@@ -339,6 +342,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 extras.storms = storms(args, https, work, logs)
             if args.idle_s > 0:
                 extras.idle = timed("idle daemon", lambda: run_idle_bench(https, work, logs, args.idle_s))
+        if not args.no_passes:
+            extras.passes = timed(
+                "passes over the bytes",
+                lambda: passes_table(realistic.path) + "\n\n" + overlap_table(realistic.path, args.reps),
+            )
         if not args.no_link:
             runs += race_links(args, inputs, work, logs)
         if not args.no_moto:
@@ -394,6 +402,11 @@ def report(
         sections += [
             "### Idle daemon (HTTPS null sink, `/metrics` scraped every 15 s)",
             idle_table(extras.idle),
+        ]
+    if extras.passes:
+        sections += [
+            f"### Passes over the bytes of the {args.size_mib} MiB realistic core (in the harness process)",
+            extras.passes,
         ]
     sections += [
         "### Goals",

@@ -10,11 +10,36 @@ and no buffer is reused while a job may still read it.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
+
+
+def cpus_available(cgroup: str = "/sys/fs/cgroup") -> float:
+    """CPUs this process may use: its affinity, capped by a CFS quota (a pod's CPU limit; cgroup
+    v2 `cpu.max` or v1 `cpu.cfs_quota_us`, as seen from inside the container)."""
+    cpus = float(len(os.sched_getaffinity(0)))
+    root = Path(cgroup)
+    for quota_file, period_file in (("cpu.max", None), ("cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us")):
+        try:
+            fields = (root / quota_file).read_text(encoding="ascii").split()
+            if period_file is not None:
+                fields.append((root / period_file).read_text(encoding="ascii").strip())
+        except OSError:
+            continue
+        if len(fields) == 2 and fields[0] not in ("max", "-1") and int(fields[1]) > 0:
+            return min(cpus, int(fields[0]) / int(fields[1]))
+        return cpus
+    return cpus
+
+
+# A helper thread only overlaps work when a second CPU is there to run it; under a CPU limit below
+# that it would only add hand-offs (about a tenth more CPU per GiB when the cores are contended).
+OVERLAP = cpus_available() >= 1.5
 
 # Enough for every worker's file to have its job running. Threads start on first use and idle
 # ones cost nothing.

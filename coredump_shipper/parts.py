@@ -17,7 +17,7 @@ import threading
 
 import zstandard
 
-from coredump_shipper.background import BackgroundSha256, Helper
+from coredump_shipper.background import OVERLAP, BackgroundSha256, Helper
 
 MiB = 1024 * 1024
 MIN_PART = 5 * MiB
@@ -86,7 +86,7 @@ class PartSource:
         self._compressor: zstandard.ZstdCompressionObj | None = None
         # Compression reads into these in turn (one for files hashed inline), taken when needed.
         self._read_buffers: list[bytearray] = []
-        self._parallel = size >= PARALLEL_FROM
+        self._parallel = OVERLAP and size >= PARALLEL_FROM
         self._chunks = 0  # chunks read so far (compression): picks the read buffer
         self._carry = memoryview(b"")  # compressed bytes that did not fit the last part
         self._flushed = False
