@@ -69,16 +69,23 @@ def _relative_pattern(wait: float) -> str:
     """The core pattern once it is a relative file name again (another job on the machine may
     have pointed it elsewhere for a moment); raises after `wait` seconds."""
     deadline = time.monotonic() + wait
+    said = False
     while True:
         pattern = CORE_PATTERN.read_text().strip()
         if not pattern.startswith("|") and "/" not in pattern:
             return pattern
         if time.monotonic() > deadline:
             raise RuntimeError(f"kernel.core_pattern is {pattern!r}: no core lands in the child's cwd")
+        if not said:
+            print(
+                f"kernel.core_pattern is {pattern!r}: waiting up to {wait:.0f}s for a relative one",
+                file=sys.stderr,
+            )
+            said = True
         time.sleep(1.0)
 
 
-def make_kernel_core(directory: Path, touched: int, wait: float = 180.0) -> Path:
+def make_kernel_core(directory: Path, touched: int, wait: float = 1200.0) -> Path:
     """Let a child process that touched `touched` bytes abort, and return the core it left.
 
     Relies on a relative `kernel.core_pattern` (`core`, as on this machine), waiting up to `wait`
