@@ -32,12 +32,32 @@ PARALLEL_FROM = 4 * READ_SIZE
 # per file instead leaves the heap fragmented after a storm of thousands of small cores.
 KEEP_READ_BUFFERS = 4
 _spare_read_buffers: list[bytearray] = []
+# Compressors kept for the next file, per level: one per worker.
+KEEP_COMPRESSORS = 2
+_spare_compressors: dict[int, list[zstandard.ZstdCompressor]] = {}
 _spare_lock = threading.Lock()
 
 
 def _take_read_buffer() -> bytearray:
     with _spare_lock:
         return _spare_read_buffers.pop() if _spare_read_buffers else bytearray(READ_SIZE)
+
+
+def _take_compressor(level: int) -> zstandard.ZstdCompressor:
+    """A compressor for `level`: kept from an earlier file when there is one. Its context (a few
+    MiB of zstd tables) is allocated once, not once per core, which would fragment the heap."""
+    with _spare_lock:
+        spares = _spare_compressors.get(level)
+        if spares:
+            return spares.pop()
+    return zstandard.ZstdCompressor(level=level, write_content_size=True, write_checksum=True)
+
+
+def _give_compressor(level: int, compressor: zstandard.ZstdCompressor) -> None:
+    with _spare_lock:
+        spares = _spare_compressors.setdefault(level, [])
+        if len(spares) < KEEP_COMPRESSORS:
+            spares.append(compressor)
 
 
 def _give_back(buffers: list[bytearray]) -> None:
@@ -92,9 +112,9 @@ class PartSource:
         self._flushed = False
         self._empty_sent = False
         if compression_level is not None:
-            self._compressor = zstandard.ZstdCompressor(
-                level=compression_level, write_content_size=True, write_checksum=True
-            ).compressobj(size=size)
+            self._level = compression_level
+            self._zstd = _take_compressor(compression_level)
+            self._compressor = self._zstd.compressobj(size=size)
 
     @property
     def finished(self) -> bool:
@@ -159,6 +179,7 @@ class PartSource:
             elif not self._flushed:
                 self._carry = memoryview(self._compressor.flush())
                 self._flushed = True
+                _give_compressor(self._level, self._zstd)  # its frame is finished
                 self._helper.wait()  # done with the read buffers: the next file may have them
                 _give_back(self._read_buffers)
                 self._read_buffers = []
