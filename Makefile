@@ -39,7 +39,10 @@ $(BENCH_VENV)/.installed: bench/requirements-awscli.txt
 	$(BENCH_VENV)/bin/pip install --quiet -r bench/requirements-awscli.txt
 	touch $@
 
+# The core-storm rows race the original script, which needs inotifywait (Debian: inotify-tools).
 bench: $(STAMP) $(BENCH_VENV)/.installed
+	command -v inotifywait >/dev/null || { as_root=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+	  $$as_root apt-get update -qq && $$as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends inotify-tools >/dev/null; }
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 # The core_pattern pipe helper: a static Go binary (standard library only), for amd64 and arm64.

@@ -37,6 +37,7 @@ def _ship(compression: str) -> Argv:
             endpoint.url,
             "--compression",
             compression,
+            *(["--ca-bundle", endpoint.ca_bundle] if endpoint.ca_bundle else []),
             str(path),
         ]
 
@@ -50,6 +51,7 @@ def _aws_cp(path: Path, endpoint: S3Endpoint, bucket: str) -> list[str]:
         str(AWS),
         "--endpoint-url",
         endpoint.url,
+        *(["--ca-bundle", endpoint.ca_bundle] if endpoint.ca_bundle else []),
         "s3",
         "cp",
         "--no-progress",

@@ -6,19 +6,30 @@ import contextlib
 import os
 import signal
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.contestants import BUCKET, SHIPPER, child_env
 from bench.inputs import GiB, MiB, warm_page_cache
-from bench.measure import wait_measured
-from bench.report import DaemonResult
-from bench.targets import NullSink
-from tests.servers import free_port
+from bench.targets import NullSink, Target
+from tests.servers import S3Endpoint, free_port
+
+
+@dataclass
+class DaemonResult:
+    """Figures for `coredump-shipper run` against the null sink."""
+
+    startup_s: list[float] = field(default_factory=list)
+    latency_s: list[float] = field(default_factory=list)
+    latency_cores: int = 0
+    deleted: int = 0
+    idle_rss_mib: float | None = None
+    big: dict[str, dict[str, float]] = field(default_factory=dict)
+    error: str = ""
 
 
 class DaemonFailed(Exception):
@@ -28,7 +39,7 @@ class DaemonFailed(Exception):
 class Daemon:
     """One `coredump-shipper run` process watching `watch_dir`, listening on a free port."""
 
-    def __init__(self, sink: NullSink, watch_dir: Path, log: Path, extra: Sequence[str] = ()) -> None:
+    def __init__(self, endpoint: S3Endpoint, watch_dir: Path, log: Path, extra: Sequence[str] = ()) -> None:
         self.port = free_port()
         self.watch_dir = watch_dir
         self.log = log
@@ -40,7 +51,8 @@ class Daemon:
             "--bucket",
             BUCKET,
             "--endpoint-url",
-            sink.endpoint.url,
+            endpoint.url,
+            *(["--ca-bundle", endpoint.ca_bundle] if endpoint.ca_bundle else []),
             "--listen",
             f"127.0.0.1:{self.port}",
             "--after-upload",
@@ -54,7 +66,7 @@ class Daemon:
         self._out = log.open("wb")
         self.started = time.perf_counter()
         self.proc = subprocess.Popen(
-            argv, env=child_env(sink.endpoint), stdout=self._out, stderr=subprocess.STDOUT
+            argv, env=child_env(endpoint), stdout=self._out, stderr=subprocess.STDOUT
         )
 
     def wait_ready(self, timeout: float = 60.0) -> float:
@@ -79,6 +91,15 @@ class Daemon:
         # After the command name: utime and stime are the 12th and 13th fields, in clock ticks.
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    def memory_mib(self) -> tuple[float, float]:
+        """(current RSS, peak RSS so far) in MiB, from /proc (the daemon is still running)."""
+        values = {}
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name in ("VmRSS", "VmHWM"):
+                values[name] = int(value.split()[0]) / 1024
+        return values["VmRSS"], values["VmHWM"]
+
     def kill(self) -> None:
         """Tear down after a failure; figures from this daemon are discarded."""
         if self.proc.poll() is None:
@@ -87,27 +108,33 @@ class Daemon:
         self._out.close()
 
     def stop(self, timeout: float = 60.0) -> float:
-        """SIGTERM, reap with wait4, and return the daemon's lifetime peak RSS in MiB."""
-        if self.proc.returncode is not None:
+        """SIGTERM, reap, and return the daemon's peak RSS in MiB up to the stop.
+
+        The peak is VmHWM from /proc, read just before the signal: it counts this process's own
+        memory since exec, unlike wait4's ru_maxrss, which carries the harness's peak over.
+        """
+        if self.proc.poll() is not None:
             self._out.close()
             raise DaemonFailed(f"daemon already exited with {self.proc.returncode}")
+        peak = self.memory_mib()[1]
         self.proc.send_signal(signal.SIGTERM)
-        killer = threading.Timer(timeout, self.proc.kill)
-        killer.start()
         try:
-            _, code, usage = wait_measured(self.proc, self.started)
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
         finally:
-            killer.cancel()
             self._out.close()
         if code != 0:
             raise DaemonFailed(f"daemon exited with {code} on SIGTERM")
-        return float(usage.ru_maxrss) / 1024
+        return peak
 
 
 @contextlib.contextmanager
-def _running(sink: NullSink, watch: Path, log: Path) -> Iterator[Daemon]:
+def running(endpoint: S3Endpoint, watch: Path, log: Path) -> Iterator[Daemon]:
+    """A daemon for the duration of the block; killed (figures discarded) if the block fails."""
     watch.mkdir(exist_ok=True)
-    daemon = Daemon(sink, watch, log)
+    daemon = Daemon(endpoint, watch, log)
     try:
         yield daemon
     except BaseException:
@@ -176,7 +203,7 @@ def ship_through_daemon(daemon: Daemon, sink: NullSink, core: Path, staging: Pat
 
 
 def run_daemon_bench(
-    sink: NullSink,
+    target: Target,
     work: Path,
     logs: Path,
     starts: int,
@@ -185,18 +212,19 @@ def run_daemon_bench(
 ) -> DaemonResult:
     """Start-ups, then latency and the large cores, each large core in a daemon of its own."""
     result = DaemonResult(latency_cores=latency_cores)
+    sink = target.sink
     staging = work / "staging"
     staging.mkdir(exist_ok=True)
     try:
         for attempt in range(starts):
             log = logs / f"daemon-start-{attempt}.log"
-            with _running(sink, work / f"watch-start-{attempt}", log) as daemon:
+            with running(target.endpoint, work / f"watch-start-{attempt}", log) as daemon:
                 result.startup_s.append(daemon.wait_ready())
                 rss = daemon.stop()
             result.idle_rss_mib = max(result.idle_rss_mib or 0.0, rss)
         for index, (name, core) in enumerate(big_cores):
             log = logs / f"daemon-big-{index}.log"
-            with _running(sink, work / f"watch-big-{index}", log) as daemon:
+            with running(target.endpoint, work / f"watch-big-{index}", log) as daemon:
                 daemon.wait_ready()
                 if index == 0 and latency_cores:
                     result.latency_s, result.deleted = measure_latency(daemon, sink, latency_cores)

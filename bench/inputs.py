@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import resource
 import signal
@@ -59,15 +60,49 @@ _CHILD = textwrap.dedent(
 )
 
 
-def make_kernel_core(directory: Path, touched: int) -> Path:
+CORE_PATTERN = Path("/proc/sys/kernel/core_pattern")
+# Whoever changes kernel.core_pattern on a shared machine holds this lock meanwhile.
+CORE_PATTERN_LOCK = Path("/tmp/cds-core-pattern.lock")
+
+
+def _relative_pattern(wait: float) -> str:
+    """The core pattern once it is a relative file name again (another job on the machine may
+    have pointed it elsewhere for a moment); raises after `wait` seconds."""
+    deadline = time.monotonic() + wait
+    said = False
+    while True:
+        pattern = CORE_PATTERN.read_text().strip()
+        if not pattern.startswith("|") and "/" not in pattern:
+            return pattern
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"kernel.core_pattern is {pattern!r}: no core lands in the child's cwd")
+        if not said:
+            print(
+                f"kernel.core_pattern is {pattern!r}: waiting up to {wait:.0f}s for a relative one",
+                file=sys.stderr,
+            )
+            said = True
+        time.sleep(1.0)
+
+
+def make_kernel_core(directory: Path, touched: int, wait: float = 1200.0) -> Path:
     """Let a child process that touched `touched` bytes abort, and return the core it left.
 
-    Relies on a relative `kernel.core_pattern` (`core`, as on this machine); the pattern itself is
-    never changed.
+    Relies on a relative `kernel.core_pattern` (`core`, as on this machine), waiting up to `wait`
+    seconds for it and holding the pattern's lock shared meanwhile; the pattern itself is never
+    changed.
     """
-    pattern = Path("/proc/sys/kernel/core_pattern").read_text().strip()
-    if pattern.startswith("|") or "/" in pattern:
-        raise RuntimeError(f"kernel.core_pattern is {pattern!r}: no core lands in the child's cwd")
+    with CORE_PATTERN_LOCK.open("a") as lock:
+        _relative_pattern(wait)
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        try:
+            _relative_pattern(wait)
+            return _abort_child(directory, touched)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _abort_child(directory: Path, touched: int) -> Path:
     hard = resource.getrlimit(resource.RLIMIT_CORE)[1]
     if hard != resource.RLIM_INFINITY and hard < touched * 2:
         raise RuntimeError(f"the hard RLIMIT_CORE ({hard}) would truncate the core")

@@ -78,7 +78,7 @@ def main() -> None:
             ):
                 watch = work / name.replace(" ", "-")
                 watch.mkdir()
-                daemon = Daemon(sink, watch, work / f"{watch.name}.log", extra)
+                daemon = Daemon(sink.endpoint, watch, work / f"{watch.name}.log", extra)
                 daemon.wait_ready()
                 time.sleep(2)  # the pod list is in
                 wall, cpu = ship_through_daemon(daemon, sink, core, staging)

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
-import resource
+import signal
 import statistics
 import subprocess
-import threading
-import time
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
+
+LAUNCHER = Path(__file__).resolve().parent / "launch.py"
 
 
 @dataclass(frozen=True)
 class Measurement:
-    """What one child process cost, from os.wait4's rusage (children's user+sys, ru_maxrss)."""
+    """What one command cost, from wait4's rusage in bench/launch.py (user+sys, ru_maxrss)."""
 
     wall_s: float
     user_s: float
@@ -33,13 +37,31 @@ class Measurement:
         return self.returncode == 0
 
 
-def wait_measured(proc: subprocess.Popen[bytes], started: float) -> tuple[float, int, resource.struct_rusage]:
-    """Reap `proc` with wait4 so its rusage is this one process tree's, not a running total."""
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - started
-    # Popen must learn the exit status, or it warns that the child is still running.
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return wall, proc.returncode, usage
+def launch(
+    argv: Sequence[str], env: Mapping[str, str], out: IO[bytes], result: Path
+) -> subprocess.Popen[bytes]:
+    """Start argv under bench/launch.py, which writes its costs to `result` when it ends.
+
+    In a session of its own, so that a timeout can kill the command along with the launcher.
+    """
+    command = [sys.executable, "-S", str(LAUNCHER), str(result), *argv]
+    return subprocess.Popen(
+        command, env=dict(env), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def kill_group(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def launched_costs(result: Path) -> dict[str, float]:
+    """The launcher's figures; empty if it was killed before writing them."""
+    try:
+        costs: dict[str, float] = json.loads(result.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return costs
 
 
 def run_measured(
@@ -49,25 +71,22 @@ def run_measured(
     timeout: float = 600.0,
 ) -> Measurement:
     """Run argv to completion (killed after `timeout`), output to `log`."""
+    result = log.with_suffix(".rusage.json")
+    result.unlink(missing_ok=True)
     with log.open("wb") as out:
-        started = time.perf_counter()
+        proc = launch(argv, env, out, result)
         try:
-            proc = subprocess.Popen(argv, env=dict(env), stdout=out, stderr=subprocess.STDOUT)
-        except OSError as exc:
-            out.write(f"cannot start {argv[0]}: {exc}\n".encode())
-            return Measurement(0.0, 0.0, 0.0, 0, 127, str(exc))
-        killer = threading.Timer(timeout, proc.kill)
-        killer.start()
-        try:
-            wall, code, usage = wait_measured(proc, started)
-        finally:
-            killer.cancel()
+            code = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            kill_group(proc)
+            code = proc.wait()
+    costs = launched_costs(result)
     return Measurement(
-        wall_s=wall,
-        user_s=usage.ru_utime,
-        sys_s=usage.ru_stime,
-        max_rss_kib=usage.ru_maxrss,
-        returncode=code,
+        wall_s=costs.get("wall_s", 0.0),
+        user_s=costs.get("user_s", 0.0),
+        sys_s=costs.get("sys_s", 0.0),
+        max_rss_kib=int(costs.get("max_rss_kib", 0)),
+        returncode=code if costs else -1,
         output_tail=tail(log),
     )
 

@@ -5,11 +5,16 @@ ListMultipartUploads (always empty), accepts any bucket and any credentials, cou
 receives and throws them away. Each completed object (key, bytes received, wall-clock completion
 time) is kept in memory, served at `GET /_stats` and optionally appended to a JSONL file.
 
+`GET /_stats?since=N` lists only the objects completed after the first N.
 `GET /_stats/wait?count=N&timeout=S` answers once N objects have completed, so a harness can wait
 for a completion without polling. The sink reports its own CPU time in `/_stats`: it must stay far
 below the client's for the numbers to mean anything.
 
-Run: `python -m bench.nullsink --port 9000 [--log objects.jsonl]`.
+`--rate BYTES_PER_S` makes the sink a limited link: every connection's body bytes share one token
+bucket, and the sink stops reading while the bucket is empty, so TCP flow control slows the client
+as a real link of that speed would (without shaping the machine's loopback, which others share).
+
+Run: `python -m bench.nullsink --port 9000 [--log objects.jsonl] [--rate 125000000]`.
 """
 
 from __future__ import annotations
@@ -56,9 +61,33 @@ class _Upload:
     part_bytes: dict[int, int] = field(default_factory=dict)
 
 
+class Link:
+    """A token bucket shared by all connections: `rate` bytes per second, bursts of BURST_S.
+
+    Each chunk read reserves the link for len/rate seconds after the previous reservation ends;
+    the reader then sleeps until its reservation is over, so the bytes counted never run ahead of
+    what a link of that speed would have carried. The small burst allowance gives back what a
+    sleep overshoots, or the link would idle for every late wake-up.
+    """
+
+    BURST_S = 0.02
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self._free_at = time.monotonic()
+
+    async def carry(self, size: int) -> None:
+        now = time.monotonic()
+        self._free_at = max(now - self.BURST_S, self._free_at) + size / self.rate
+        delay = self._free_at - now
+        if delay > 0.0005:
+            await asyncio.sleep(delay)
+
+
 class _State:
-    def __init__(self, log: IO[str] | None) -> None:
+    def __init__(self, log: IO[str] | None, link: Link | None = None) -> None:
         self.log = log
+        self.link = link
         self.uploads: dict[str, _Upload] = {}
         self.objects: dict[tuple[str, str], Completed] = {}
         self.completed: list[Completed] = []
@@ -124,6 +153,8 @@ async def _drain(request: web.Request) -> int:
     received = 0
     async for chunk in request.content.iter_any():
         received += len(chunk)
+        if state.link is not None:
+            await state.link.carry(len(chunk))
     state.bytes_received += received
     return received
 
@@ -256,7 +287,7 @@ async def _s3(request: web.Request) -> web.StreamResponse:
     return _error(405, "MethodNotAllowed", method)
 
 
-def _stats_body(state: _State) -> dict[str, Any]:
+def _stats_body(state: _State, since: int = 0) -> dict[str, Any]:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "bytes_received": state.bytes_received,
@@ -265,12 +296,16 @@ def _stats_body(state: _State) -> dict[str, Any]:
         "cpu_user_s": usage.ru_utime,
         "cpu_sys_s": usage.ru_stime,
         "max_rss_kib": usage.ru_maxrss,
-        "objects": [asdict(obj) for obj in state.completed],
+        "completed": len(state.completed),
+        "objects": [asdict(obj) for obj in state.completed[since:]],
     }
 
 
 async def _stats(request: web.Request) -> web.Response:
-    return web.json_response(_stats_body(request.app[_STATE]))
+    # `since=N` lists only the objects completed after the first N: a storm of thousands of objects
+    # is polled without sending the whole list each time.
+    since = int(request.query.get("since", "0"))
+    return web.json_response(_stats_body(request.app[_STATE], since))
 
 
 async def _wait(request: web.Request) -> web.Response:
@@ -284,20 +319,23 @@ async def _wait(request: web.Request) -> web.Response:
     return web.json_response(_stats_body(state))
 
 
-def make_app(log: IO[str] | None = None) -> web.Application:
+def make_app(log: IO[str] | None = None, rate: float | None = None) -> web.Application:
     # Big client bodies are streamed by _drain; client_max_size only limits request.read().
     app = web.Application(client_max_size=1 << 20)
-    app[_STATE] = _State(log)
+    app[_STATE] = _State(log, Link(rate) if rate else None)
     app.router.add_get("/_stats", _stats)
     app.router.add_get("/_stats/wait", _wait)
     app.router.add_route("*", "/{path:.*}", _s3)
     return app
 
 
-async def serve(port: int, log_path: Path | None) -> None:
+async def serve(port: int, log_path: Path | None, rate: float | None = None) -> None:
     log = log_path.open("a", encoding="utf-8") if log_path else None
-    # A bigger read buffer means fewer pause/resume cycles on the socket for multi-MiB parts.
-    runner = web.AppRunner(make_app(log), access_log=None, read_bufsize=1 << 20)
+    # A bigger read buffer means fewer pause/resume cycles on the socket for multi-MiB parts; on a
+    # limited link a smaller one keeps the bytes buffered ahead of the bucket (and so the error in
+    # the completion time) small.
+    bufsize = 1 << 20 if rate is None else 256 << 10
+    runner = web.AppRunner(make_app(log, rate), access_log=None, read_bufsize=bufsize)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port, backlog=256)
     await site.start()
@@ -313,9 +351,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--log", type=Path, help="append each completed object as a JSON line")
+    parser.add_argument("--rate", type=float, help="link speed in bytes per second (default: unlimited)")
     args = parser.parse_args()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(args.port, args.log))
+        asyncio.run(serve(args.port, args.log, args.rate))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Where does `coredump-shipper ship` spend its CPU? py-spy on one upload to the null sink.
 
-Run from the repository root: `python -m bench.profile [--size-mib 1024] [--compression zstd]`.
+Run from the repository root: `python -m bench.profile [--size-mib 1024] [--compression zstd]
+[--plain]`; the endpoint is HTTPS with a private CA unless `--plain`.
 Prints the top frames by own time and by inclusive time, and a breakdown by kind of work; keeps
 the raw py-spy stacks (flamegraph input) in bench/results/.
 """
@@ -8,6 +9,7 @@ the raw py-spy stacks (flamegraph input) in bench/results/.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import subprocess
 import sys
@@ -20,7 +22,7 @@ from pathlib import Path
 
 from bench.contestants import BUCKET, REPO, SHIPPER, child_env
 from bench.inputs import MiB, make_realistic_core, warm_page_cache
-from bench.targets import run_nullsink
+from bench.targets import https_target, run_nullsink
 
 PY_SPY = REPO / ".cache" / "bench-venv" / "bin" / "py-spy"
 RESULTS = REPO / "bench" / "results"
@@ -36,6 +38,7 @@ _KINDS = (
     ("SHA-256: SigV4 payload hash (botocore)", r"(SHA256|EVP_hash).*SigV4Auth"),
     ("SHA-256: the shipper's own (coredump_shipper/)", r"(SHA256|EVP_hash).*coredump_shipper/"),
     ("SHA-256: other", r"SHA256|sha256|EVP_hash|EVP_update"),
+    ("TLS encryption (ssl)", r"aes|AES|gcm_|ssl3_|SSL_write|_ssl__SSL"),
     ("MD5 / CRC (checksums)", r"MD5|md5|crc32|Crc32|crc32c"),
     ("zstd compression", r"ZSTD_|zstd|compress"),
     ("file reads (pread/preadv)", r"pread|read \(libc"),
@@ -152,6 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--compression", default="zstd")
     parser.add_argument("--rate", type=int, default=100, help="samples per second per thread")
     parser.add_argument("--no-native", action="store_true", help="Python frames only")
+    parser.add_argument("--plain", action="store_true", help="plain HTTP (default: HTTPS, private CA)")
     parser.add_argument("--top", type=int, default=10)
     args = parser.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -160,7 +164,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="cds-profile-") as tmp:
         work = Path(tmp)
         core = make_realistic_core(work / "core.realistic", args.size_mib * MiB)
-        with run_nullsink(work) as sink:
+        with run_nullsink(work) as sink, contextlib.ExitStack() as stack:
+            endpoint = sink.endpoint
+            if not args.plain:
+                endpoint = stack.enter_context(https_target("https", sink, work)).endpoint
             warm_page_cache(core)
             ship = [
                 str(SHIPPER),
@@ -168,12 +175,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "--bucket",
                 BUCKET,
                 "--endpoint-url",
-                sink.endpoint.url,
+                endpoint.url,
+                *(["--ca-bundle", endpoint.ca_bundle] if endpoint.ca_bundle else []),
                 "--compression",
                 args.compression,
                 str(core),
             ]
-            code = record(ship, child_env(sink.endpoint), raw, args.rate, not args.no_native)
+            code = record(ship, child_env(endpoint), raw, args.rate, not args.no_native)
     if code != 0:
         print(f"py-spy or the shipper failed (exit {code})", file=sys.stderr)
         return 1

@@ -15,13 +15,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from bench import verify
-from bench.contestants import BUCKET, CONTESTANTS, REPO, Contestant, child_env
-from bench.daemon import run_daemon_bench
+from bench.contestants import AWS_LABEL, BUCKET, CONTESTANTS, REPO, Contestant, child_env
+from bench.daemon import DaemonResult, run_daemon_bench
+from bench.idle import IdleResult, run_idle_bench
 from bench.inputs import (
     GiB,
     MiB,
@@ -31,22 +32,33 @@ from bench.inputs import (
     warm_page_cache,
 )
 from bench.measure import run_measured
+from bench.passes import overlap_table, passes_table
 from bench.report import (
-    DaemonResult,
     Run,
     aggregate,
     daemon_table,
     goals_table,
+    idle_table,
+    link_table,
     machine,
     machine_line,
+    storm_table,
     upload_table,
 )
-from bench.targets import NullSink, run_nullsink
+from bench.storm import StormResult, storm_daemon, storm_script
+from bench.targets import Target, https_target, plain_target, run_nullsink
 from tests.servers import S3Endpoint
 from tests.servers.moto import run_moto
 
 RESULTS = REPO / "bench" / "results"
 DEFAULT_LABEL = CONTESTANTS[0].label
+# The targets, by the name their rows carry.
+HTTPS = "nullsink-https"
+PLAIN = "nullsink"
+# Limited links (bytes per second), all behind the TLS terminator: what users have.
+LINKS = {"link-1gbit": 125e6, "link-100mbit": 12.5e6}
+# On a limited link `none` is `aws s3 cp` with fewer bytes of overhead: compression is the point.
+LINK_CONTESTANTS = tuple(c for c in CONTESTANTS if c.label in (DEFAULT_LABEL, AWS_LABEL))
 
 
 @dataclass(frozen=True)
@@ -70,6 +82,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--big", action="store_true", help="also ship a 4 GiB core (memory)")
     parser.add_argument("--starts", type=int, default=5, help="daemon start-ups to time")
     parser.add_argument("--latency-cores", type=int, default=20)
+    parser.add_argument("--no-race", action="store_true", help="skip the HTTPS and plain-HTTP races")
+    parser.add_argument("--no-plain", action="store_true", help="skip the plain-HTTP rows")
+    parser.add_argument("--no-link", action="store_true", help="skip the limited-link rows")
+    parser.add_argument(
+        "--slow-link-mib", type=int, default=256, help="realistic core size on the 100 Mbit/s link"
+    )
+    parser.add_argument("--no-storm", action="store_true", help="skip the core storms")
+    parser.add_argument("--storm-small", type=int, default=1000, help="1 MiB cores in the storm")
+    parser.add_argument("--storm-large", type=int, default=100, help="64 MiB cores in the storm")
+    parser.add_argument(
+        "--script-cores",
+        default="50,10",
+        help="1 MiB,64 MiB cores timed for the serial script (its rate does not depend on the count)",
+    )
+    parser.add_argument("--idle-s", type=float, default=150.0, help="idle window (0: skip)")
+    parser.add_argument("--no-passes", action="store_true", help="skip timing each pass over the bytes")
     parser.add_argument("--work-dir", type=Path, help="where inputs go (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the work dir and its inputs")
     return parser.parse_args(argv)
@@ -84,11 +112,12 @@ def _run_once(
     item: Input,
     endpoint: S3Endpoint,
     log: Path,
+    target: str | None = None,
 ) -> Run:
     warm_page_cache(item.path)
     measurement = run_measured(contestant.argv(item.path, endpoint, BUCKET), child_env(endpoint), log)
     return Run(
-        target=endpoint.name,
+        target=target or endpoint.name,
         input_name=item.name,
         input_bytes=item.size,
         contestant=contestant.label,
@@ -105,21 +134,34 @@ def _rotated(rep: int) -> tuple[Contestant, ...]:
     return CONTESTANTS[shift:] + CONTESTANTS[:shift]
 
 
-def race_sink(sink: NullSink, inputs: Sequence[Input], reps: int, logs: Path) -> list[Run]:
+def race_sink(
+    target: Target,
+    inputs: Sequence[Input],
+    reps: int,
+    logs: Path,
+    contestants: Sequence[Contestant] = CONTESTANTS,
+) -> list[Run]:
     """Every contestant on every input, `reps` times, the order rotating between repetitions."""
     runs: list[Run] = []
+    sink = target.sink
     for rep in range(reps):
         for item in inputs:
-            for index, contestant in enumerate(_rotated(rep)):
+            shift = rep % len(contestants)
+            for index, contestant in enumerate([*contestants[shift:], *contestants[:shift]]):
                 before = sink.stats()
-                log = logs / f"sink-{item.name.replace(' ', '-')}-{rep}-{index}.log"
-                run = _run_once(contestant, item, sink.endpoint, log)
+                log = logs / f"{target.name}-{item.name.replace(' ', '-')}-{rep}-{index}.log"
+                # The core is closed before the contestant starts: from here to the core object's
+                # completion at the sink is "close to object complete".
+                closed = time.time()
+                run = _run_once(contestant, item, target.endpoint, log, target.name)
                 after = sink.stats()
+                cores = [o for o in after.objects[before.completed :] if not str(o["key"]).endswith(".json")]
                 run = replace(
                     run,
                     bytes_sent=after.bytes_received - before.bytes_received,
                     sink_cpu_s=after.cpu_s - before.cpu_s,
-                    completed=run.measurement.ok and len(after.objects) > len(before.objects),
+                    completed=run.measurement.ok and bool(cores),
+                    to_object_s=float(cores[0]["completed_at"]) - closed if cores else None,
                 )
                 say(_brief(run))
                 runs.append(run)
@@ -153,19 +195,19 @@ def _brief(run: Run) -> str:
     )
 
 
-def warm_up(sink: NullSink, work: Path, logs: Path) -> None:
+def warm_up(target: Target, work: Path, logs: Path) -> None:
     """One untimed run each on a small file: compiles bytecode, warms imports, shows breakage."""
     small = Input("warm-up", make_realistic_core(work / "warm-up.core", 4 * MiB))
     for contestant in CONTESTANTS:
-        run = _run_once(contestant, small, sink.endpoint, logs / f"warm-up-{contestant.label}.log")
+        run = _run_once(contestant, small, target.endpoint, logs / f"warm-up-{contestant.label}.log")
         if not run.ok:
             say(f"warm-up: {contestant.label} fails: {run.measurement.output_tail[-300:]}")
 
 
-def timed(step: str, action: Callable[[], Any]) -> Any:
+def timed(step: str, action: Callable[..., Any], *args: Any) -> Any:
     started = time.perf_counter()
     say(f"{step}...")
-    value = action()
+    value = action(*args)
     say(f"{step}: {time.perf_counter() - started:.1f}s")
     return value
 
@@ -186,6 +228,81 @@ def work_dir(args: argparse.Namespace) -> Iterator[Path]:
             shutil.rmtree(path, ignore_errors=True)
 
 
+@dataclass
+class Extras:
+    """The figures that are not one contestant shipping one file."""
+
+    daemon: DaemonResult = field(default_factory=DaemonResult)
+    storms: list[StormResult] = field(default_factory=list)
+    idle: IdleResult | None = None
+    passes: str = ""  # Markdown: each pass over the bytes, and the helper thread's overlap
+
+
+def races(
+    args: argparse.Namespace, https: Target, plain: Target, inputs: Sequence[Input], work: Path, logs: Path
+) -> list[Run]:
+    """The unlimited races: HTTPS (the main rows), then plain HTTP."""
+    timed("warm-up", warm_up, https, work, logs)
+    if args.no_race:
+        return []
+    runs: list[Run] = timed("HTTPS race", race_sink, https, inputs, args.reps, logs)
+    if not args.no_plain:
+        runs += timed("plain HTTP race", race_sink, plain, inputs, args.reps, logs)
+    return runs
+
+
+def race_links(args: argparse.Namespace, inputs: Sequence[Input], work: Path, logs: Path) -> list[Run]:
+    """The limited links, each a throttled sink of its own behind a TLS terminator."""
+    runs: list[Run] = []
+    slow = Input(
+        "realistic core",
+        make_realistic_core(work / "core.slow-link", args.slow_link_mib * MiB),
+    )
+    for name, rate in LINKS.items():
+        items = [slow if rate < 50e6 and item.name == "realistic core" else item for item in inputs]
+        with run_nullsink(logs, rate) as sink, https_target(name, sink, work) as target:
+            runs += timed(name, race_sink, target, items, args.reps, logs, LINK_CONTESTANTS)
+    return runs
+
+
+def storms(args: argparse.Namespace, target: Target, work: Path, logs: Path) -> list[StormResult]:
+    small, large = (int(n) for n in args.script_cores.split(","))
+    results = []
+    for count, script_count, size in ((args.storm_small, small, MiB), (args.storm_large, large, 64 * MiB)):
+        if not count:
+            continue
+        results.append(
+            timed(f"storm {count} x {size // MiB} MiB", storm_daemon, target, work, logs, count, size)
+        )
+        say(_storm_brief(results[-1]))
+        if not script_count:
+            continue
+        results.append(
+            timed(
+                f"script storm {script_count} x {size // MiB} MiB",
+                storm_script,
+                target,
+                work,
+                logs,
+                count,
+                min(count, script_count),
+                size,
+            )
+        )
+        say(_storm_brief(results[-1]))
+    return results
+
+
+def _storm_brief(result: StormResult) -> str:
+    if result.error:
+        return f"{result.contestant}: FAILED {result.error}"
+    return (
+        f"{result.contestant}: {result.timed} x {result.core_bytes // MiB} MiB in {result.seconds:.2f}s "
+        f"({result.rate:.1f} cores/s), {result.cpu_per_core:.3f} CPU-s per core, "
+        f"peak RSS {result.peak_rss_mib:.0f} MiB"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.time()
@@ -193,6 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if load > 1.0:
         say(f"load average is {load:.1f} on {os.cpu_count()} cores: wall times will be noisy")
     RESULTS.mkdir(parents=True, exist_ok=True)
+    extras = Extras()
     with work_dir(args) as work:
         logs = work / "logs"
         logs.mkdir(exist_ok=True)
@@ -209,19 +327,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         inputs = [realistic, kernel]
         runs: list[Run] = []
-        daemon = DaemonResult()
-        with run_nullsink(logs) as sink:
-            timed("warm-up", lambda: warm_up(sink, work, logs))
-            runs += timed("null sink race", lambda: race_sink(sink, inputs, args.reps, logs))
+        with run_nullsink(logs) as sink, https_target(HTTPS, sink, work) as https:
+            runs += races(args, https, plain_target(PLAIN, sink), inputs, work, logs)
             if not args.no_daemon:
                 big = [(f"{args.size_mib / 1024:g} GiB realistic core", realistic.path)]
                 if args.big:
                     path = timed("4 GiB core", lambda: make_realistic_core(work / "core.big", 4 * GiB))
                     big.append(("4 GiB realistic core", path))
-                daemon = timed(
+                extras.daemon = timed(
                     "daemon",
-                    lambda: run_daemon_bench(sink, work, logs, args.starts, args.latency_cores, big),
+                    lambda: run_daemon_bench(https, work, logs, args.starts, args.latency_cores, big),
                 )
+            if not args.no_storm:
+                extras.storms = storms(args, https, work, logs)
+            if args.idle_s > 0:
+                extras.idle = timed("idle daemon", lambda: run_idle_bench(https, work, logs, args.idle_s))
+        if not args.no_passes:
+            extras.passes = timed(
+                "passes over the bytes",
+                lambda: passes_table(realistic.path) + "\n\n" + overlap_table(realistic.path, args.reps),
+            )
+        if not args.no_link:
+            runs += race_links(args, inputs, work, logs)
         if not args.no_moto:
             small = Input(
                 "realistic core",
@@ -232,13 +359,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         inputs_info = [describe(item.path) for item in inputs]
         if args.keep:
             say(f"logs in {logs}")
-    report(runs, daemon, inputs_info, args, started, load)
+    report(runs, extras, inputs_info, args, started, load)
     return 0
 
 
 def report(
     runs: Sequence[Run],
-    daemon: DaemonResult,
+    extras: Extras,
     inputs_info: list[dict[str, int | str]],
     args: argparse.Namespace,
     started: float,
@@ -246,20 +373,52 @@ def report(
 ) -> None:
     rows = aggregate(runs)
     info = machine() | {"load_at_start": round(load_at_start, 2)}
-    sink_rows = [row for row in rows if row.target == "nullsink"]
-    moto_rows = [row for row in rows if row.target == "moto"]
+    reps = args.reps
     sections = [
-        f"### Upload to a body-discarding S3 endpoint (medians of {args.reps})",
-        upload_table(sink_rows, with_sink=True),
+        f"### HTTPS: upload to a body-discarding S3 endpoint behind a private-CA TLS terminator "
+        f"(medians of {reps})",
+        upload_table([row for row in rows if row.target == HTTPS], with_sink=True),
     ]
+    plain = [row for row in rows if row.target == PLAIN]
+    if plain:
+        sections += [
+            f"### Plain HTTP: the same endpoint without TLS (medians of {reps})",
+            upload_table(plain, with_sink=True),
+        ]
+    link_rows = [row for row in rows if row.target in LINKS]
+    if link_rows:
+        sections += [
+            f"### Limited link over HTTPS: the sink reads at 1 Gbit/s or 100 Mbit/s (medians of {reps})",
+            link_table(link_rows),
+        ]
+    moto_rows = [row for row in rows if row.target == "moto"]
     if moto_rows:
         sections += ["### Upload to moto server mode (realism)", upload_table(moto_rows, False)]
     if not args.no_daemon:
-        sections += ["### Daemon (`coredump-shipper run`, null sink)", daemon_table(daemon)]
-    sections += ["### Goals", goals_table(rows, daemon, DEFAULT_LABEL), machine_line(info)]
+        sections += ["### Daemon (`coredump-shipper run`, HTTPS null sink)", daemon_table(extras.daemon)]
+    if extras.storms:
+        sections += ["### Core storm (HTTPS null sink)", storm_table(extras.storms)]
+    if extras.idle is not None:
+        sections += [
+            "### Idle daemon (HTTPS null sink, `/metrics` scraped every 15 s)",
+            idle_table(extras.idle),
+        ]
+    if extras.passes:
+        sections += [
+            f"### Passes over the bytes of the {args.size_mib} MiB realistic core (in the harness process)",
+            extras.passes,
+        ]
+    sections += [
+        "### Goals",
+        goals_table(rows, extras.daemon, extras.storms, extras.idle, DEFAULT_LABEL, HTTPS),
+        machine_line(info),
+    ]
     errors = [
         f"- {row.contestant} on {row.target}/{row.input_name}: {row.error}" for row in rows if row.error
     ]
+    errors += [f"- storm, {s.contestant}: {s.error}" for s in extras.storms if s.error]
+    if extras.idle is not None and extras.idle.error:
+        errors.append(f"- idle daemon: {extras.idle.error}")
     if errors:
         sections += ["Failures:", "\n".join(errors)]
     text = "\n\n".join(sections)
@@ -273,7 +432,9 @@ def report(
         "inputs": inputs_info,
         "runs": [asdict(run) for run in runs],
         "rows": [asdict(row) | {"mb_per_s": row.mb_per_s, "cpu_per_gib": row.cpu_per_gib} for row in rows],
-        "daemon": asdict(daemon),
+        "daemon": asdict(extras.daemon),
+        "storms": [asdict(s) | {"rate": s.rate, "cpu_per_core": s.cpu_per_core} for s in extras.storms],
+        "idle": asdict(extras.idle) if extras.idle else None,
     }
     path = RESULTS / f"{stamp}.json"
     path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.servers import S3Endpoint, free_port, stop, wait_for_port
+from tests.servers.tls import tls_front
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class SinkStats:
     bytes_received: int
     cpu_s: float
     objects: list[dict[str, Any]]
+    completed: int  # objects completed in all (`objects` may list only the latest)
 
     @classmethod
     def parse(cls, body: dict[str, Any]) -> SinkStats:
@@ -29,6 +31,7 @@ class SinkStats:
             bytes_received=int(body["bytes_received"]),
             cpu_s=float(body["cpu_user_s"]) + float(body["cpu_sys_s"]),
             objects=list(body["objects"]),
+            completed=int(body["completed"]),
         )
 
 
@@ -46,18 +49,42 @@ class NullSink:
     def stats(self) -> SinkStats:
         return self._get("/_stats", 10.0)
 
+    def completed_since(self, seen: int) -> list[dict[str, Any]]:
+        """The objects completed after the first `seen` (a short answer during a storm)."""
+        return self._get(f"/_stats?since={seen}", 10.0).objects
+
+    def count(self) -> int:
+        """How many objects have completed so far."""
+        return self._get(f"/_stats?since={1 << 62}", 10.0).completed
+
     def wait_for(self, count: int, timeout: float) -> SinkStats:
         """Block until `count` objects have completed in total, or `timeout` seconds passed."""
         return self._get(f"/_stats/wait?count={count}&timeout={timeout}", timeout + 10.0)
 
 
+@dataclass(frozen=True)
+class Target:
+    """Where contestants upload (`endpoint`: maybe HTTPS, maybe a limited link) and the sink
+    behind it that counts what arrived (`sink`, always reached directly)."""
+
+    name: str
+    endpoint: S3Endpoint
+    sink: NullSink
+
+
 @contextlib.contextmanager
-def run_nullsink(log_dir: Path) -> Iterator[NullSink]:
-    """Start `python -m bench.nullsink` on a free loopback port and stop it on exit."""
+def run_nullsink(log_dir: Path, rate: float | None = None) -> Iterator[NullSink]:
+    """Start `python -m bench.nullsink` on a free loopback port and stop it on exit.
+
+    `rate` (bytes per second) makes it a limited link shared by all connections.
+    """
     port = free_port()
+    command = [sys.executable, "-m", "bench.nullsink", "--port", str(port)]
+    if rate:
+        command += ["--rate", str(rate)]
     with (log_dir / f"nullsink-{port}.log").open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.nullsink", "--port", str(port)],
+            command,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -65,7 +92,7 @@ def run_nullsink(log_dir: Path) -> Iterator[NullSink]:
             wait_for_port(port)
             yield NullSink(
                 S3Endpoint(
-                    name="nullsink",
+                    name="nullsink" if not rate else f"nullsink-{rate * 8 / 1e6:g}mbit",
                     url=f"http://127.0.0.1:{port}",
                     access_key="bench-access-key",
                     secret_key="bench-secret-key",  # noqa: S106 - the sink accepts any key
@@ -73,3 +100,15 @@ def run_nullsink(log_dir: Path) -> Iterator[NullSink]:
             )
         finally:
             stop(proc)
+
+
+@contextlib.contextmanager
+def https_target(name: str, sink: NullSink, work_dir: Path) -> Iterator[Target]:
+    """`sink` behind a TLS terminator with a private CA (tests.servers.tls, its own process):
+    contestants must verify the certificate with the CA file, as users of a private store do."""
+    with tls_front(sink.endpoint, work_dir) as endpoint:
+        yield Target(name, endpoint, sink)
+
+
+def plain_target(name: str, sink: NullSink) -> Target:
+    return Target(name, sink.endpoint, sink)

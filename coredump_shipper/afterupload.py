@@ -24,6 +24,7 @@ class AfterUpload:
     """Base policy: leave the file where it is and remember nothing (the `ship` command)."""
 
     name = "leave"
+    removes_file = False  # the shipper then closes the core's last descriptor off the event loop
 
     def shipped(self, name: str, identity: Identity) -> bool:
         """True when this file (same name and identity) is already in the bucket and kept here."""
@@ -49,6 +50,7 @@ class Delete(AfterUpload):
     """`--after-upload delete`: the stored core's file is removed."""
 
     name = "delete"
+    removes_file = True
 
     def finish(self, core: CoreFile, key: str) -> None:
         if not core.remove():

@@ -1,19 +1,23 @@
 """Cutting a core into upload parts: sizing, hole-aware reading, hashing and streaming compression.
 
-`PartSource.next_part()` is blocking and is called in a worker thread: reading, hashing and zstd all
+`PartSource.fill()` is blocking and is called in a worker thread: reading, hashing and zstd all
 release the GIL, so the event loop keeps serving other uploads and the HTTP endpoints meanwhile.
-Memory stays bounded whatever the file size: one read buffer, the compressor's window and the part
+A helper thread hashes each 1 MiB chunk while the calling thread reads the next one (`pread`) and
+compresses: SHA-256 and zstd, the two most expensive passes over the bytes, run on two cores.
+Memory stays bounded whatever the file size: two read buffers, the compressor's window and the part
 being filled.
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import math
 import os
+import threading
 
 import zstandard
+
+from coredump_shipper.background import OVERLAP, BackgroundSha256, Helper
 
 MiB = 1024 * 1024
 MIN_PART = 5 * MiB
@@ -21,6 +25,45 @@ MAX_PART = 5 * 1024 * MiB
 MAX_PARTS = 10_000
 READ_SIZE = 1 * MiB
 _ZEROS = bytes(READ_SIZE)
+# Below this size the helper thread's hand-offs cost more than the overlap saves (a storm of small
+# cores is bound by CPU per core, not by one file's wall time): such files are hashed inline.
+PARALLEL_FROM = 4 * READ_SIZE
+# Read buffers kept for the next file: enough for two workers' two buffers each. Allocating 1 MiB
+# per file instead leaves the heap fragmented after a storm of thousands of small cores.
+KEEP_READ_BUFFERS = 4
+_spare_read_buffers: list[bytearray] = []
+# Compressors kept for the next file, per level: one per worker.
+KEEP_COMPRESSORS = 2
+_spare_compressors: dict[int, list[zstandard.ZstdCompressor]] = {}
+_spare_lock = threading.Lock()
+
+
+def _take_read_buffer() -> bytearray:
+    with _spare_lock:
+        return _spare_read_buffers.pop() if _spare_read_buffers else bytearray(READ_SIZE)
+
+
+def _take_compressor(level: int) -> zstandard.ZstdCompressor:
+    """A compressor for `level`: kept from an earlier file when there is one. Its context (a few
+    MiB of zstd tables) is allocated once, not once per core, which would fragment the heap."""
+    with _spare_lock:
+        spares = _spare_compressors.get(level)
+        if spares:
+            return spares.pop()
+    return zstandard.ZstdCompressor(level=level, write_content_size=True, write_checksum=True)
+
+
+def _give_compressor(level: int, compressor: zstandard.ZstdCompressor) -> None:
+    with _spare_lock:
+        spares = _spare_compressors.setdefault(level, [])
+        if len(spares) < KEEP_COMPRESSORS:
+            spares.append(compressor)
+
+
+def _give_back(buffers: list[bytearray]) -> None:
+    with _spare_lock:
+        room = KEEP_READ_BUFFERS - len(_spare_read_buffers)
+        _spare_read_buffers.extend(buffers[: max(room, 0)])
 
 
 def compress_bound(size: int) -> int:
@@ -46,28 +89,32 @@ class PartSource:
     """Fills part buffers with what to upload for one open file, and hashes the original.
 
     Without compression a part is read straight into its buffer, which is then the request body
-    itself; with compression 1 MiB reads go through zstd and its output fills the buffer, the
-    overflow carried to the next part. Every part but the last is exactly `part_size` bytes.
+    itself (the helper hashes each chunk while the next is read); with compression 1 MiB chunks go
+    through zstd and its output fills the buffer, the overflow carried to the next part, while the
+    helper hashes the chunk being compressed. Every part but the last is exactly `part_size` bytes.
     """
 
     def __init__(self, fd: int, size: int, part_size: int, compression_level: int | None) -> None:
         self.fd = fd
         self.size = size
         self.part_size = part_size
-        self.sha256 = hashlib.sha256()
+        self._helper = Helper()
+        self.sha256 = BackgroundSha256(self._helper)
         self.bytes_out = 0
         self._offset = 0
         self._dropped = 0  # page cache dropped up to here
         self._compressor: zstandard.ZstdCompressionObj | None = None
-        self._read_buffer = bytearray()
+        # Compression reads into these in turn (one for files hashed inline), taken when needed.
+        self._read_buffers: list[bytearray] = []
+        self._parallel = OVERLAP and size >= PARALLEL_FROM
+        self._chunks = 0  # chunks read so far (compression): picks the read buffer
         self._carry = memoryview(b"")  # compressed bytes that did not fit the last part
         self._flushed = False
         self._empty_sent = False
         if compression_level is not None:
-            self._compressor = zstandard.ZstdCompressor(
-                level=compression_level, write_content_size=True, write_checksum=True
-            ).compressobj(size=size)
-            self._read_buffer = bytearray(READ_SIZE)
+            self._level = compression_level
+            self._zstd = _take_compressor(compression_level)
+            self._compressor = self._zstd.compressobj(size=size)
 
     @property
     def finished(self) -> bool:
@@ -102,7 +149,12 @@ class PartSource:
         for start in range(0, count, READ_SIZE):
             chunk = target[start : min(start + READ_SIZE, count)]
             self._read_into(chunk)
-            self.sha256.update(chunk)
+            if self._parallel:
+                self.sha256.update_later(chunk)  # hashed while the next chunk is read
+            else:
+                self.sha256.update_now(chunk)
+        # Hashed before the part leaves: its buffer is sent and then reused.
+        self._helper.wait()
         self._drop_cache()
         return count
 
@@ -116,17 +168,33 @@ class PartSource:
                 self._carry = self._carry[take:]
                 filled += take
             elif self._offset < self.size:
-                chunk = memoryview(self._read_buffer)[: min(READ_SIZE, self.size - self._offset)]
+                chunk = self._next_read_view()
                 self._read_into(chunk)
-                self.sha256.update(chunk)
                 self._drop_cache()
+                if self._parallel:
+                    self.sha256.update_later(chunk)  # hashed by the helper while zstd compresses it
+                else:
+                    self.sha256.update_now(chunk)
                 self._carry = memoryview(self._compressor.compress(chunk))
             elif not self._flushed:
                 self._carry = memoryview(self._compressor.flush())
                 self._flushed = True
+                _give_compressor(self._level, self._zstd)  # its frame is finished
+                self._helper.wait()  # done with the read buffers: the next file may have them
+                _give_back(self._read_buffers)
+                self._read_buffers = []
             else:
                 break
         return filled
+
+    def _next_read_view(self) -> memoryview:
+        """Where the next chunk goes. With the helper, two buffers in turn: it may still be hashing
+        the previous chunk (submitting this one waits for it), never the one being read now."""
+        index = self._chunks % 2 if self._parallel else 0
+        self._chunks += 1
+        if index == len(self._read_buffers):
+            self._read_buffers.append(_take_read_buffer())
+        return memoryview(self._read_buffers[index])[: min(READ_SIZE, self.size - self._offset)]
 
     def _read_into(self, view: memoryview) -> None:
         """Fill `view` from the current offset; a hole is zeros without reading it."""

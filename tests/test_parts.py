@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import zstandard
 
+from coredump_shipper import parts
+from coredump_shipper.background import cpus_available
 from coredump_shipper.parts import MIN_PART, MiB, PartSource
 
 PART = MIN_PART  # 5 MiB
@@ -102,3 +104,53 @@ def test_empty_file_is_one_empty_or_tiny_part(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     assert zstandard.ZstdDecompressor().decompress(bytes(frame)) == b""
+
+
+def test_interleaved_files_keep_their_bytes_and_read_buffers_stay_bounded(tmp_path: Path) -> None:
+    # Workers fill parts of several files in turn, each file hashed by the helper thread while its
+    # next chunk is read and compressed; read buffers pass from finished files to new ones.
+    sizes = [4 * MiB, 6 * MiB + 7, 3 * MiB, 9 * MiB + 1]
+    expected, fds, sources = [], [], []
+    for index, size in enumerate(sizes):
+        path = tmp_path / f"core{index}"
+        expected.append(make_file(path, size, holes=index % 2 == 0))
+        fds.append(os.open(path, os.O_RDONLY))
+        sources.append(PartSource(fds[-1], size, PART, 1))
+    stored: list[list[bytes]] = [[] for _ in sizes]
+    buffer = bytearray(PART)
+    try:
+        for _ in range(8):
+            for index, source in enumerate(sources):
+                if (part := source.fill(buffer)) is not None:
+                    stored[index].append(bytes(part))
+    finally:
+        for fd in fds:
+            os.close(fd)
+    for index, source in enumerate(sources):
+        assert source.fill(buffer) is None
+        assert zstandard.ZstdDecompressor().decompress(b"".join(stored[index])) == expected[index]
+        assert source.sha256.hexdigest() == hashlib.sha256(expected[index]).hexdigest()
+    assert len(parts._spare_read_buffers) <= parts.KEEP_READ_BUFFERS
+
+
+@pytest.mark.parametrize(
+    ("files", "limit"),
+    [
+        ({}, None),
+        ({"cpu.max": "max 100000\n"}, None),
+        ({"cpu.max": "50000 100000\n"}, 0.5),
+        ({"cpu.max": "150000 100000\n"}, 1.5),
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({"cpu/cpu.cfs_quota_us": "25000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 0.25),
+    ],
+)
+def test_cpus_available_honours_a_cpu_limit(
+    tmp_path: Path, files: dict[str, str], limit: float | None
+) -> None:
+    # The helper thread is used only where a second CPU can run it; a pod's CPU limit counts.
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    affinity = float(len(os.sched_getaffinity(0)))
+    expected = affinity if limit is None else min(affinity, limit)
+    assert cpus_available(str(tmp_path)) == expected

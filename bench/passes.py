@@ -1,0 +1,184 @@
+"""What each pass over a core's bytes costs here, and how much the helper thread overlaps them.
+
+Run from the repository root: `python -m bench.passes [--size-mib 512]`. In this process, on the
+realistic core (read from the page cache):
+
+- one row per pass alone: reading (`preadv`), SHA-256 (the manifest's), zstd level 1, MD5 (what a
+  Content-MD5 would cost), CRC32 (zlib), and CRC32C / CRC64NVME, S3's hardware-accelerated
+  checksums, when `awscrt` is importable. Not in `.venv`: botocore imports awscrt whenever it is
+  installed (0.2 s more per process, and other code paths), so measure in a venv of its own:
+  `python3 -m venv /tmp/crc && /tmp/crc/bin/pip install awscrt zstandard` then
+  `PYTHONPATH=. /tmp/crc/bin/python -m bench.passes`;
+- `PartSource` filling every part of the file as the uploader does, with the helper thread
+  (hash and read-ahead beside zstd) and with every helper job run inline (the old serial order):
+  wall and CPU seconds, and how much of the shorter pass the overlap hid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import zstandard
+
+from bench.inputs import MiB, make_realistic_core, warm_page_cache
+from coredump_shipper import parts
+from coredump_shipper.background import Helper
+
+CHUNK = MiB
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _chunks(path: Path) -> Iterator[memoryview]:
+    buffer = bytearray(CHUNK)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        offset = 0
+        while got := os.preadv(fd, [buffer], offset):
+            offset += got
+            yield memoryview(buffer)[:got]
+    finally:
+        os.close(fd)
+
+
+def _timed(action: Callable[[], Any]) -> tuple[float, float]:
+    cpu, wall = _cpu(), time.perf_counter()
+    action()
+    return time.perf_counter() - wall, _cpu() - cpu
+
+
+def _read(path: Path) -> object:
+    return sum(len(chunk) for chunk in _chunks(path))
+
+
+def _digest(name: str) -> Callable[[Path], object]:
+    def run(path: Path) -> object:
+        h = hashlib.new(name)
+        for chunk in _chunks(path):
+            h.update(chunk)
+        return h.hexdigest()
+
+    return run
+
+
+def _crc(function: Callable[[Any, int], int]) -> Callable[[Path], object]:
+    def run(path: Path) -> object:
+        value = 0
+        for chunk in _chunks(path):
+            value = function(chunk, value)
+        return value
+
+    return run
+
+
+def _zstd(path: Path) -> object:
+    compressor = zstandard.ZstdCompressor(level=1).compressobj()
+    out = sum(len(compressor.compress(chunk)) for chunk in _chunks(path))
+    return out + len(compressor.flush())
+
+
+def _passes() -> dict[str, Callable[[Path], object]]:
+    passes: dict[str, Callable[[Path], object]] = {
+        "read (preadv, page cache)": _read,
+        "SHA-256 (hashlib/OpenSSL)": _digest("sha256"),
+        "zstd level 1": _zstd,
+        "MD5": _digest("md5"),
+        "CRC32 (zlib)": _crc(zlib.crc32),
+    }
+    try:
+        checksums: Any = importlib.import_module("awscrt.checksums")
+    except ImportError:
+        return passes
+    passes["CRC32C (awscrt)"] = _crc(checksums.crc32c)
+    if hasattr(checksums, "crc64nvme"):
+        passes["CRC64NVME (awscrt)"] = _crc(checksums.crc64nvme)
+    return passes
+
+
+class _Inline(Helper):
+    """Runs each job at once in the calling thread: the serial order, for comparison."""
+
+    def submit(self, job: Callable[[], Any]) -> Future[Any]:
+        future: Future[Any] = Future()
+        future.set_result(job())
+        return future
+
+
+def _fill_all(path: Path, inline: bool) -> None:
+    size = path.stat().st_size
+    part_size = parts.choose_part_size(size, 8 * MiB, compressed=True)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        source = parts.PartSource(fd, size, part_size, 1)
+        if inline:
+            source._helper = _Inline()
+            source.sha256._helper = source._helper
+        buffer = bytearray(part_size)
+        while source.fill(buffer) is not None:
+            pass
+        source.sha256.hexdigest()
+    finally:
+        os.close(fd)
+
+
+def passes_table(path: Path) -> str:
+    """Each pass over the bytes of `path` alone, in this process."""
+    gib = path.stat().st_size / (1 << 30)
+    lines = ["| Pass over the bytes (alone) | MB/s | CPU s per GiB |", "|---|---|---|"]
+    for name, run in _passes().items():
+        warm_page_cache(path)
+        wall, cpu = _timed(lambda run=run: run(path))  # type: ignore[misc]
+        lines.append(f"| {name} | {path.stat().st_size / wall / 1e6:.0f} | {cpu / gib:.2f} |")
+    return "\n".join(lines)
+
+
+def overlap_table(path: Path, reps: int = 3) -> str:
+    """PartSource filling every part of `path`, serial and with the helper (medians of `reps`)."""
+    gib = path.stat().st_size / (1 << 30)
+    lines = ["| PartSource, zstd level 1, all parts | Wall s per GiB | CPU s per GiB |", "|---|---|---|"]
+    walls = {}
+    for label, inline in (("every job inline (the old serial order)", True), ("helper thread hashes", False)):
+        runs = []
+        for _ in range(reps):
+            warm_page_cache(path)
+            runs.append(_timed(lambda inline=inline: _fill_all(path, inline)))  # type: ignore[misc]
+        wall = statistics.median(w for w, _ in runs)
+        cpu = statistics.median(c for _, c in runs)
+        walls[label] = wall
+        lines.append(f"| {label} | {wall / gib:.2f} | {cpu / gib:.2f} |")
+    serial, helper = walls.values()
+    lines.append(f"| wall time saved by the overlap | {1 - helper / serial:.0%} | |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--size-mib", type=int, default=512)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="cds-passes-") as tmp:
+        path = make_realistic_core(Path(tmp) / "core.realistic", args.size_mib * MiB)
+        print(f"{args.size_mib} MiB realistic core; load average {os.getloadavg()[0]:.2f}\n")
+        print(passes_table(path))
+        print()
+        print(overlap_table(path))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
