@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import collections
 import contextlib
 import hashlib
 import json
@@ -37,6 +36,8 @@ else:
     S3Client = Any
 
 log = logging.getLogger(__name__)
+# The longest the stale-upload clean-up waits for this process's own CreateMultipartUpload calls.
+CREATION_WAIT = 30.0
 T = TypeVar("T")
 ABORT_TIMEOUT = 10.0
 ABORT_ATTEMPTS = 4
@@ -85,9 +86,10 @@ class S3Store:
         self.last_error = "no S3 call made yet"
         # Uploads this process started: never aborted as stale, whatever the server's clock says.
         self._own_uploads: set[str] = set()
-        # Keys whose CreateMultipartUpload is in flight: the store may list the upload before its id
-        # reaches this process, and the stale-upload clean-up must not take it for a dead one's.
-        self._creating: collections.Counter[str] = collections.Counter()
+        # Every CreateMultipartUpload this process begins until the start-up clean-up is over: the
+        # store lists an upload before its id reaches this process, and the clean-up must neither
+        # take it for a dead process's nor spare a dead process's upload of the same key.
+        self._creations: list[tuple[str, asyncio.Future[Any]]] | None = []
         # Set once a permanent error shows the store cannot list or abort multipart uploads: then
         # nothing cleans up an upload left behind but a bucket lifecycle rule.
         self.cleanup_unsupported: str | None = None
@@ -180,7 +182,8 @@ class S3Store:
                 lambda: self.client.create_multipart_upload(Metadata=dict(metadata), **create),
             )
         )
-        self._creating[key] += 1
+        if self._creations is not None:
+            self._creations.append((key, creating))
         try:
             created = await asyncio.shield(creating)
         except asyncio.CancelledError:
@@ -189,10 +192,6 @@ class S3Store:
                 orphan = await within(ABORT_TIMEOUT, creating)
                 await self.abort(key, orphan["UploadId"])
             raise
-        finally:
-            self._creating[key] -= 1
-            if self._creating[key] <= 0:
-                del self._creating[key]
         upload_id = created["UploadId"]
         self._own_uploads.add(upload_id)
         etags: dict[int, str] = {}
@@ -328,25 +327,48 @@ class S3Store:
         paginator = self.client.get_paginator("list_multipart_uploads")
         try:
             async for page in paginator.paginate(Bucket=self.bucket, Prefix=own.prefix):
-                for upload in page.get("Uploads", []):
-                    initiated = upload.get("Initiated")
-                    if (
-                        not own.owns(upload["Key"])
-                        or upload["UploadId"] in self._own_uploads
-                        or upload["Key"] in self._creating
-                        or (initiated is not None and initiated >= started_before)
-                    ):
+                uploads = [
+                    upload
+                    for upload in page.get("Uploads", [])
+                    if own.owns(upload["Key"])
+                    and (upload.get("Initiated") is None or upload["Initiated"] < started_before)
+                ]
+                # Which of these are this process's own is known once their creation has answered.
+                created = await self._created_by_this_process({upload["Key"] for upload in uploads})
+                for upload in uploads:
+                    if upload["UploadId"] in self._own_uploads or upload["UploadId"] in created:
                         continue
-                    log.warning("aborting stale multipart upload of %r begun %s", upload["Key"], initiated)
+                    log.warning(
+                        "aborting stale multipart upload of %r begun %s",
+                        upload["Key"],
+                        upload.get("Initiated"),
+                    )
                     if await self.abort(upload["Key"], upload["UploadId"]):
                         aborted += 1
                     elif self.cleanup_unsupported is not None:
                         raise S3Error("AbortMultipartUpload", self.cleanup_unsupported, transient=False)
-        except S3Error:
+        except S3Error as error:
+            if not error.transient:
+                self._creations = None
             raise
         except Exception as error:
             failure = s3_error("ListMultipartUploads", error)
             if not failure.transient:
                 self.cleanup_unsupported = f"ListMultipartUploads: {failure.message}"
+                self._creations = None
             raise failure from error
+        self._creations = None  # done: new uploads need not be remembered any more
         return aborted
+
+    async def _created_by_this_process(self, keys: set[str]) -> set[str]:
+        """Upload ids of these keys that this process created, once their creation has answered
+        (waiting at most CREATION_WAIT for one still in flight)."""
+        mine = [creating for key, creating in self._creations or () if key in keys]
+        pending = [creating for creating in mine if not creating.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=CREATION_WAIT)
+        return {
+            creating.result()["UploadId"]
+            for creating in mine
+            if creating.done() and not creating.cancelled() and creating.exception() is None
+        }
