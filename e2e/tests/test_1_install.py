@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from e2e.tests.conftest import NAMESPACE, RELEASE, Kube, Release, is_ready
+from e2e.tests.conftest import NAMESPACE, RELEASE, Kube, Release, is_ready, wait_for
 
 # The doctor's rows about the node that must be OK in a pod set up by the chart. RLIMIT_CORE is not
 # among them: it is the shipper's own (0 in a container) and says nothing about the applications.
@@ -41,9 +41,9 @@ def test_pod_becomes_ready_through_the_charts_probes(release: Release, kube: Kub
     assert release.http("/healthz")[0] == 200
     status, body = release.http("/readyz")
     assert status == 200, body
-    metrics = release.metrics()
-    assert metrics["coredump_shipper_self_test_success"] == 1
-    assert any(name.startswith("coredump_shipper_build_info") for name in metrics)
+    # The start-up self-test (a probe object and a 2-part upload) runs beside the watch.
+    wait_for("the S3 self-test", lambda: release.metrics()["coredump_shipper_self_test_success"] == 1, 60)
+    assert any(name.startswith("coredump_shipper_build_info") for name in release.metrics())
 
 
 def test_node_setup_set_the_nodes_core_pattern(release: Release, kube: Kube) -> None:

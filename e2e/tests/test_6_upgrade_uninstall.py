@@ -49,7 +49,9 @@ def test_upgrade_with_a_changed_setting_rolls_the_pods(release: Release, kube: K
         ),
         60,
     )
-    assert release.metrics()["coredump_shipper_self_test_success"] == 1
+    wait_for(
+        "the new pod's S3 self-test", lambda: release.metrics()["coredump_shipper_self_test_success"] == 1, 60
+    )
     assert kube.helm("history", RELEASE, "-n", NAMESPACE).count("deployed") == 1
 
 
