@@ -3,6 +3,8 @@
 # is as it was.
 #
 #   e2e/run.sh                 # what `make e2e` runs; PYTEST_ARGS passes options to pytest
+#   K8S_LAB_STRACE=1 e2e/run.sh   # the same under strace, then `cluster.sh netaudit`: fails unless
+#                                 # every address the cluster and its pods used is loopback
 #
 # 1. the cluster binaries (e2e/cluster/cluster.sh build: ~12-16 min once, then cached outside the
 #    clone under /var/cache/coredump-shipper, keyed on the source version and the build recipe);
@@ -31,6 +33,11 @@ HOST_DIRS=(/run/containerd /var/lib/cni /var/lib/kubelet /var/log/pods /var/log/
 
 started=$(date +%s)
 log() { printf '%s [e2e %4ss] %s\n' "$(date +%T)" "$(($(date +%s) - started))" "$*" >&2; }
+
+# pgrep (the leftover check) and sysctl (scenario 6's documented restore) come with procps.
+if ! command -v pgrep >/dev/null || ! command -v sysctl >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends procps >/dev/null
+fi
 
 exec 9>/tmp/cds-core-pattern.lock
 flock -w 900 9 || { echo "e2e: another run holds /tmp/cds-core-pattern.lock" >&2; exit 1; }
@@ -83,6 +90,16 @@ finish() {
     printf '%s\n' "$saved_pattern" >"$PATTERN"
   fi
   cp -r "$WORK/logs" "$LOGS/cluster-logs" 2>/dev/null || true
+  if [[ ${K8S_LAB_STRACE:-0} == 1 ]]; then
+    # Audit mode: every address the cluster's processes (and the pods, their children) connected,
+    # sent or bound to must be loopback.
+    if bash "$CLUSTER" netaudit "$WORK" >"$LOGS/netaudit.log" 2>&1; then
+      log "netaudit: $(tail -n 1 "$LOGS/netaudit.log")"
+    else
+      status=1
+      cat "$LOGS/netaudit.log" >&2
+    fi
+  fi
   found=$(leftovers)
   if [[ -n $found ]]; then
     echo "e2e: left behind after the run:" >&2
