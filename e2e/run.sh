@@ -127,7 +127,7 @@ t=$(date +%s)
 set +e
 CDS_E2E_WORK=$WORK CDS_E2E_BIN=$(bash "$CLUSTER" bindir) CDS_E2E_IMAGE=$IMAGE CDS_E2E_LOGS=$LOGS \
   CDS_E2E_SAVED_PATTERN=$saved_pattern \
-  setsid --wait "$PY" -m pytest -p no:cacheprovider --timeout 400 e2e/tests ${PYTEST_ARGS:-} &
+  setsid --wait "$PY" -m pytest -p no:cacheprovider --timeout 400 --durations 0 e2e/tests ${PYTEST_ARGS:-} &
 pytest_sid=$!
 wait "$pytest_sid"
 status=$?

@@ -33,6 +33,7 @@ CHART = ROOT / "charts" / "coredump-shipper"
 NAMESPACE = "coredumps"
 APPS = "apps"
 RELEASE = "cds"
+DAEMONSET = f"{RELEASE}-coredump-shipper"
 BUCKET = "cores"
 CLUSTER_NAME = "e2e"
 NODE = "lab-node"
@@ -234,7 +235,11 @@ def release(kube: Kube, store: Store) -> Release:
     kube.helm(
         "install", RELEASE, str(CHART), "-n", NAMESPACE, "-f", str(values_file), "--wait", "--timeout", "180s"
     )
-    print(f"helm install --wait: {time.monotonic() - started:.1f}s")
+    # helm's --wait can return before the DaemonSet controller has counted the pod it waits for.
+    kube.kubectl(
+        "-n", NAMESPACE, "rollout", "status", f"daemonset/{DAEMONSET}", "--timeout=180s", timeout=200
+    )
+    print(f"helm install to DaemonSet Ready: {time.monotonic() - started:.1f}s")
     return Release(kube, core_dir, values["nodeSetup"]["corePattern"], port, values)
 
 

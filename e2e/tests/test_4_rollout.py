@@ -11,6 +11,7 @@ import hashlib
 import time
 
 from e2e.tests.conftest import (
+    DAEMONSET,
     NAMESPACE,
     RELEASE,
     Kube,
@@ -48,7 +49,7 @@ def test_rollout_restart_during_an_upload_loses_nothing(release: Release, store:
             )
             assert shipped(store.bucket, name) is None, "the upload was not slow enough to be interrupted"
             restarted = time.monotonic()
-            kube.kubectl("-n", NAMESPACE, "rollout", "restart", f"daemonset/{RELEASE}-coredump-shipper")
+            kube.kubectl("-n", NAMESPACE, "rollout", "restart", f"daemonset/{DAEMONSET}")
             wait_for(
                 "the old pod to go",
                 lambda: (
