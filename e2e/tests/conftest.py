@@ -39,6 +39,8 @@ CLUSTER_NAME = "e2e"
 NODE = "lab-node"
 BUSYBOX = "localhost/busybox:lab"
 SHIPPER_UID = 1000
+# Kept after the run (the cluster's directory is not): .cache/e2e under make e2e.
+LOGS = Path(os.environ.get("CDS_E2E_LOGS", ROOT / ".cache" / "e2e"))
 T = TypeVar("T")
 
 # Scenario 2 (pods crashing with no volume and no securityContext change: pipe capture, pod identity

@@ -30,10 +30,11 @@ def events(kube: Kube, pod: str) -> list[str]:
 def test_s3_outage_fails_readiness_not_liveness_and_the_core_waits(
     release: Release, store: Store, kube: Kube
 ) -> None:
-    pod = kube.shipper_pod()
+    pod = wait_for(
+        "a Ready shipper pod", lambda: next((p for p in kube.shipper_pods() if is_ready(p)), None), 120
+    )
     name = pod["metadata"]["name"]
     restarts_before = sum(s["restartCount"] for s in pod["status"]["containerStatuses"])
-    assert is_ready(pod)
     data = fake_core(1024 * 1024)
     core = f"core.outage.waitapp.sig6.777.{int(time.time())}"
     store.proxy.down()
