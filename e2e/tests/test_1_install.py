@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from e2e.tests.conftest import NAMESPACE, RELEASE, Kube, Release, is_ready, wait_for
+from e2e.tests.conftest import NAMESPACE, RELEASE, Kube, Release, Store, is_ready, wait_for
 
 # The doctor's rows about the node that must be OK in a pod set up by the chart. RLIMIT_CORE is not
 # among them: it is the shipper's own (0 in a container) and says nothing about the applications.
@@ -20,7 +20,7 @@ def rendered_daemonset(kube: Kube) -> dict[str, object]:
     return next(doc for doc in docs if doc and doc["kind"] == "DaemonSet")
 
 
-def test_pod_becomes_ready_through_the_charts_probes(release: Release, kube: Kube) -> None:
+def test_pod_becomes_ready_through_the_charts_probes(release: Release, store: Store, kube: Kube) -> None:
     ds = kube.get("daemonset", "-n", NAMESPACE, "-l", f"app.kubernetes.io/instance={RELEASE}")["items"][0]
     assert ds["status"]["desiredNumberScheduled"] == 1
     assert ds["status"]["numberReady"] == 1
@@ -44,6 +44,9 @@ def test_pod_becomes_ready_through_the_charts_probes(release: Release, kube: Kub
     # The start-up self-test (a probe object and a 2-part upload) runs beside the watch.
     wait_for("the S3 self-test", lambda: release.metrics()["coredump_shipper_self_test_success"] == 1, 60)
     assert any(name.startswith("coredump_shipper_build_info") for name in release.metrics())
+    # The self-test and the doctor's probe clean up after themselves in the bucket.
+    assert not [key for key in store.bucket.keys() if "coredump-shipper-probe" in key]
+    assert store.bucket.incomplete_uploads() == []
 
 
 def test_node_setup_set_the_nodes_core_pattern(release: Release, kube: Kube) -> None:

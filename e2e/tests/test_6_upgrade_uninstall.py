@@ -7,14 +7,27 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
-from e2e.tests.conftest import CHART, NAMESPACE, RELEASE, Kube, Release, is_ready, wait_for
+from e2e.tests.conftest import (
+    CHART,
+    NAMESPACE,
+    RELEASE,
+    Kube,
+    Release,
+    Store,
+    drop_core,
+    fake_core,
+    is_ready,
+    shipped,
+    wait_for,
+)
 
 CORE_PATTERN = Path("/proc/sys/kernel/core_pattern")
 
 
-def test_upgrade_with_a_changed_setting_rolls_the_pods(release: Release, kube: Kube) -> None:
+def test_upgrade_with_a_changed_setting_rolls_the_pods(release: Release, store: Store, kube: Kube) -> None:
     old = kube.shipper_pod()
     old_checksum = old["metadata"]["annotations"]["checksum/config"]
     kube.helm(
@@ -53,6 +66,13 @@ def test_upgrade_with_a_changed_setting_rolls_the_pods(release: Release, kube: K
         "the new pod's S3 self-test", lambda: release.metrics()["coredump_shipper_self_test_success"] == 1, 60
     )
     assert kube.helm("history", RELEASE, "-n", NAMESPACE).count("deployed") == 1
+    # The upgraded pod ships.
+    data = fake_core(256 * 1024)
+    name = f"core.upgrade.newapp.sig6.99.{int(time.time())}"
+    drop_core(release.core_dir, name, data)
+    key = wait_for("a core shipped by the upgraded pod", lambda: shipped(store.bucket, name), 60)
+    assert store.bucket.content(key) == data
+    assert release.metrics()['coredump_shipper_uploads_total{result="success"}'] >= 1
 
 
 def test_uninstall_and_the_documented_restore_leave_core_pattern_as_before(
