@@ -13,7 +13,8 @@
 # 3. `cluster.sh start` in a fresh temporary WORK directory, the scenarios in e2e/tests (pytest),
 #    `cluster.sh stop` in a trap;
 # 4. checks that nothing is left behind: no process of the run, no mount, no kubepods cgroup, no
-#    created host directory, and the machine's kernel.core_pattern as it was before the run.
+#    created host directory, and the machine's kernel.core_pattern and core_pipe_limit as they were
+#    before the run.
 #
 # kernel.core_pattern is global to the machine and the scenarios change it (the chart's node setup):
 # the run holds /tmp/cds-core-pattern.lock throughout, the lock every core_pattern change takes.
@@ -27,6 +28,7 @@ CLUSTER=$ROOT/e2e/cluster/cluster.sh
 IMAGE=${CDS_E2E_IMAGE:-localhost/coredump-shipper:e2e}
 PY=$ROOT/.venv/bin/python
 PATTERN=/proc/sys/kernel/core_pattern
+PIPE_LIMIT=/proc/sys/kernel/core_pipe_limit
 LOGS=$ROOT/.cache/e2e
 # Mount points cluster.sh creates on the host when missing (its HOST_DIRS).
 HOST_DIRS=(/run/containerd /var/lib/cni /var/lib/kubelet /var/log/pods /var/log/containers)
@@ -42,11 +44,15 @@ fi
 exec 9>/tmp/cds-core-pattern.lock
 flock -w 900 9 || { echo "e2e: another run holds /tmp/cds-core-pattern.lock" >&2; exit 1; }
 saved_pattern=$(cat "$PATTERN")
+# Pipe capture's node setup raises core_pipe_limit too: machine-global as well.
+saved_pipe_limit=$(cat "$PIPE_LIMIT")
 # A killed earlier run may have left the node-setup pattern pointing into its temporary directory.
 if [[ $saved_pattern == */cds-e2e.* ]]; then
   log "core_pattern $saved_pattern was left by a killed run: repairing it to 'core'"
   saved_pattern=core
   echo core >"$PATTERN"
+  saved_pipe_limit=0
+  echo 0 >"$PIPE_LIMIT"
 fi
 missing_dirs=()
 for d in "${HOST_DIRS[@]}"; do [[ -e $d ]] || missing_dirs+=("$d"); done
@@ -78,6 +84,7 @@ leftovers() {
   pgrep -a -f "$WORK" | grep -v "^$$ " | sed 's/^/process: /' || true
   [[ -n ${pytest_sid:-} ]] && { pgrep -a -s "$pytest_sid" | sed 's/^/test process: /' || true; }
   [[ $(cat "$PATTERN") == "$saved_pattern" ]] || echo "kernel.core_pattern: $(cat "$PATTERN") (was $saved_pattern)"
+  [[ $(cat "$PIPE_LIMIT") == "$saved_pipe_limit" ]] || echo "kernel.core_pipe_limit: $(cat "$PIPE_LIMIT") (was $saved_pipe_limit)"
 }
 
 finish() {
@@ -89,6 +96,7 @@ finish() {
     log "restoring kernel.core_pattern: $(cat "$PATTERN") -> $saved_pattern"
     printf '%s\n' "$saved_pattern" >"$PATTERN"
   fi
+  [[ $(cat "$PIPE_LIMIT") == "$saved_pipe_limit" ]] || echo "$saved_pipe_limit" >"$PIPE_LIMIT"
   cp -r "$WORK/logs" "$LOGS/cluster-logs" 2>/dev/null || true
   if [[ ${K8S_LAB_STRACE:-0} == 1 ]]; then
     # Audit mode: every address the cluster's processes (and the pods, their children) connected,
@@ -106,7 +114,7 @@ finish() {
     echo "$found" >&2
     status=1
   else
-    log "nothing left behind: no process, mount, kubepods cgroup or host directory; core_pattern '$saved_pattern'"
+    log "nothing left behind: no process, mount, kubepods cgroup or host directory; core_pattern '$saved_pattern', core_pipe_limit $saved_pipe_limit"
   fi
   rm -rf "$WORK"
   log "done in $(($(date +%s) - started)) s (status $status; logs in $LOGS)"
