@@ -98,6 +98,7 @@ finish() {
   fi
   [[ $(cat "$PIPE_LIMIT") == "$saved_pipe_limit" ]] || echo "$saved_pipe_limit" >"$PIPE_LIMIT"
   cp -r "$WORK/logs" "$LOGS/cluster-logs" 2>/dev/null || true
+  cp -r "$WORK/log/pods" "$LOGS/pod-logs" 2>/dev/null || true
   if [[ ${K8S_LAB_STRACE:-0} == 1 ]]; then
     # Audit mode: every address the cluster's processes (and the pods, their children) connected,
     # sent or bound to must be loopback.
