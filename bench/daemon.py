@@ -28,7 +28,7 @@ class DaemonFailed(Exception):
 class Daemon:
     """One `coredump-shipper run` process watching `watch_dir`, listening on a free port."""
 
-    def __init__(self, sink: NullSink, watch_dir: Path, log: Path) -> None:
+    def __init__(self, sink: NullSink, watch_dir: Path, log: Path, extra: Sequence[str] = ()) -> None:
         self.port = free_port()
         self.watch_dir = watch_dir
         self.log = log
@@ -49,6 +49,7 @@ class Daemon:
             # the storm limit exists to stop. Here every one of them must ship.
             "--storm-limit",
             "0",
+            *extra,
         ]
         self._out = log.open("wb")
         self.started = time.perf_counter()

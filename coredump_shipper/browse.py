@@ -209,11 +209,19 @@ class Filters:
     pod: str | None = None
     exe: str | None = None
     since: datetime | None = None
+    namespace: str | None = None
+    workload: str | None = None
 
     def match(self, entry: CoreEntry) -> bool:
         if self.since is not None and (entry.crash_time is None or entry.crash_time < self.since):
             return False
-        checks = ((self.cluster, (entry.cluster,)), (self.node, (entry.node,)), (self.pod, (entry.pod,)))
+        checks = (
+            (self.cluster, (entry.cluster,)),
+            (self.node, (entry.node,)),
+            (self.pod, (entry.pod,)),
+            (self.namespace, (_text(entry.fields, "namespace"),)),
+            (self.workload, (_text(entry.fields, "workload"),)),
+        )
         if any(wanted is not None and not _any_match(wanted, values) for wanted, values in checks):
             return False
         return self.exe is None or _any_match(self.exe, _programs(entry))
@@ -341,6 +349,8 @@ async def list_cores(
     exe: str | None = None,
     since: timedelta | None = None,
     limit: int | None = None,
+    namespace: str | None = None,
+    workload: str | None = None,
     now: datetime | None = None,
     concurrency: int = LIST_CONCURRENCY,
 ) -> list[CoreEntry]:
@@ -360,7 +370,7 @@ async def list_cores(
             log.warning("skipping %s: %s", key, error)
             return None
 
-    filters = Filters(cluster, node, pod, exe, cutoff)
+    filters = Filters(cluster, node, pod, exe, cutoff, namespace, workload)
     entries = [e for e in await _bounded(keys, read, concurrency) if e is not None and filters.match(e)]
     entries.sort(key=lambda e: (e.crash_time or datetime.min.replace(tzinfo=UTC), e.key), reverse=True)
     return entries if limit is None else entries[: max(0, limit)]

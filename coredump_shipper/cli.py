@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-write-probe", action="store_true", help="read-only S3 checks: no probe object or upload"
     )
     ls = commands.add_parser("ls", help="list shipped cores, newest first")
-    for name in ("cluster", "node", "pod", "exe"):
+    for name in ("cluster", "node", "pod", "exe", "namespace", "workload"):
         ls.add_argument(f"--{name}", dest=f"filter_{name}", metavar="GLOB", help=f"only this {name} (glob)")
     ls.add_argument("--since", help="only cores that crashed within this duration (e.g. 2h)")
     ls.add_argument("--limit", type=int, help="at most this many cores")
@@ -167,6 +167,8 @@ async def _ls(config: Config, args: argparse.Namespace) -> int:
             node=args.filter_node,
             pod=args.filter_pod,
             exe=args.filter_exe,
+            namespace=args.filter_namespace,
+            workload=args.filter_workload,
             since=since,
             limit=args.limit,
         )

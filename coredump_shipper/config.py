@@ -18,7 +18,7 @@ from typing import Any
 
 from coredump_shipper.corename import CoreNamePattern
 from coredump_shipper.errors import ConfigError
-from coredump_shipper.naming import TEMPLATE_FIELDS, KeyTemplate
+from coredump_shipper.naming import TEMPLATE_FIELDS, KeyTemplate, label_fields
 from coredump_shipper.storage import StorageOptions
 
 ENV_PREFIX = "COREDUMP_SHIPPER_"
@@ -124,6 +124,20 @@ def _listen(text: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"{text!r} is not HOST:PORT")
     return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - a DaemonSet is scraped from outside
+
+
+def _labels(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    for name in names:
+        # A label key: an optional DNS-subdomain prefix and a name of at most 63 characters.
+        if not re.fullmatch(r"([a-z0-9.-]{1,253}/)?[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?", name):
+            raise ValueError(f"{name!r} is not a label key")
+    return names
+
+
+def _kubeconfig(text: str) -> str | None:
+    # KUBECONFIG may list several files; the first one is used.
+    return next((part for part in text.split(os.pathsep) if part), None)
 
 
 def _text(text: str) -> str:
@@ -293,7 +307,9 @@ SETTINGS: tuple[Setting, ...] = (
         "{cluster}/{node}.{filename}",
         (
             "object key template; fields: cluster, node, filename, pod, exe, exe_path, signal,"
-            " signal_name, pid, global_pid, uid, gid, crash_time (takes a strftime spec)"
+            " signal_name, pid, global_pid, uid, gid, crash_time (takes a strftime spec); from the"
+            " Kubernetes API: namespace, pod_uid, container, image, image_id, workload_kind, workload,"
+            " label_<name> for each of --pod-labels (e.g. label_app_kubernetes_io_name)"
         ),
     ),
     Setting(
@@ -372,6 +388,42 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("storm-window", parse_duration, "1h", "the window of --storm-limit"),
     Setting(
+        "kubernetes",
+        _choice("auto", "off"),
+        "auto",
+        "pod fields and Events from the Kubernetes API: auto uses the pod's service account, or"
+        " --kubeconfig outside a pod",
+        commands=_DAEMON,
+    ),
+    Setting(
+        "kubeconfig",
+        _kubeconfig,
+        "",
+        "kubeconfig for the Kubernetes API outside a pod (the first file of KUBECONFIG)",
+        ("KUBECONFIG",),
+        commands=_DAEMON,
+    ),
+    Setting(
+        "pod-labels",
+        _labels,
+        "",
+        "pod labels for metadata and key template fields label_<name>, e.g. app.kubernetes.io/name,team",
+    ),
+    Setting(
+        "pod-lookup-timeout",
+        parse_duration,
+        "2s",
+        "longest a core waits for its pod to be found in the API before it ships without pod fields",
+        commands=_DAEMON,
+    ),
+    Setting(
+        "events",
+        _on_off,
+        "on",
+        "a CoreDumped Event on the crashed pod (needs create and patch on events)",
+        commands=_DAEMON,
+    ),
+    Setting(
         "stall-timeout",
         parse_duration,
         "5m",
@@ -437,6 +489,11 @@ class Config:
     keep_free: DiskLimit
     storm_limit: int
     storm_window: float
+    kubernetes: str
+    kubeconfig: str | None
+    pod_labels: tuple[str, ...]
+    pod_lookup_timeout: float
+    events: bool
     stall_timeout: float
     listen: tuple[str, int]
     log_format: str
@@ -497,7 +554,7 @@ def load_config(
 def _validate(config: Config, command: str) -> None:
     if config.bucket is not None and not re.fullmatch(r"[a-z0-9][a-z0-9.\-_]{1,254}", config.bucket):
         raise ConfigError("--bucket", f"{config.bucket!r} is not a valid bucket name")
-    KeyTemplate(config.key_template, TEMPLATE_FIELDS)
+    KeyTemplate(config.key_template, template_fields(config))
     CoreNamePattern.compile(config.filename_pattern)
     storage_options(config)
     if config.retry_max_delay < config.retry_base_delay:
@@ -514,8 +571,13 @@ def storage_options(config: Config) -> StorageOptions:
         config.storage_class,
         config.acl,
         config.tags,
-        TEMPLATE_FIELDS,
+        template_fields(config),
     )
+
+
+def template_fields(config: Config) -> tuple[str, ...]:
+    """Fields a key template or tag may use: the fixed ones and one per --pod-labels label."""
+    return TEMPLATE_FIELDS + label_fields(config.pod_labels or ())
 
 
 def _validate_watch_dir(path: Path) -> None:

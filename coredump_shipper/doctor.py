@@ -20,6 +20,7 @@ from coredump_shipper.checks import Check, ExtraCheck
 from coredump_shipper.config import Config
 from coredump_shipper.corename import CoreNamePattern
 from coredump_shipper.errors import ConfigError
+from coredump_shipper.kubecheck import kube_checks
 from coredump_shipper.metrics import Metrics
 from coredump_shipper.s3checks import s3_checks
 
@@ -65,6 +66,7 @@ async def run_doctor(
     local += [(_callable_name(extra), _as_list(extra, config)) for extra in extra_checks]
     for name, run in local:
         checks += _guarded(name, run)
+    checks += await kube_checks(config)
     checks += await s3_checks(config, write_probe=write_probe)
     return checks
 

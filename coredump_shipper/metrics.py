@@ -31,6 +31,8 @@ SKIP_REASONS = (
     "vanished",
 )
 DROP_REASONS = ("disk_budget", "rate_limited")
+ENRICHMENT_RESULTS = ("matched", "not_found", "ambiguous", "host_network", "no_identity", "unavailable")
+EVENT_RESULTS = ("created", "updated", "rate_limited", "dropped", "failed")
 
 
 class Metrics:
@@ -127,6 +129,22 @@ class Metrics:
             registry=r,
         )
         self.self_test.set(-1)
+        self.enrichment = Counter(
+            name("enrichment"),
+            "Cores looked up in the Kubernetes API for their pod, by result (matched or why not).",
+            ["result"],
+            registry=r,
+        )
+        self.events = Counter(
+            name("events"),
+            "CoreDumped Events on pods: created, updated (series), rate_limited, dropped, failed.",
+            ["result"],
+            registry=r,
+        )
+        for result in ENRICHMENT_RESULTS:
+            self.enrichment.labels(result)
+        for result in EVENT_RESULTS:
+            self.events.labels(result)
         for limit in ("max_use", "keep_free"):
             self.disk_limit.labels(limit)
         for result in ("success", "failure"):

@@ -7,6 +7,7 @@ key or a header, so a name can neither break out of the key prefix nor inject a 
 
 from __future__ import annotations
 
+import re
 import string
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -30,9 +31,26 @@ TEMPLATE_FIELDS = (
     "uid",
     "gid",
     "crash_time",
+    # From the Kubernetes API (identity.py), for cores whose pod is found.
+    "namespace",
+    "pod_uid",
+    "container",
+    "image",
+    "image_id",
+    "workload_kind",
+    "workload",
 )
 UNKNOWN = "unknown"
 _SAMPLE_TIME = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def label_field(label: str) -> str:
+    """The template field of a --pod-labels label: app.kubernetes.io/name -> label_app_kubernetes_io_name."""
+    return "label_" + re.sub(r"[^0-9A-Za-z]", "_", label)
+
+
+def label_fields(labels: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(label_field(label) for label in labels)
 
 
 def _escape_byte(byte: int) -> str:

@@ -20,8 +20,8 @@ from aiobotocore.session import get_session
 from botocore.exceptions import ClientError, ConnectionError, HTTPClientError, NoCredentialsError, SSLError
 
 from coredump_shipper.checks import Check
-from coredump_shipper.config import Config, storage_options
-from coredump_shipper.naming import TEMPLATE_FIELDS, KeyTemplate
+from coredump_shipper.config import Config, storage_options, template_fields
+from coredump_shipper.naming import KeyTemplate
 from coredump_shipper.retry import describe
 from coredump_shipper.uploader import client_settings, s3_client
 
@@ -264,7 +264,8 @@ def probe_key(config: Config, kind: str = "") -> str:
 
 def _probe_args(config: Config) -> dict[str, Any]:
     """The same encryption, class, ACL and tags as cores get: a bucket policy judges probes alike."""
-    values: dict[str, Any] = {name: "probe" for name in TEMPLATE_FIELDS} | {"crash_time": datetime.now(UTC)}
+    values: dict[str, Any] = {name: "probe" for name in template_fields(config)}
+    values["crash_time"] = datetime.now(UTC)
     return storage_options(config).args(values)
 
 

@@ -21,6 +21,7 @@ from coredump_shipper.budget import DiskBudget
 from coredump_shipper.config import Config
 from coredump_shipper.corefile import Identity
 from coredump_shipper.errors import UploadError
+from coredump_shipper.kube import kube_features
 from coredump_shipper.metrics import Metrics
 from coredump_shipper.pipeline import Pipeline
 from coredump_shipper.record import ShippedRecord
@@ -68,7 +69,8 @@ class Service:
         record = ShippedRecord(config.state_path) if keep else None
         # Keep mode: files recorded as shipped are neither queued again nor kept before unshipped ones.
         self._already_shipped = None if record is None else self._shipped_check(record)
-        shipper = Shipper(config, self.store, self.metrics, delete_after=not keep, record=record)
+        kube = await self._stack.enter_async_context(kube_features(config, self.metrics))
+        shipper = Shipper(config, self.store, self.metrics, delete_after=not keep, record=record, kube=kube)
         self.pipeline = Pipeline(
             config.watch_dir,
             shipper,

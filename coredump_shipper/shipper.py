@@ -7,21 +7,27 @@ the same way.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from coredump_shipper.config import Config, storage_options
+from coredump_shipper.config import Config, storage_options, template_fields
 from coredump_shipper.corefile import CoreFile
 from coredump_shipper.corename import CoreNamePattern
 from coredump_shipper.errors import FileChanged
 from coredump_shipper.facts import CoreFacts, core_uses_pid, gather, truncation_hint
 from coredump_shipper.metrics import Metrics
-from coredump_shipper.naming import TEMPLATE_FIELDS, KeyTemplate
+from coredump_shipper.naming import KeyTemplate
 from coredump_shipper.parts import choose_part_size
 from coredump_shipper.record import ShippedRecord
 from coredump_shipper.storm import StormLimiter
 from coredump_shipper.uploader import S3Store, UploadResult
+
+if TYPE_CHECKING:
+    from coredump_shipper.kube import Kube
+    from coredump_shipper.pods import Pod
 
 log = logging.getLogger(__name__)
 MANIFEST_SUFFIX = ".manifest.json"
@@ -36,14 +42,17 @@ class Shipper:
         *,
         delete_after: bool,
         record: ShippedRecord | None = None,
+        kube: Kube | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.metrics = metrics
         self.delete_after = delete_after
         self.record = record
+        self.kube = kube
+        self.fields = template_fields(config)
         self.compressed = config.compression == "zstd"
-        self.keys = KeyTemplate(config.key_template, TEMPLATE_FIELDS, ".zst" if self.compressed else "")
+        self.keys = KeyTemplate(config.key_template, self.fields, ".zst" if self.compressed else "")
         self.pattern = CoreNamePattern.compile(config.filename_pattern, uses_pid=core_uses_pid())
         self.storm = StormLimiter(config.storm_limit, config.storm_window)
         self.storage = storage_options(config)
@@ -65,6 +74,7 @@ class Shipper:
                 self.config.node_name,
                 self.config.compression,
             )
+            facts, pod = await self._identify(facts)
             key = self.keys.render(facts.template_values)
             if facts.info.truncated:
                 self.metrics.truncated_cores.inc()
@@ -76,9 +86,11 @@ class Shipper:
                 )
             if not self.storm.admit(facts.program, core.name):
                 await self._metadata_only(core, key, facts)
+                self._announce(pod, facts, key + MANIFEST_SUFFIX, metadata_only=True)
                 return None
             result = await self._upload(core, key, facts)
             self._finish(core, key)
+            self._announce(pod, facts, key, metadata_only=False)
         seconds = time.monotonic() - started
         self.metrics.uploads.labels("success").inc()
         self.metrics.core_bytes.inc(core.size)
@@ -99,6 +111,18 @@ class Shipper:
             },
         )
         return key
+
+    async def _identify(self, facts: CoreFacts) -> tuple[CoreFacts, Pod | None]:
+        """Every template field present (None when unknown), plus the pod's when the API knows it."""
+        values = {name: None for name in self.fields} | facts.template_values
+        facts = dataclasses.replace(facts, template_values=values)
+        if self.kube is None:
+            return facts, None
+        return await self.kube.enrich(facts)
+
+    def _announce(self, pod: Pod | None, facts: CoreFacts, key: str, *, metadata_only: bool) -> None:
+        if self.kube is not None:
+            self.kube.core_shipped(pod, facts, key, metadata_only=metadata_only)
 
     async def _upload(self, core: CoreFile, key: str, facts: CoreFacts) -> UploadResult:
         part_size = choose_part_size(core.size, self.config.part_size, self.compressed, self.config.max_parts)

@@ -22,6 +22,7 @@ from coredump_shipper.config import Config, load_config
 from coredump_shipper.metrics import Metrics
 from coredump_shipper.service import Service
 from tests.servers import S3Endpoint, free_port
+from tests.servers import kube as kube_servers
 from tests.servers import swift as swift_server
 from tests.servers.moto import run_moto
 from tests.servers.tls import tls_front
@@ -51,6 +52,18 @@ def swift_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
 
 
 @pytest.fixture(scope="session")
+def kube_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[kube_servers.KubeServer]:
+    """etcd + kube-apiserver on 127.0.0.1 with real RBAC, started once for the session."""
+    reason = kube_servers.missing()
+    if reason:
+        if os.environ.get("CI"):  # .ci/run builds the binaries: a skip there would hide a broken set-up
+            pytest.fail(f"kube-apiserver is required in CI: {reason}")
+        pytest.skip(reason)
+    with kube_servers.run_kube(tmp_path_factory.mktemp("kube")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def moto_tls(s3_server: S3Endpoint, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
     """moto behind an HTTPS front whose certificate comes from a private CA."""
     with tls_front(s3_server, tmp_path_factory.mktemp("moto-tls")) as endpoint:
@@ -73,6 +86,9 @@ def _aws_env(monkeypatch: pytest.MonkeyPatch, s3_server: S3Endpoint) -> None:
             "S3_BUCKET",
             "NODE_NAME",
             "CLUSTER_NAME",
+            # The machine's own Kubernetes access must not turn pod look-ups on in tests.
+            "KUBECONFIG",
+            "KUBERNETES_SERVICE_HOST",
         }:
             monkeypatch.delenv(name)
     for name, value in s3_server.env().items():

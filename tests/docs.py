@@ -82,10 +82,53 @@ def iam_policy() -> str:
     return "```json\n" + json.dumps(policy, indent=2) + "\n```"
 
 
+PACKAGE = README.parent / "coredump_shipper"
+# Kubernetes API calls are written `client.call("verb", RESOURCE, ...)` and `client.watch(RESOURCE, ...)`.
+_KUBE_CALL = re.compile(r"\.call\(\s*\"([a-z]+)\",\s*([A-Z_]+)\b|\.watch\(\s*([A-Z_]+)\b")
+
+
+def kube_calls() -> set[tuple[str, str, str]]:
+    """(API group, resource, verb) of every Kubernetes API call in the package's code."""
+    from coredump_shipper import kubeapi
+
+    found = set()
+    for module in sorted(PACKAGE.glob("*.py")):
+        for match in _KUBE_CALL.finditer(module.read_text()):
+            verb = match.group(1) or "watch"
+            resource: kubeapi.Resource = getattr(kubeapi, match.group(2) or match.group(3))
+            found.add((resource.group, resource.plural, verb))
+    return found
+
+
+def kube_rules() -> list[dict[str, list[str]]]:
+    """The ClusterRole rules that allow exactly kube_calls(): groups sharing resource and verbs merged."""
+    verbs: dict[tuple[str, str], set[str]] = {}
+    for group, plural, verb in kube_calls():
+        verbs.setdefault((group, plural), set()).add(verb)
+    merged: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+    for (group, plural), allowed in sorted(verbs.items()):
+        merged.setdefault((plural, tuple(sorted(allowed))), []).append(group)
+    return [
+        {"apiGroups": groups, "resources": [plural], "verbs": list(allowed)}
+        for (plural, allowed), groups in sorted(merged.items(), key=lambda item: item[0][0], reverse=True)
+    ]
+
+
+def rbac_rules() -> str:
+    lines = ["```yaml", "rules:"]
+    for rule in kube_rules():
+        groups = ", ".join(json.dumps(group) for group in rule["apiGroups"])
+        lines.append(f"  - apiGroups: [{groups}]")
+        lines.append(f"    resources: [{', '.join(rule['resources'])}]")
+        lines.append(f"    verbs: [{', '.join(rule['verbs'])}]")
+    return "\n".join([*lines, "```"])
+
+
 BLOCKS: dict[str, Callable[[], str]] = {
     "settings": settings_table,
     "metrics": metrics_table,
     "iam": iam_policy,
+    "rbac": rbac_rules,
 }
 
 

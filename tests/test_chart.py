@@ -122,9 +122,11 @@ def test_pod_runs_unprivileged_with_a_read_only_root(default: list[Manifest]) ->
         assert not spec.get(key)
 
 
-def test_no_service_account_token(default: list[Manifest]) -> None:
-    assert pod_spec(default)["automountServiceAccountToken"] is False
-    assert one(default, "ServiceAccount")["automountServiceAccountToken"] is False
+def test_no_service_account_token_without_the_api_features() -> None:
+    # With config.kubernetes on (the default) the token is mounted: tests/test_kube_rbac.py.
+    manifests = render(sets={"config.kubernetes": "off"})
+    assert pod_spec(manifests)["automountServiceAccountToken"] is False
+    assert one(manifests, "ServiceAccount")["automountServiceAccountToken"] is False
 
 
 def test_probes_hit_different_endpoints_on_the_metrics_port(default: list[Manifest]) -> None:
@@ -254,7 +256,6 @@ def test_irsa_uses_the_service_account_and_no_keys() -> None:
     annotations = one(manifests, "ServiceAccount")["metadata"]["annotations"]
     assert annotations == {"eks.amazonaws.com/role-arn": "arn:aws:iam::111122223333:role/coredump-shipper"}
     assert pod_spec(manifests)["serviceAccountName"] == "rel-coredump-shipper"
-    assert pod_spec(manifests)["automountServiceAccountToken"] is False
     names = {e["name"] for e in shipper(manifests)["env"]}
     assert not names & {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
 

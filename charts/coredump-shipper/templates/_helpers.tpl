@@ -50,6 +50,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
 {{/*
+"true" when the shipper may use the Kubernetes API (config.kubernetes is not off): the pod then gets a
+service account token and the chart a ClusterRole for it.
+*/}}
+{{- define "coredump-shipper.kubernetesEnabled" -}}
+{{- if ne (toString .Values.config.kubernetes) "off" }}true{{ end }}
+{{- end }}
+
+{{/*
 Image reference from a {registry, repository, tag, digest} map; a digest wins over the tag.
 Usage: include "coredump-shipper.image" (dict "image" .Values.image "root" .)
 */}}
