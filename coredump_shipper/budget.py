@@ -15,6 +15,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
+from coredump_shipper import crashfacts
 from coredump_shipper.config import DiskLimit
 from coredump_shipper.metrics import Metrics
 
@@ -123,4 +124,5 @@ class DiskBudget:
             os.unlink(path)
         except FileNotFoundError:
             return False
+        crashfacts.remove(self.watch_dir, core.name)  # the pipe receiver's facts of that core
         return True

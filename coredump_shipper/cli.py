@@ -23,6 +23,7 @@ from coredump_shipper.config import (
     parse_duration,
     raw_value,
 )
+from coredump_shipper.corepattern import DEFAULT_HELPER, pipe_line
 from coredump_shipper.errors import ConfigError, FileChanged, ShipperError, SkipFile, UploadError
 from coredump_shipper.logs import setup_logging
 from coredump_shipper.metrics import Metrics
@@ -72,6 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("-o", "--output", type=Path, help="file or directory (default: original name here)")
     fetch.add_argument("--force", action="store_true", help="overwrite an existing file")
     fetch.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    pattern = commands.add_parser(
+        "core-pattern", help="print the kernel.core_pattern line that pipes cores to coredump-receive"
+    )
+    pattern.add_argument(
+        "--helper",
+        default=DEFAULT_HELPER,
+        help=f"where the receiver is on the node (default {DEFAULT_HELPER})",
+    )
     subcommands = (
         (run, "run"),
         (ship, "ship"),
@@ -79,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         (doctor, "doctor"),
         (ls, "ls"),
         (fetch, "fetch"),
+        (pattern, "core-pattern"),
     )
     for sub, command in subcommands:
         for setting in SETTINGS:
@@ -188,6 +198,19 @@ async def _fetch(config: Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _core_pattern(config: Config, args: argparse.Namespace) -> int:
+    print(
+        pipe_line(
+            args.helper,
+            str(config.watch_dir),
+            config.max_core_size,
+            config.keep_free,
+            config.receive_timeout,
+        )
+    )
+    return EXIT_OK
+
+
 async def _ship(config: Config, args: argparse.Namespace) -> int:
     """Ship each file with a bounded number of attempts; never deletes what it shipped."""
     files: Sequence[Path] = args.files
@@ -229,4 +252,5 @@ COMMANDS: dict[str, Callable[[Config, argparse.Namespace], Coroutine[Any, Any, i
     "doctor": _doctor,
     "ls": _ls,
     "fetch": _fetch,
+    "core-pattern": _core_pattern,
 }

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from coredump_shipper.corename import CoreNamePattern
+from coredump_shipper.crashfacts import is_receiver_file
 from coredump_shipper.errors import ConfigError
 from coredump_shipper.naming import TEMPLATE_FIELDS, KeyTemplate, label_fields
 from coredump_shipper.storage import StorageOptions
@@ -162,6 +163,13 @@ def _max_parts(text: str) -> int:
     return parts
 
 
+def _receive_timeout(text: str) -> float:
+    seconds = parse_duration(text)
+    if seconds < 1:
+        raise ValueError(f"{text!r} is shorter than 1s")
+    return seconds
+
+
 def _level(text: str) -> int:
     level = int(text)
     if not -7 <= level <= 22:
@@ -173,6 +181,8 @@ def _level(text: str) -> int:
 _DAEMON = frozenset({"run", "doctor"})
 _UPLOAD = frozenset({"run", "ship", "doctor"})
 _S3 = frozenset({"run", "ship", "doctor", "ls", "fetch"})
+# What the core_pattern line for the pipe receiver is made of.
+_PIPE = frozenset({"core-pattern", "doctor"})
 
 
 @dataclass(frozen=True)
@@ -206,7 +216,7 @@ SETTINGS: tuple[Setting, ...] = (
         "/var/coredump",
         "directory the kernel writes cores into",
         ("LOCAL_PATH",),
-        _DAEMON,
+        _DAEMON | _PIPE,
     ),
     Setting("bucket", _text, None, "S3 bucket to ship cores to (required)", ("S3_BUCKET",), commands=_S3),
     Setting(
@@ -307,8 +317,8 @@ SETTINGS: tuple[Setting, ...] = (
         "{cluster}/{node}.{filename}",
         (
             "object key template; fields: cluster, node, filename, pod, exe, exe_path, signal,"
-            " signal_name, pid, global_pid, uid, gid, crash_time (takes a strftime spec); from the"
-            " Kubernetes API: namespace, pod_uid, container, image, image_id, workload_kind, workload,"
+            " signal_name, pid, global_pid, uid, gid, pod_uid, container_id, crash_time (takes a strftime"
+            " spec); from the Kubernetes API: namespace, container, image, image_id, workload_kind, workload,"
             " label_<name> for each of --pod-labels (e.g. label_app_kubernetes_io_name)"
         ),
     ),
@@ -377,8 +387,22 @@ SETTINGS: tuple[Setting, ...] = (
         "keep-free",
         parse_disk_limit,
         "5%",
-        "space to keep free on the watched filesystem (bytes or %; 0 = no floor)",
-        commands=_DAEMON,
+        "space to keep free on the watched filesystem (bytes or %; 0 = no floor); the pipe receiver's too",
+        commands=_DAEMON | _PIPE,
+    ),
+    Setting(
+        "max-core-size",
+        parse_size,
+        "32GiB",
+        "pipe capture: the receiver keeps at most this much of a core and marks it cut short (0 = no cap)",
+        commands=_PIPE,
+    ),
+    Setting(
+        "receive-timeout",
+        _receive_timeout,
+        "10m",
+        "pipe capture: deadline for the receiver to store one core (the crashed process waits for it)",
+        commands=_PIPE,
     ),
     Setting(
         "storm-limit",
@@ -487,6 +511,8 @@ class Config:
     rescan_interval: float
     max_use: DiskLimit
     keep_free: DiskLimit
+    max_core_size: int
+    receive_timeout: float
     storm_limit: int
     storm_window: float
     kubernetes: str
@@ -509,6 +535,8 @@ class Config:
             self.state_path.name,
             f".{self.state_path.name}.tmp",
         }:
+            return True
+        if is_receiver_file(name):  # the pipe receiver's temporary files and crash facts
             return True
         return any(fnmatch.fnmatchcase(name, glob) for glob in self.ignore)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from coredump_shipper import crashfacts
 from coredump_shipper.errors import FileChanged, SkipFile
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -100,13 +101,16 @@ class CoreFile:
         return (st.st_dev, st.st_ino) == (self.identity.device, self.identity.inode)
 
     def remove(self) -> bool:
-        """Delete the file if the path still names the shipped inode; False if it was replaced."""
+        """Delete the file if the path still names the shipped inode; False if it was replaced.
+
+        The pipe receiver's crash facts beside it go with it."""
         if not self.still_on_disk():
             return False
         try:
             os.unlink(self.path)
         except FileNotFoundError:
             return False
+        crashfacts.remove(self.path.parent, self.name)
         return True
 
     def close(self) -> None:

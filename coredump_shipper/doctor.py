@@ -19,9 +19,11 @@ from coredump_shipper.budget import DiskBudget
 from coredump_shipper.checks import Check, ExtraCheck
 from coredump_shipper.config import Config
 from coredump_shipper.corename import CoreNamePattern
+from coredump_shipper.corepattern import parse_pipe_line
 from coredump_shipper.errors import ConfigError
 from coredump_shipper.kubecheck import kube_checks
 from coredump_shipper.metrics import Metrics
+from coredump_shipper.pipecheck import other_uids_check, receiver_checks
 from coredump_shipper.s3checks import s3_checks
 
 if TYPE_CHECKING:
@@ -130,11 +132,15 @@ def core_pattern_checks(config: Config, proc_root: Path) -> list[Check]:
     uses_pid = _read(proc_root / "sys/kernel/core_uses_pid")
     if pattern is None:
         return [Check("kernel.core_pattern", "WARN", "cannot read /proc/sys/kernel/core_pattern")]
+    receiver = parse_pipe_line(pattern)
+    if receiver is not None:  # pipe capture: the receiver names cores and records their facts
+        return receiver_checks(config, receiver, proc_root)
     checks = [destination_check(config, pattern, proc_root)]
     if not pattern.startswith("|"):
         name = pattern.rsplit("/", 1)[-1]
         checks.append(fields_check(config, name, uses_pid))
         checks.append(filename_pattern_check(config, name, uses_pid))
+        checks.append(other_uids_check(proc_root))
     meaning = {"1": "the kernel appends .PID to names without %p", "0": "no .PID suffix is added"}
     checks.append(
         Check("kernel.core_uses_pid", "OK", f"{uses_pid}: {meaning.get(uses_pid or '', 'unknown')}")

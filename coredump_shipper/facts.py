@@ -3,16 +3,18 @@
 The file name (parsed with the node's core_pattern, `--filename-pattern`) says which pod and program
 crashed and when; the ELF headers and notes say whether the file is a complete core and confirm the
 signal, command and executable. Headers win where both speak: they come from the process itself.
+In pipe capture the receiver's crash facts (crashfacts.py) come from the kernel and /proc and win
+over the file name; they alone know the pod UID and container ID.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from coredump_shipper import __version__
+from coredump_shipper import __version__, crashfacts
 from coredump_shipper.corefile import CoreFile
 from coredump_shipper.corename import CoreNamePattern
 from coredump_shipper.elfcore import CoreInfo, inspect_core
@@ -45,6 +47,20 @@ def gather(core: CoreFile, pattern: CoreNamePattern, cluster: str, node: str, co
     """Blocking (reads the headers with pread): call in a thread."""
     named = pattern.parse(core.name)
     info = inspect_core(core.fd, core.size)
+    received = crashfacts.read(core.path.parent, core.name, core.identity.inode, core.size)
+    if received is not None:
+        named = replace(
+            named,
+            pod=received.hostname or named.pod,
+            exe=received.comm or named.exe,
+            exe_path=received.exe_path or named.exe_path,
+            signal=received.signal,
+            pid=received.pid if received.pid is not None else named.pid,
+            global_pid=received.global_pid,
+            uid=received.uid,
+            gid=received.gid,
+            crash_time=received.crash_time,
+        )
     crash_time = named.crash_time or datetime.fromtimestamp(core.mtime, UTC)
     signal = info.signal if info.signal is not None else named.signal
     values: dict[str, Any] = {
@@ -60,6 +76,8 @@ def gather(core: CoreFile, pattern: CoreNamePattern, cluster: str, node: str, co
         "global_pid": named.global_pid,
         "uid": named.uid,
         "gid": named.gid,
+        "pod_uid": received.pod_uid if received else None,
+        "container_id": received.container_id if received else None,
         "crash_time": crash_time,
     }
     # Most useful first: if S3's 2 KiB metadata budget runs out, the long tail goes first.
@@ -73,10 +91,16 @@ def gather(core: CoreFile, pattern: CoreNamePattern, cluster: str, node: str, co
         "name-matched": "true" if named.matched else "false",
     }
     extra = {**named.as_dict(), **info.as_dict()}
+    if received is not None:
+        described |= {"capture": "pipe", "cut-short": received.cut_short}
+        if received.cut_short:
+            described["truncated"] = "true"
     described |= {n: v for n, v in extra.items() if n not in described and n not in {"matched", "args"}}
     described["exe_path"] = values["exe_path"]
     described["args"] = extra.get("args", "")[:LONG_VALUE_LIMIT]
-    program = named.exe if named.matched and named.exe else core.name
+    if received is not None and received.cgroup:
+        described["cgroup"] = received.cgroup[-LONG_VALUE_LIMIT:]  # the end names pod and container
+    program = named.exe if (named.matched or received) and named.exe else core.name
     return CoreFacts(values, metadata(described, reserve=SHA256_RESERVE), info, program)
 
 

@@ -17,6 +17,7 @@ from coredump_shipper.errors import ConfigError
 
 # Fields a key template may use: from the environment, the file name and the core's own headers.
 # A field a core does not provide renders as "unknown"; crash_time falls back to the file's mtime.
+# pod_uid and container_id come only from the pipe receiver's crash facts.
 TEMPLATE_FIELDS = (
     "cluster",
     "node",
@@ -30,10 +31,11 @@ TEMPLATE_FIELDS = (
     "global_pid",
     "uid",
     "gid",
-    "crash_time",
-    # From the Kubernetes API (identity.py), for cores whose pod is found.
-    "namespace",
     "pod_uid",
+    "container_id",
+    "crash_time",
+    # From the Kubernetes API (identity.py), for cores whose pod is found (pod_uid also comes from there).
+    "namespace",
     "container",
     "image",
     "image_id",

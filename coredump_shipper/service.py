@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from coredump_shipper import http
+from coredump_shipper import crashfacts, http
 from coredump_shipper.budget import DiskBudget
 from coredump_shipper.config import Config
 from coredump_shipper.corefile import Identity
@@ -87,7 +87,7 @@ class Service:
             config.ignored,
             self.metrics,
             rescan_interval=config.rescan_interval,
-            on_scan=self.pipeline.forget_missing,
+            on_scan=self._after_scan,
         )
         self.watcher_task = asyncio.create_task(self.watcher.run(), name="watcher")
         self._tasks = [
@@ -105,6 +105,10 @@ class Service:
             *config.listen,
             extra={"event": "started"},
         )
+
+    def _after_scan(self, names: set[str]) -> None:
+        self.pipeline.forget_missing(names)
+        crashfacts.sweep(self.config.watch_dir, names, time.time())
 
     @staticmethod
     def _shipped_check(record: ShippedRecord) -> Callable[[str, os.stat_result], bool]:

@@ -138,6 +138,10 @@ build_image() {
     --build-arg "REVISION=$revision" \
     --build-arg "CREATED=$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
     --volume "$WHEELHOUSE:/wheelhouse:ro" \
+    --build-arg "GO_IMAGE=$BASE_IMAGE" \
+    --build-arg "GO=$GO_ROOT/bin/go" \
+    --volume "$GO_ROOT:$GO_ROOT:ro" \
+    --volume "$GO_SHARE:$GO_SHARE:ro" \
     --tag "$IMAGE" . >"$CACHE/build.log" 2>&1 || { tail -n 40 "$CACHE/build.log"; exit 1; }
   log "built $IMAGE in $(($(date +%s) - t0)) s, size $(podman image inspect --format '{{.Size}}' "$IMAGE" | numfmt --to=iec)"
   # The image this build replaced only takes disk space. No `image prune`: it would also delete the
@@ -147,7 +151,21 @@ build_image() {
   fi
 }
 
+ensure_go() {
+  # The receiver's build stage runs the host's Debian Go toolchain, mounted read-only: the build
+  # stays offline. Debian keeps the toolchain in /usr/lib/go-1.19 and its sources in /usr/share.
+  if ! command -v go >/dev/null; then
+    log "installing golang-go from Debian"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends golang-go >/dev/null
+  fi
+  GO_ROOT=$(go env GOROOT)
+  GO_ROOT=$(readlink -f "$GO_ROOT")
+  GO_SHARE=$(readlink -f "$GO_ROOT/src/..")
+}
+
 ensure_packages
+ensure_go
 configure_podman
 ensure_base_image
 ensure_wheelhouse

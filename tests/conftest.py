@@ -21,6 +21,7 @@ from botocore.config import Config as BotoConfig
 from coredump_shipper.config import Config, load_config
 from coredump_shipper.metrics import Metrics
 from coredump_shipper.service import Service
+from tests.receiver import repair_core_pattern
 from tests.servers import S3Endpoint, free_port
 from tests.servers import kube as kube_servers
 from tests.servers import swift as swift_server
@@ -29,6 +30,13 @@ from tests.servers.tls import tls_front
 
 ConfigFactory = Callable[..., Config]
 _counter = itertools.count()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """A run killed while kernel.core_pattern piped into its temporary directory left it so: repair."""
+    left = repair_core_pattern()
+    if left is not None:
+        print(f"kernel.core_pattern was {left!r}, left by a killed test run: restored to 'core'")
 
 
 @pytest.fixture(scope="session")

@@ -260,8 +260,8 @@ def test_irsa_uses_the_service_account_and_no_keys() -> None:
     assert not names & {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
 
 
-def test_node_setup_is_a_separate_privileged_init_container() -> None:
-    manifests = render(CHART / "ci" / "node-setup-values.yaml")
+def test_file_mode_node_setup_is_a_separate_privileged_init_container() -> None:
+    manifests = render(CHART / "ci" / "file-capture-values.yaml")
     spec = pod_spec(manifests)
     (init,) = spec["initContainers"]
     assert init["name"] == "node-setup"
@@ -275,7 +275,38 @@ def test_node_setup_is_a_separate_privileged_init_container() -> None:
     assert {"name": "coredumps", "mountPath": "/var/coredump"} in init["volumeMounts"]
     # The shipper itself stays unprivileged.
     assert shipper(manifests)["securityContext"]["privileged"] is False
+    assert not any(v["name"] == "receiver" for v in spec["volumes"])
+
+
+def test_pipe_mode_node_setup_installs_the_receiver() -> None:
+    manifests = render(CHART / "ci" / "node-setup-values.yaml")
+    spec = pod_spec(manifests)
+    (init,) = spec["initContainers"]
+    assert init["command"] == ["/bin/sh", "/usr/local/bin/coredump-node-setup", "install"]
+    assert init["securityContext"]["privileged"] is True and init["securityContext"]["runAsUser"] == 0
+    assert init["image"] == shipper(manifests)["image"], "the shipper image carries the receiver"
+    env = {e["name"]: e["value"] for e in init["env"]}
+    assert env == {
+        "CORE_DIR": "/var/coredump",
+        "RECEIVER_DIR": "/var/lib/coredump-shipper",
+        "PIPE_LIMIT": "16",
+        "DIR_UID": "1000",
+        "DIR_GID": "1000",
+    }
+    # keepFree, maxCoreSize and receiveTimeout reach the core_pattern line through the ConfigMap.
+    assert init["envFrom"] == [{"configMapRef": {"name": "rel-coredump-shipper"}}]
+    assert {"name": "receiver", "mountPath": "/var/lib/coredump-shipper"} in init["volumeMounts"]
+    volume = next(v for v in spec["volumes"] if v["name"] == "receiver")
+    assert volume["hostPath"] == {"path": "/var/lib/coredump-shipper", "type": "DirectoryOrCreate"}
+    mount = next(m for m in shipper(manifests)["volumeMounts"] if m["name"] == "receiver")
+    assert mount == {"name": "receiver", "mountPath": "/var/lib/coredump-shipper", "readOnly": True}
+    assert shipper(manifests)["securityContext"]["privileged"] is False
     assert spec["priorityClassName"] == "system-node-critical"
+
+
+def test_receiver_directory_must_not_be_writable_by_the_shipper() -> None:
+    error = render_error(sets={"nodeSetup.enabled": "true", "capture.receiverDirectory": "/var/coredump/bin"})
+    assert "must not be inside coreDirectory.path" in error
 
 
 @pytest.mark.parametrize(
@@ -287,7 +318,7 @@ def test_node_setup_is_a_separate_privileged_init_container() -> None:
     ],
 )
 def test_node_setup_rejects_patterns_the_shipper_cannot_use(sets: dict[str, str], message: str) -> None:
-    assert message in render_error(sets={"nodeSetup.enabled": "true", **sets})
+    assert message in render_error(sets={"nodeSetup.enabled": "true", "capture.mode": "file", **sets})
 
 
 @pytest.mark.parametrize(
@@ -301,6 +332,7 @@ def test_node_setup_rejects_patterns_the_shipper_cannot_use(sets: dict[str, str]
         ({"coreDirectory.type": "Socket"}, "coreDirectory.type"),
         ({"hostNetwork": "yes"}, "hostNetwork: Invalid type"),
         ({"listenAddress": ""}, "listenAddress"),
+        ({"capture.mode": "kernel"}, "capture.mode"),
     ],
 )
 def test_schema_rejects_typos_and_wrong_types(sets: dict[str, str], message: str) -> None:

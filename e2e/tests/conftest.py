@@ -43,12 +43,6 @@ SHIPPER_UID = 1000
 LOGS = Path(os.environ.get("CDS_E2E_LOGS", ROOT / ".cache" / "e2e"))
 T = TypeVar("T")
 
-# Scenario 2 (pods crashing with no volume and no securityContext change: pipe capture, pod identity
-# in metadata, CoreDumped Events) needs the pipe capture and the pod identity features. Its file is
-# left out of the run until both are on this branch; it is not skipped, so CI cannot pass it by
-# accident.
-collect_ignore = ["test_2_crashing_pods.py"]
-
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float, interval: float = 0.5) -> T:
     """Poll until `probe` returns something other than None (or False)."""
@@ -195,6 +189,9 @@ def release_values(kube: Kube, store: Store, core_dir: Path, port: int) -> dict[
         "credentials": {"existingSecret": "s3-credentials"},
         "coreDirectory": {"path": str(core_dir)},
         "nodeSetup": {"enabled": True, "corePattern": f"{core_dir}/core.%h.%e.sig%s.%p.%t"},
+        # File mode (the original script's way) first; scenario 2 switches to pipe capture and back.
+        # The receiver goes under the run's directory, not into /var/lib on the machine.
+        "capture": {"mode": "file", "receiverDirectory": str(kube.work / "rcv")},
         "config": {
             "bucket": BUCKET,
             "clusterName": CLUSTER_NAME,

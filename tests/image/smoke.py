@@ -162,6 +162,38 @@ def check_cli(image: str) -> None:
     assert "run" in result.stdout, result.stdout
 
 
+def check_node_setup(image: str, work: Path) -> None:
+    """Pipe mode's init container, as the chart runs it (root, read-only root filesystem), against
+    stand-in sysctl files: the receiver it leaves on the "node" runs there without the image."""
+    sysctl, lib, cores = work / "sysctl", work / "lib", work / "cores"
+    sysctl.mkdir()
+    (sysctl / "core_pattern").write_text("core\n")
+    (sysctl / "core_pipe_limit").write_text("0\n")
+    podman(
+        "run", "--rm", "--read-only", "--user", "0:0", "--network", "none",
+        "--volume", f"{sysctl}:/fake-sysctl", "--volume", f"{work}:{work}",
+        "--env", "SYSCTL_DIR=/fake-sysctl", "--env", f"RECEIVER_DIR={lib}", "--env", f"CORE_DIR={cores}",
+        "--env", f"DIR_UID={UID}", "--env", f"DIR_GID={UID}",
+        "--entrypoint", "/bin/sh", image, "/usr/local/bin/coredump-node-setup", "install",
+    )  # fmt: skip
+    line = (sysctl / "core_pattern").read_text().strip()
+    assert line.startswith(f"|{lib}/coredump-receive ") and line.endswith(f"{cores} %P %u %g %s %t %h %e"), (
+        line
+    )
+    version = subprocess.run(
+        [str(lib / "coredump-receive"), "--version"], check=False, capture_output=True, text=True
+    )
+    assert version.returncode == 0 and version.stdout.startswith("coredump-receive "), version
+    assert (lib / "saved-core_pattern").read_text() == "core\n"
+    subprocess.run(
+        ["sh", str(lib / "coredump-node-setup"), "restore"],
+        check=True,
+        capture_output=True,
+        env={"PATH": "/usr/bin:/bin", "SYSCTL_DIR": str(sysctl), "RECEIVER_DIR": str(lib)},
+    )
+    assert (sysctl / "core_pattern").read_text() == "core\n"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--image", required=True)
@@ -171,6 +203,12 @@ def main() -> int:
     assert user == f"{UID}:{UID}", f"image user is {user!r}"
     check_cli(args.image)
     print("cli: ok")
+    work = Path(tempfile.mkdtemp(prefix="cds-node-"))
+    try:
+        check_node_setup(args.image, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print("node setup (pipe capture): ok")
     if not args.cli_only:
         work = Path(tempfile.mkdtemp(prefix="cds-smoke-"))
         try:

@@ -97,7 +97,10 @@ Consistency checks that a schema cannot express.
 {{- if le (int .Values.terminationGracePeriodSeconds) $timeout }}
 {{- fail (printf "terminationGracePeriodSeconds (%d) must be above config.shutdownTimeout (%ds): the kubelet kills the pod before in-flight uploads can finish" (int .Values.terminationGracePeriodSeconds) $timeout) }}
 {{- end }}
-{{- if .Values.nodeSetup.enabled }}
+{{- if and (eq .Values.capture.mode "pipe") (hasPrefix (printf "%s/" (clean .Values.coreDirectory.path)) (printf "%s/" (clean .Values.capture.receiverDirectory))) }}
+{{- fail (printf "capture.receiverDirectory (%s) must not be inside coreDirectory.path (%s): the shipper's uid owns that directory and could replace what the kernel runs as root" .Values.capture.receiverDirectory .Values.coreDirectory.path) }}
+{{- end }}
+{{- if and .Values.nodeSetup.enabled (eq .Values.capture.mode "file") }}
 {{- $pattern := .Values.nodeSetup.corePattern }}
 {{- if hasPrefix "|" $pattern }}
 {{- fail "nodeSetup.corePattern: pipe patterns run a helper on the host; the shipper needs a file pattern inside coreDirectory.path" }}

@@ -1,0 +1,3 @@
+module coredump-shipper/receiver
+
+go 1.19

@@ -1,0 +1,120 @@
+"""Helpers for tests of the pipe receiver: build it, run it as the kernel would, restore core_pattern.
+
+`kernel.core_pattern` is global to the machine. Tests that point it at the receiver hold
+LOCK_PATH (the lock every hand-made change takes as well), always put the old value back, and
+name their directories with TEMP_PREFIX so that a run killed half-way is repaired at the start of
+the next one (see `repair_core_pattern`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NoReturn
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RECEIVER = ROOT / "build" / "coredump-receive"
+CORE_PATTERN = Path("/proc/sys/kernel/core_pattern")
+PIPE_LIMIT = Path("/proc/sys/kernel/core_pipe_limit")
+LOCK_PATH = "/tmp/cds-core-pattern.lock"
+TEMP_PREFIX = "cds-pipe-test-"
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Skip, except in CI, where a missing prerequisite is a broken set-up and must fail."""
+    if os.environ.get("CI"):
+        pytest.fail(f"required in CI: {reason}")
+    pytest.skip(reason)
+
+
+def build_receiver() -> Path:
+    """`make receiver` (incremental): the tests never run a stale binary."""
+    try:
+        done = subprocess.run(
+            ["make", "-s", "receiver"], cwd=ROOT, capture_output=True, text=True, check=False
+        )
+    except FileNotFoundError:
+        unavailable("make is not installed")
+    if done.returncode != 0:
+        if "go: not found" in done.stderr or "go: No such file" in done.stderr:
+            unavailable("Go is not installed (apt-get install golang-go)")
+        pytest.fail(f"make receiver failed: {done.stderr[-2000:]}")
+    return RECEIVER
+
+
+def receive(
+    directory: Path,
+    data: bytes,
+    *options: str,
+    pid: int | None = None,
+    uid: int = 1000,
+    hostname: str = "web-7d9f",
+    comm: str = "myapp",
+    signal: int = 11,
+    when: int = 1_700_000_000,
+    timeout: float = 60,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run the receiver with `data` on stdin, with the arguments the kernel would pass."""
+    args = [
+        str(RECEIVER),
+        *options,
+        str(directory),
+        str(pid if pid is not None else os.getpid()),
+        str(uid),
+        str(uid),
+        str(signal),
+        str(when),
+        hostname,
+        comm,
+    ]
+    return subprocess.run(args, input=data, capture_output=True, timeout=timeout, check=False)
+
+
+@contextlib.contextmanager
+def core_pattern_lock() -> Iterator[None]:
+    with open(LOCK_PATH, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def pipe_core_pattern(line: str, pipe_limit: int = 16) -> Iterator[None]:
+    """Point the machine's core_pattern at `line` while the block runs; always restore it."""
+    with core_pattern_lock():
+        old_pattern = CORE_PATTERN.read_text().rstrip("\n")
+        old_limit = PIPE_LIMIT.read_text().strip()
+        try:
+            CORE_PATTERN.write_text(line + "\n")
+            PIPE_LIMIT.write_text(f"{pipe_limit}\n")
+            yield
+        finally:
+            now = CORE_PATTERN.read_text().rstrip("\n")
+            PIPE_LIMIT.write_text(old_limit + "\n")
+            if now == line:
+                CORE_PATTERN.write_text(old_pattern + "\n")
+        if now != line:
+            # Someone changed it without the lock: their value stays, and the crashes may have gone there.
+            raise AssertionError(f"kernel.core_pattern was changed by another process meanwhile: {now!r}")
+
+
+def repair_core_pattern() -> str | None:
+    """Put back `core` if a killed run left the pattern piping into one of its temporary directories."""
+    try:
+        with core_pattern_lock():
+            pattern = CORE_PATTERN.read_text().strip()
+            if pattern.startswith("|") and TEMP_PREFIX in pattern:
+                CORE_PATTERN.write_text("core\n")
+                PIPE_LIMIT.write_text("0\n")
+                return pattern
+    except OSError:
+        return None
+    return None

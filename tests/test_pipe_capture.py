@@ -1,0 +1,218 @@
+"""Pipe capture end to end with the real kernel: core_pattern pipes to coredump-receive, two
+processes crash with no change to them (a root one with RLIMIT_CORE=0 inside a pod's cgroup, and
+one of another uid in a mount namespace that cannot see the core directory), and a shipper
+running as an unprivileged uid ships both cores, complete, with their crash facts.
+
+The machine's core_pattern is changed only inside `pipe_core_pattern` (under the shared lock, put
+back in a finally; a killed run is repaired at the next session start, see tests/receiver.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from coredump_shipper.config import DiskLimit
+from coredump_shipper.corepattern import pipe_line
+from tests.conftest import Bucket, daemon_args, wait_until_sync
+from tests.receiver import CORE_PATTERN, TEMP_PREFIX, build_receiver, pipe_core_pattern, unavailable
+
+SHIPPER_UID = 65534  # nobody: owns the core directory, nothing else
+OTHER_UID = 4242
+CRASH = (
+    "import os, signal, sys\n"
+    "hidden = sys.argv[1]\n"
+    "if os.path.exists(hidden): sys.exit(3)  # the directory must be out of sight\n"
+    "data = bytearray(2 * 1024 * 1024)\n"
+    "for i in range(0, len(data), 4096): data[i] = 7\n"
+    "os.kill(os.getpid(), signal.SIGSEGV)\n"
+)
+
+
+@pytest.fixture
+def base_dir() -> Iterator[Path]:
+    """A directory the unprivileged shipper can reach (pytest's tmp_path is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir="/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _cgroup2_root() -> Path | None:
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        fields = line.split()
+        if len(fields) > 2 and fields[2] == "cgroup2":
+            return Path(fields[1])
+    return None
+
+
+@contextlib.contextmanager
+def pod_cgroup(pod_uid: str, container_id: str) -> Iterator[Path]:
+    """A real cgroup named the way the kubelet's systemd driver and containerd name a container."""
+    root = _cgroup2_root()
+    if root is None:
+        unavailable("no cgroup2 hierarchy mounted")
+    top = root / f"{TEMP_PREFIX}{uuid.uuid4().hex[:8]}.slice"
+    leaf = (
+        top
+        / f"kubepods-burstable-pod{pod_uid.replace('-', '_')}.slice"
+        / f"cri-containerd-{container_id}.scope"
+    )
+    try:
+        leaf.mkdir(parents=True)
+    except OSError as error:
+        unavailable(f"cannot create a cgroup under {root}: {error}")
+    try:
+        yield leaf / "cgroup.procs"
+    finally:
+        for path in (leaf, leaf.parent, top):
+            with contextlib.suppress(OSError):
+                path.rmdir()
+
+
+def _crash_as_root(hidden: Path, procs: Path) -> int:
+    def setup() -> None:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
+        procs.write_text(f"{os.getpid()}\n")
+
+    child = subprocess.run(
+        [sys.executable, "-c", CRASH, "/nonexistent"], preexec_fn=setup, check=False, capture_output=True
+    )
+    assert child.returncode == -signal.SIGSEGV, child.stderr
+    return child.returncode
+
+
+def _crash_as_other_uid_unseen(base: Path, watch: Path) -> None:
+    # A private mount namespace with a tmpfs over the base: the watch directory does not exist there.
+    script = (
+        f'mount -t tmpfs hidden "{base}" && exec setpriv --reuid {OTHER_UID} --regid {OTHER_UID} '
+        '--clear-groups /usr/bin/python3 -c "$0" "$1"'
+    )
+    child = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, CRASH, str(watch)],
+        check=False,
+        capture_output=True,
+    )
+    assert child.returncode == -signal.SIGSEGV, (child.returncode, child.stderr)
+
+
+def _reachable_by_others(path: Path) -> bool:
+    real = path.resolve()
+    return all(p.stat().st_mode & 0o001 for p in [real, *real.parents])
+
+
+def _python_for(uid: int) -> tuple[list[str], dict[str, str]]:
+    """An interpreter the unprivileged uid can run with this venv's packages.
+
+    The venv's own interpreter usually is one; where it links into a private directory (a pyenv
+    under /root), the system Python of the same version runs with the venv's site-packages.
+    """
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    site = Path(sys.prefix) / "lib" / f"python{version}" / "site-packages"
+    package = Path(__file__).resolve().parent.parent / "coredump_shipper"
+    for needed in (site, package):
+        if not _reachable_by_others(needed):
+            unavailable(f"{needed} is not readable by uid {uid}: the checkout's parents need o+x")
+    if _reachable_by_others(Path(sys.executable)):
+        return [sys.executable], {}
+    system = Path(f"/usr/bin/python{version}")
+    if not system.exists() or not _reachable_by_others(system):
+        unavailable(f"no Python {version} that uid {uid} may run")
+    return [str(system)], {"PYTHONPATH": f"{package.parent}:{site}"}
+
+
+def _ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as answer:
+            return bool(answer.status == 200)
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_cores_of_any_uid_reach_s3_through_the_pipe(bucket: Bucket, base_dir: Path) -> None:
+    if os.geteuid() != 0 or not os.access(CORE_PATTERN, os.W_OK):
+        unavailable("writing kernel.core_pattern needs root on the host")
+    for tool in ("unshare", "setpriv"):
+        if shutil.which(tool) is None:
+            unavailable(f"{tool} (util-linux) is missing")
+    receiver = build_receiver()
+    watch = base_dir / "cores"
+    watch.mkdir(mode=0o700)
+    os.chown(watch, SHIPPER_UID, SHIPPER_UID)
+    pod_uid, container_id = str(uuid.uuid4()), hashlib.sha256(os.urandom(8)).hexdigest()
+
+    args = daemon_args(
+        watch,
+        bucket.name,
+        bucket.endpoint.url,
+        "--key-template",
+        "{cluster}/{node}/{pod_uid}/{container_id}/{filename}",
+        "--filename-pattern",
+        "core.%h.%e.sig%s.%P.%t",
+    )
+    port = int(args[args.index("--listen") + 1].rsplit(":", 1)[1])
+    python, extra_env = _python_for(SHIPPER_UID)
+    env = {**os.environ, **extra_env, "AWS_EC2_METADATA_DISABLED": "true", "PYTHONDONTWRITEBYTECODE": "1"}
+    daemon = subprocess.Popen(
+        [*python, "-m", "coredump_shipper", *args],
+        env=env,
+        cwd=base_dir,
+        user=SHIPPER_UID,
+        group=SHIPPER_UID,
+        extra_groups=[],
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_until_sync(lambda: _ready(port) or daemon.poll() is not None, timeout=30)
+        assert daemon.poll() is None, "the shipper exited"
+        line = pipe_line(str(receiver), str(watch), 1 << 30, DiskLimit(percent=1), 60)
+        with pod_cgroup(pod_uid, container_id) as procs, pipe_core_pattern(line):
+            _crash_as_root(base_dir / "none", procs)
+            _crash_as_other_uid_unseen(base_dir, watch)
+        assert CORE_PATTERN.read_text().strip() != line
+        wait_until_sync(lambda: len(bucket.core_keys()) == 2, timeout=60)
+        # Delete mode: each core and its crash facts leave the node once shipped.
+        wait_until_sync(lambda: os.listdir(watch) == [], timeout=20)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        _, log = daemon.communicate(timeout=30)
+    assert daemon.returncode == 0, log.decode()[-3000:]
+
+    by_uid = {}
+    for key in bucket.core_keys():
+        meta = bucket.head(key)["Metadata"]
+        manifest = json.loads(bucket.get(key + ".manifest.json"))
+        content = bucket.content(key)
+        assert hashlib.sha256(content).hexdigest() == manifest["sha256"]
+        assert manifest["size"] == str(len(content)) and len(content) > 2 * 1024 * 1024
+        assert (manifest["elf"], manifest["truncated"], manifest["capture"]) == ("core", "false", "pipe")
+        assert meta["signal"] == "11" and meta["exe"] == "python3"
+        assert meta["pid"].isdigit() and meta["global-pid"].isdigit()
+        by_uid[meta["uid"]] = (key, meta, manifest)
+    assert set(by_uid) == {"0", str(OTHER_UID)}
+    key, meta, manifest = by_uid["0"]
+    assert (meta["pod-uid"], meta["container-id"]) == (pod_uid, container_id)
+    assert manifest["pod-uid"] == pod_uid and manifest["cgroup"].endswith(
+        f"cri-containerd-{container_id}.scope"
+    )
+    assert key.startswith(f"test/node-1/{pod_uid}/{container_id}/core.")
+    key, meta, _ = by_uid[str(OTHER_UID)]
+    assert meta["gid"] == str(OTHER_UID) and "pod-uid" not in meta
+    assert key.startswith("test/node-1/unknown/unknown/core.")
