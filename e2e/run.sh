@@ -135,7 +135,7 @@ log "cluster up (node Ready) and image imported in $(($(date +%s) - t)) s"
 t=$(date +%s)
 set +e
 CDS_E2E_WORK=$WORK CDS_E2E_BIN=$(bash "$CLUSTER" bindir) CDS_E2E_IMAGE=$IMAGE CDS_E2E_LOGS=$LOGS \
-  CDS_E2E_SAVED_PATTERN=$saved_pattern \
+  CDS_E2E_SAVED_PATTERN=$saved_pattern CDS_E2E_SAVED_PIPE_LIMIT=$saved_pipe_limit \
   setsid --wait "$PY" -m pytest -p no:cacheprovider --timeout 400 --durations 0 e2e/tests ${PYTEST_ARGS:-} &
 pytest_sid=$!
 wait "$pytest_sid"

@@ -3,13 +3,14 @@ as uid 12345 with a read-only root filesystem, one crash-looping), and each core
 with its pod's namespace, name, container and workload from the Kubernetes API, and a CoreDumped
 Event on the pod. The crash loop is cut by the storm limit.
 
-The release switches to `capture.mode=pipe` here and back to file mode at the end, for the scenarios
-after this one.
+The release switches to `capture.mode=pipe` here; at the end the documented restore puts back the
+node's values saved before, and the release goes back to file mode for the scenarios after this one.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -30,6 +31,7 @@ from e2e.tests.conftest import (
 )
 
 CORE_PATTERN = Path("/proc/sys/kernel/core_pattern")
+PIPE_LIMIT = Path("/proc/sys/kernel/core_pipe_limit")
 STORM_LIMIT = 2
 # See test_3_file_mode.CRASH. No `ulimit -c`: the kernel does not apply RLIMIT_CORE (0 here) to pipes.
 CRASH = 'sleep 1; sh -c "kill -SEGV \\$\\$"; rc=$?; echo "child died: rc=$rc"; exit $rc'
@@ -61,6 +63,38 @@ def pod(
             "containers": [container],
         },
     }
+
+
+def restore_pod(receiver_dir: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "node-restore", "namespace": APPS},
+        "spec": {
+            "hostNetwork": True,
+            "restartPolicy": "Never",
+            "containers": [
+                {
+                    "name": "restore",
+                    "image": BUSYBOX,
+                    "imagePullPolicy": "Never",
+                    "command": ["sh", f"{receiver_dir}/coredump-node-setup", "restore"],
+                    "env": [{"name": "RECEIVER_DIR", "value": receiver_dir}],
+                    "securityContext": {"privileged": True},
+                    "volumeMounts": [{"name": "receiver", "mountPath": receiver_dir}],
+                }
+            ],
+            "volumes": [{"name": "receiver", "hostPath": {"path": receiver_dir, "type": "Directory"}}],
+        },
+    }
+
+
+def terminated(kube: Kube, name: str) -> dict[str, Any] | None:
+    statuses = kube.get("pod", "-n", APPS, name)["status"].get("containerStatuses", [])
+    state: dict[str, Any] | None = next(
+        (s["state"]["terminated"] for s in statuses if "terminated" in s["state"]), None
+    )
+    return state
 
 
 def records_of(store: Store, pod_name: str) -> list[tuple[str, dict[str, Any]]]:
@@ -154,6 +188,14 @@ def test_a_crash_loop_is_cut_by_the_storm_limit(release: Release, store: Store, 
     events = core_dumped_events(kube, "crash-loop")
     assert any("storm limit" in e["message"] for e in events), events
     kube.kubectl("-n", APPS, "delete", "pod", "crash-loop", "crash-root", "crash-readonly", "--wait=true")
+    # The documented restore (docs/pipe-capture.md), run on the node from a privileged pod that mounts
+    # the receiver's directory: the values saved before pipe mode come back.
+    kube.apply(restore_pod(str(release.kube.work / "rcv")))
+    state = wait_for("the restore to finish", lambda: terminated(kube, "node-restore"), 60)
+    assert state["exitCode"] == 0, kube.kubectl("-n", APPS, "logs", "node-restore")
+    assert CORE_PATTERN.read_text().strip() == release.core_pattern
+    assert PIPE_LIMIT.read_text().strip() == os.environ["CDS_E2E_SAVED_PIPE_LIMIT"]
+    kube.kubectl("-n", APPS, "delete", "pod", "node-restore", "--wait=true")
     # Back to file mode for the scenarios that follow (the storm limit back to its default).
     upgrade(kube, "capture.mode=file", "config.stormLimit=", "config.stormWindow=")
     assert CORE_PATTERN.read_text().strip() == release.core_pattern
