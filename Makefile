@@ -23,11 +23,15 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check coredump_shipper tests bench
 	$(BIN)/ruff format --check coredump_shipper tests bench
+	$(BIN)/ruff check e2e/tests
+	$(BIN)/ruff format --check e2e/tests
 	$(BIN)/mypy
 
 format: $(STAMP)
 	$(BIN)/ruff format coredump_shipper tests bench
 	$(BIN)/ruff check --fix coredump_shipper tests bench
+	$(BIN)/ruff format e2e/tests
+	$(BIN)/ruff check --fix e2e/tests
 
 demo: $(STAMP)
 	$(PY) -m tests.demo
@@ -72,6 +76,13 @@ image: $(STAMP)
 
 image-test: $(STAMP)
 	docker/ci-image.sh test
+
+# The chart and the image on a real single-node Kubernetes, scenarios in e2e/tests (e2e/run.sh).
+# Not part of `make test`: it needs root and ~1 GiB of memory, and the first run builds the cluster
+# binaries (~12-16 min, cached in /var/cache/coredump-shipper for later runs).
+.PHONY: e2e
+e2e: $(STAMP)
+	e2e/run.sh
 
 lock:
 	rm -rf /tmp/cds-lock && $(PYTHON) -m venv /tmp/cds-lock

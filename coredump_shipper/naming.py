@@ -35,7 +35,7 @@ TEMPLATE_FIELDS = (
     "pod_uid",
     "container_id",
     "crash_time",
-    # From the Kubernetes API (identity.py), for cores whose pod is found.
+    # From the Kubernetes API (identity.py), for cores whose pod is found (pod_uid also comes from there).
     "namespace",
     "container",
     "image",

@@ -141,7 +141,9 @@ shipper flag needs no template change. Empty and null values are left out (the s
 {{- end }}
 {{- end }}
 COREDUMP_SHIPPER_WATCH_DIR: {{ .Values.coreDirectory.path | quote }}
-COREDUMP_SHIPPER_LISTEN: {{ printf "0.0.0.0:%d" (int .Values.containerPort) | quote }}
+{{- /* An IPv6 address needs brackets before the port. */}}
+{{- $host := ternary (printf "[%s]" (trimAll "[]" .Values.listenAddress)) .Values.listenAddress (contains ":" .Values.listenAddress) }}
+COREDUMP_SHIPPER_LISTEN: {{ printf "%s:%d" $host (int .Values.containerPort) | quote }}
 {{- end }}
 
 {{/*
