@@ -117,24 +117,42 @@ def _reachable_by_others(path: Path) -> bool:
     return all(p.stat().st_mode & 0o001 for p in [real, *real.parents])
 
 
-def _python_for(uid: int) -> tuple[list[str], dict[str, str]]:
-    """An interpreter the unprivileged uid can run with this venv's packages.
+# Binds the venv's packages and the checkout under a directory any uid may enter, in a mount
+# namespace of the daemon's own (gone with it), then drops to the unprivileged uid.
+_VIEW_SCRIPT = (
+    'mount --bind "$1" "$3/site" && mount --bind "$2" "$3/src" && uid=$4 && shift 4 && '
+    'exec setpriv --reuid "$uid" --regid "$uid" --clear-groups "$@"'
+)
 
-    The venv's own interpreter usually is one; where it links into a private directory (a pyenv
-    under /root), the system Python of the same version runs with the venv's site-packages.
+
+def _run_as(uid: int, view: Path) -> tuple[list[str], dict[str, str]]:
+    """A command prefix, started as root, that runs this venv's Python as `uid`.
+
+    The venv's interpreter and packages may sit where `uid` cannot reach them: a pyenv under /root,
+    or a checkout whose parent directories are private (CI may clone anywhere). Then the system
+    Python of the same version runs with the venv's site-packages and the checkout bound (read
+    only is not needed: the daemon writes nothing there) under `view`, inside a private mount
+    namespace, so nothing on the machine is changed and nothing is left mounted.
     """
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     site = Path(sys.prefix) / "lib" / f"python{version}" / "site-packages"
-    package = Path(__file__).resolve().parent.parent / "coredump_shipper"
-    for needed in (site, package):
-        if not _reachable_by_others(needed):
-            unavailable(f"{needed} is not readable by uid {uid}: the checkout's parents need o+x")
-    if _reachable_by_others(Path(sys.executable)):
-        return [sys.executable], {}
-    system = Path(f"/usr/bin/python{version}")
-    if not system.exists() or not _reachable_by_others(system):
-        unavailable(f"no Python {version} that uid {uid} may run")
-    return [str(system)], {"PYTHONPATH": f"{package.parent}:{site}"}
+    checkout = Path(__file__).resolve().parent.parent
+    python = Path(sys.executable)
+    if not _reachable_by_others(python):
+        python = Path(f"/usr/bin/python{version}")
+        if not python.exists() or not _reachable_by_others(python):
+            unavailable(f"no Python {version} that uid {uid} may run")
+    drop = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", str(python)]
+    if all(_reachable_by_others(path) for path in (site, checkout)):
+        env = {} if python == Path(sys.executable) else {"PYTHONPATH": f"{checkout}:{site}"}
+        return drop, env
+    for name in ("site", "src"):
+        (view / name).mkdir()
+    view.chmod(0o755)
+    prefix = ["unshare", "--mount", "--propagation", "private", "sh", "-c", _VIEW_SCRIPT, "sh"]
+    return [*prefix, str(site), str(checkout), str(view), str(uid), str(python)], {
+        "PYTHONPATH": f"{view / 'src'}:{view / 'site'}"
+    }
 
 
 def _ready(port: int) -> bool:
@@ -168,16 +186,11 @@ def test_cores_of_any_uid_reach_s3_through_the_pipe(bucket: Bucket, base_dir: Pa
         "core.%h.%e.sig%s.%P.%t",
     )
     port = int(args[args.index("--listen") + 1].rsplit(":", 1)[1])
-    python, extra_env = _python_for(SHIPPER_UID)
+    view = Path(tempfile.mkdtemp(prefix="cds-view-", dir="/tmp"))
+    python, extra_env = _run_as(SHIPPER_UID, view)
     env = {**os.environ, **extra_env, "AWS_EC2_METADATA_DISABLED": "true", "PYTHONDONTWRITEBYTECODE": "1"}
     daemon = subprocess.Popen(
-        [*python, "-m", "coredump_shipper", *args],
-        env=env,
-        cwd=base_dir,
-        user=SHIPPER_UID,
-        group=SHIPPER_UID,
-        extra_groups=[],
-        stderr=subprocess.PIPE,
+        [*python, "-m", "coredump_shipper", *args], env=env, cwd=base_dir, stderr=subprocess.PIPE
     )
     try:
         wait_until_sync(lambda: _ready(port) or daemon.poll() is not None, timeout=30)
@@ -193,6 +206,7 @@ def test_cores_of_any_uid_reach_s3_through_the_pipe(bucket: Bucket, base_dir: Pa
     finally:
         daemon.send_signal(signal.SIGTERM)
         _, log = daemon.communicate(timeout=30)
+        shutil.rmtree(view)  # empty mount points: the mounts went with the daemon's namespace
     assert daemon.returncode == 0, log.decode()[-3000:]
 
     by_uid = {}
