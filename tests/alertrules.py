@@ -201,3 +201,19 @@ def counter(rate_per_min: float, start: float = 0, stop: float = math.inf, base:
         return base + math.floor(active / STEP) * rate_per_min * STEP / 60
 
     return value
+
+
+# Every alert the chart ships, in the order of its rules.
+ALL_ALERTS = (
+    "CoredumpShipperUploadsFailing",
+    "CoredumpShipperCoreStuck",
+    "CoredumpShipperBacklogStuck",
+    "CoredumpShipperSelfTestFailed",
+    "CoredumpShipperUnhealthy",
+    "CoredumpShipperRestarting",
+    "CoredumpShipperCoresDropped",
+    "CoredumpShipperCoreStorm",
+    "CoredumpShipperDown",
+    "CoredumpShipperAbsent",
+    "CoredumpShipperNotOnAllNodes",
+)

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from tests.alertrules import (
+    ALL_ALERTS,
     STALE,
     STEP,
     Expect,
@@ -35,19 +36,6 @@ from tests.alertrules import (
 ROOT = Path(__file__).resolve().parent.parent
 M = 60
 MiB = 1 << 20
-ALL_ALERTS = (
-    "CoredumpShipperUploadsFailing",
-    "CoredumpShipperCoreStuck",
-    "CoredumpShipperBacklogStuck",
-    "CoredumpShipperSelfTestFailed",
-    "CoredumpShipperUnhealthy",
-    "CoredumpShipperRestarting",
-    "CoredumpShipperCoresDropped",
-    "CoredumpShipperCoreStorm",
-    "CoredumpShipperDown",
-    "CoredumpShipperAbsent",
-    "CoredumpShipperNotOnAllNodes",
-)
 
 
 def const(value: float) -> Value:
