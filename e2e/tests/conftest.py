@@ -14,7 +14,7 @@ import os
 import subprocess
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -264,11 +264,14 @@ def core_objects(bucket: Bucket, needle: str) -> list[str]:
     return [key for key in bucket.core_keys() if needle in key]
 
 
-def shipped(bucket: Bucket, needle: str) -> str | None:
-    """The key of the core whose name contains `needle`, once its manifest (written last) exists."""
+def shipped(bucket: Bucket, needle: str, exclude: Collection[str] = ()) -> str | None:
+    """The key of the core whose name contains `needle`, once its manifest (written last) exists;
+    keys in `exclude` (those of earlier scenarios' cores) are not this one."""
     keys = bucket.keys()
     for key in keys:
-        if needle in key and not key.endswith(".manifest.json") and key + ".manifest.json" in keys:
+        if key in exclude or needle not in key or key.endswith(".manifest.json"):
+            continue
+        if key + ".manifest.json" in keys:
             return key
     return None
 
