@@ -89,17 +89,17 @@ class Shipper:
                     truncation_hint(facts.info),
                     extra={"event": "truncated_core", "file": str(path)},
                 )
-            if not self.storm.admit(facts.program, core.name):
+            admitted = self.storm.admit(facts.program, core.name)
+            if admitted:
+                result = await self._upload(core, key, facts)
+                self._finish(core, key)
+            else:
                 await self._metadata_only(core, key, facts)
-                self._announce(pod, facts, manifest_key(key), metadata_only=True)
-                if self.after_upload.removes_file:
-                    await _close_deleted(core)
-                return None
-            result = await self._upload(core, key, facts)
-            self._finish(core, key)
             if self.after_upload.removes_file:
                 await _close_deleted(core)
-            self._announce(pod, facts, key, metadata_only=False)
+            self._announce(pod, facts, key if admitted else manifest_key(key), metadata_only=not admitted)
+            if not admitted:
+                return None
         seconds = time.monotonic() - started
         self.metrics.uploads.labels("success").inc()
         self.metrics.core_bytes.inc(core.size)

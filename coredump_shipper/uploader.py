@@ -89,7 +89,10 @@ class S3Store:
         # Every CreateMultipartUpload this process begins until the start-up clean-up is over: the
         # store lists an upload before its id reaches this process, and the clean-up must neither
         # take it for a dead process's nor spare a dead process's upload of the same key.
-        self._creations: list[tuple[str, asyncio.Future[Any]]] | None = []
+        # In flight: key -> its creations; done: the ids that succeeded (failed ones are dropped, so a
+        # long outage before the clean-up could run grows nothing).
+        self._creating: dict[str, set[asyncio.Future[Any]]] = {}
+        self._created: set[str] | None = set()
         # Set once a permanent error shows the store cannot list or abort multipart uploads: then
         # nothing cleans up an upload left behind but a bucket lifecycle rule.
         self.cleanup_unsupported: str | None = None
@@ -182,8 +185,9 @@ class S3Store:
                 lambda: self.client.create_multipart_upload(Metadata=dict(metadata), **create),
             )
         )
-        if self._creations is not None:
-            self._creations.append((key, creating))
+        if self._created is not None:
+            self._creating.setdefault(key, set()).add(creating)
+            creating.add_done_callback(lambda done: self._creation_answered(key, done))
         try:
             created = await asyncio.shield(creating)
         except asyncio.CancelledError:
@@ -349,26 +353,29 @@ class S3Store:
                         raise S3Error("AbortMultipartUpload", self.cleanup_unsupported, transient=False)
         except S3Error as error:
             if not error.transient:
-                self._creations = None
+                self._created = None
             raise
         except Exception as error:
             failure = s3_error("ListMultipartUploads", error)
             if not failure.transient:
                 self.cleanup_unsupported = f"ListMultipartUploads: {failure.message}"
-                self._creations = None
+                self._created = None
             raise failure from error
-        self._creations = None  # done: new uploads need not be remembered any more
+        self._created = None  # done: new uploads need not be remembered any more
         return aborted
 
+    def _creation_answered(self, key: str, creating: asyncio.Future[Any]) -> None:
+        waiting = self._creating.get(key, set())
+        waiting.discard(creating)
+        if not waiting:
+            self._creating.pop(key, None)
+        if self._created is not None and not creating.cancelled() and creating.exception() is None:
+            self._created.add(creating.result()["UploadId"])
+
     async def _created_by_this_process(self, keys: set[str]) -> set[str]:
-        """Upload ids of these keys that this process created, once their creation has answered
-        (waiting at most CREATION_WAIT for one still in flight)."""
-        mine = [creating for key, creating in self._creations or () if key in keys]
-        pending = [creating for creating in mine if not creating.done()]
+        """Upload ids this process created, once those of these keys still in flight have answered
+        (waiting at most CREATION_WAIT)."""
+        pending = [creating for key in keys for creating in self._creating.get(key, ())]
         if pending:
             await asyncio.wait(pending, timeout=CREATION_WAIT)
-        return {
-            creating.result()["UploadId"]
-            for creating in mine
-            if creating.done() and not creating.cancelled() and creating.exception() is None
-        }
+        return set(self._created or ())
