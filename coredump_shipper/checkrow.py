@@ -19,6 +19,8 @@ class Check:
     status: Status
     detail: str
     fix: str = ""
+    # A FAIL because the store keeps other bytes than were sent: no core may be deleted meanwhile.
+    corrupts: bool = False
 
 
 # Hook for settings that add their own lines (disk budget, rate limits): pass them to run_doctor.

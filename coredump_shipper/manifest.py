@@ -3,8 +3,10 @@
 
 The shipper writes it last, so its presence means the core object is complete. It holds the core's
 facts (the same values as the object's x-amz-meta-* metadata: size, exe, pod, crash-time...), the
-object's location, and the sha256 of the original file with the stored size. A core over the storm
-limit has a manifest and no object: `rate-limited: "true"`, no sha256.
+object's location, the sha256 of the original file with the stored size, and whether the store's
+ETags showed it kept exactly the bytes sent (`verified: etag-md5`, or `verified: no` and
+`not-verified-reason`; see integrity.py). A core over the storm limit has a manifest and no object:
+`rate-limited: "true"`, no sha256.
 """
 
 from __future__ import annotations
@@ -14,9 +16,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from coredump_shipper.integrity import MANIFEST_FIELD, NOT_VERIFIED, Verification
+
 SUFFIX: Final = ".manifest.json"
 # Names the manifest gives a meaning of its own; the rest is the core's metadata.
-_RESERVED: Final = frozenset({"key", "bucket", "sha256", "stored-bytes", "rate-limited"})
+_RESERVED: Final = frozenset(
+    {"key", "bucket", "sha256", "stored-bytes", "rate-limited", MANIFEST_FIELD, "not-verified-reason"}
+)
 
 
 def manifest_key(core_key: str) -> str:
@@ -59,14 +65,23 @@ class Manifest:
     sha256: str = ""
     stored_bytes: int | None = None
     rate_limited: bool = False
+    verification: Verification | None = None
     # The document as read, flattened: readers display whatever a manifest holds, known or not.
     stored: Mapping[str, str] | None = field(default=None, compare=False)
 
     @classmethod
     def for_core(
-        cls, key: str, bucket: str, metadata: Mapping[str, str], sha256: str, stored_bytes: int
+        cls,
+        key: str,
+        bucket: str,
+        metadata: Mapping[str, str],
+        sha256: str,
+        stored_bytes: int,
+        verification: Verification,
     ) -> Manifest:
-        return cls(key, bucket, dict(metadata), sha256=sha256, stored_bytes=stored_bytes)
+        return cls(
+            key, bucket, dict(metadata), sha256=sha256, stored_bytes=stored_bytes, verification=verification
+        )
 
     @classmethod
     def rate_limited_core(cls, key: str, bucket: str, metadata: Mapping[str, str]) -> Manifest:
@@ -80,6 +95,8 @@ class Manifest:
         else:
             document["sha256"] = self.sha256
             document["stored-bytes"] = self.stored_bytes
+            if self.verification is not None:
+                document |= self.verification.manifest_fields()
         return document
 
     @classmethod
@@ -97,6 +114,7 @@ class Manifest:
             sha256=fields.get("sha256", ""),
             stored_bytes=stored_bytes,
             rate_limited=fields.get("rate-limited") == "true",
+            verification=_verification(fields),
             stored=fields,
         )
 
@@ -104,3 +122,12 @@ class Manifest:
     def fields(self) -> dict[str, str]:
         """Every field as text: as stored when read, else as it would be written."""
         return dict(self.stored) if self.stored is not None else flatten(self.to_json())
+
+
+def _verification(fields: Mapping[str, str]) -> Verification | None:
+    """None for manifests written before objects were verified."""
+    if MANIFEST_FIELD not in fields:
+        return None
+    if fields[MANIFEST_FIELD] == NOT_VERIFIED:
+        return Verification(False, fields.get("not-verified-reason", ""))
+    return Verification(True)

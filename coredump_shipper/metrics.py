@@ -127,6 +127,11 @@ class Metrics:
         self.storm_window = Gauge(
             name("storm_window_seconds"), "The window of the per-program rate limit.", registry=r
         )
+        self.integrity_failures = Counter(
+            name("integrity_failures"),
+            "Objects whose ETag shows the store kept other bytes than were sent (each removed, its core kept).",
+            registry=r,
+        )
         self.self_test = Gauge(
             name("self_test_success"),
             "1 if the start-up S3 self-test passed, 0 if it failed, -1 before it ran or when it is off.",

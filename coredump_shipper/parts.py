@@ -4,6 +4,8 @@
 release the GIL, so the event loop keeps serving other uploads and the HTTP endpoints meanwhile.
 A helper thread hashes each 1 MiB chunk while the calling thread reads the next one (`pread`) and
 compresses: SHA-256 and zstd, the two most expensive passes over the bytes, run on two cores.
+Each part's MD5 (what the store's ETag is compared with) is computed by the calling thread on the
+bytes as they are put into the part, while they are in cache: no extra copy and no extra buffer.
 Memory stays bounded whatever the file size: two read buffers, the compressor's window and the part
 being filled.
 """
@@ -11,6 +13,7 @@ being filled.
 from __future__ import annotations
 
 import errno
+import hashlib
 import math
 import os
 import threading
@@ -101,6 +104,9 @@ class PartSource:
         self._helper = Helper()
         self.sha256 = BackgroundSha256(self._helper)
         self.bytes_out = 0
+        # The MD5 of each part filled so far, in order: the ETags the store should answer.
+        self.digests: list[bytes] = []
+        self._part_md5 = hashlib.md5(usedforsecurity=False)
         self._offset = 0
         self._dropped = 0  # page cache dropped up to here
         self._compressor: zstandard.ZstdCompressionObj | None = None
@@ -127,9 +133,19 @@ class PartSource:
         if self.finished:
             return None
         target = memoryview(buffer)[: self.part_size]
+        self._part_md5 = hashlib.md5(usedforsecurity=False)
         filled = self._fill_raw(target) if self._compressor is None else self._fill_compressed(target)
         self.bytes_out += filled
+        self.digests.append(self._part_md5.digest())
         return target[:filled]
+
+    @property
+    def body_md5(self) -> str:
+        """The hex MD5 of everything filled so far (read_all's body): one part's, or a new pass
+        over the rare body that compression made longer than a part."""
+        if len(self.digests) == 1:
+            return self.digests[0].hex()
+        raise ValueError("body_md5 is known for a body of one part only")
 
     def read_all(self, buffer: bytearray) -> memoryview | bytearray:
         """Every byte to upload as one body (files of at most one part): a view of `buffer` unless
@@ -141,6 +157,8 @@ class PartSource:
         whole = bytearray(first)
         while (part := self.fill(buffer)) is not None:
             whole += part
+        # One digest for the body actually sent.
+        self.digests = [hashlib.md5(whole, usedforsecurity=False).digest()]
         return whole
 
     def _fill_raw(self, target: memoryview) -> int:
@@ -153,6 +171,7 @@ class PartSource:
                 self.sha256.update_later(chunk)  # hashed while the next chunk is read
             else:
                 self.sha256.update_now(chunk)
+            self._part_md5.update(chunk)
         # Hashed before the part leaves: its buffer is sent and then reused.
         self._helper.wait()
         self._drop_cache()
@@ -165,6 +184,7 @@ class PartSource:
             if self._carry:
                 take = min(len(self._carry), len(target) - filled)
                 target[filled : filled + take] = self._carry[:take]
+                self._part_md5.update(self._carry[:take])
                 self._carry = self._carry[take:]
                 filled += take
             elif self._offset < self.size:

@@ -7,7 +7,6 @@ output carries credentials: at most the access key id's last four characters.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import secrets
 from collections.abc import Awaitable, Sequence
@@ -22,6 +21,7 @@ from botocore.exceptions import ClientError, ConnectionError, HTTPClientError, N
 from coredump_shipper.checkrow import Check
 from coredump_shipper.config import Config
 from coredump_shipper.errors import S3Error
+from coredump_shipper.integrity import IntegrityError
 from coredump_shipper.metrics import Metrics
 from coredump_shipper.retry import Backoff, describe
 from coredump_shipper.s3call import call_s3
@@ -336,19 +336,14 @@ def _probe_args(config: Config) -> dict[str, Any]:
     return config.storage.args(values)
 
 
-def stored_other_bytes(answer: UploadResult, body: bytes) -> str | None:
-    """Why a single-part PutObject's ETag shows the store kept other bytes than `body`, or None.
-
-    Without KMS or customer keys a single-part object's ETag is the MD5 of its bytes. A store that
-    keeps the request's aws-chunked framing as object data answers with the framing's MD5 instead.
-    """
-    if answer.encryption.startswith("aws:kms"):
-        return None  # the ETag of an encrypted object is not its MD5
-    etag = answer.etag.strip('"')
-    expected = hashlib.md5(body, usedforsecurity=False).hexdigest()
-    if not etag or "-" in etag or etag == expected:
-        return None
-    return f"the store answered ETag {etag} for a {len(body)}-byte probe whose MD5 is {expected}"
+def _damage_check(name: str, config: Config, failure: IntegrityError, consequence: str) -> Check:
+    """The FAIL row of a probe whose ETag shows the store kept other bytes than were sent."""
+    if config.checksum_mode == "when_supported":
+        fix = "--checksum-mode when_required (the store keeps botocore's aws-chunked framing as data)"
+    else:
+        fix = "find what damages request bodies between the node and the store (a proxy?), or the store"
+    detail = f"{failure.operation}: {failure.message}, so {consequence}"
+    return Check(name, "FAIL", detail, fix, corrupts=True)
 
 
 async def write_probe_check(config: Config, client: S3Client) -> Check:
@@ -356,22 +351,15 @@ async def write_probe_check(config: Config, client: S3Client) -> Check:
     key = probe_key(config)
     try:
         with ProbeFile(PROBE_BODY) as probe:
-            answer = await _upload_probe(probe_store(config, client), config, key, probe)
+            result = await _upload_probe(probe_store(config, client), config, key, probe)
     except asyncio.CancelledError:
         await _remove_probe(client, config, key)
         raise
+    except IntegrityError as failure:  # the uploader has removed the damaged probe
+        return _damage_check(name, config, failure, "cores would be corrupt")
     except S3Error as failure:
         problem = s3_problem(_cause(failure), config, failure.operation)
         return Check(name, "FAIL", problem.detail, problem.fix)
-    mismatch = stored_other_bytes(answer, PROBE_BODY)
-    if mismatch is not None:
-        await _remove_probe(client, config, key)
-        return Check(
-            name,
-            "FAIL",
-            f"PutObject: {mismatch}: it stored other bytes than were sent, so cores would be corrupt",
-            "--checksum-mode when_required (the store keeps botocore's aws-chunked framing as data)",
-        )
     error = await _attempt(client.delete_object(Bucket=config.bucket, Key=key))
     if error is not None:
         problem = s3_problem(error, config, "DeleteObject")
@@ -381,7 +369,17 @@ async def write_probe_check(config: Config, client: S3Client) -> Check:
             f"probe {key} written, but left behind: {problem.detail}",
             "the shipper never deletes cores, so this is harmless: delete the probe by hand",
         )
-    return Check(name, "OK", f"probe {key} written and deleted (checksums {config.checksum_mode} accepted)")
+    return Check(
+        name,
+        "OK",
+        f"probe {key} written and deleted (checksums {config.checksum_mode} accepted); {_verified(result)}",
+    )
+
+
+def _verified(result: UploadResult) -> str:
+    if result.verification.verified:
+        return "the ETags match the MD5s of the bytes sent"
+    return f"bytes stored not verified: {result.verification.reason}"
 
 
 async def multipart_check(config: Config, client: S3Client) -> Check:
@@ -392,11 +390,13 @@ async def multipart_check(config: Config, client: S3Client) -> Check:
     try:
         # The uploader aborts the upload itself if a part or the completion fails or is cancelled.
         with ProbeFile(PROBE_BODY, MULTIPART_PROBE_PART + len(PROBE_BODY)) as probe:
-            await _upload_probe(probe_store(config, client), config, key, probe)
+            result = await _upload_probe(probe_store(config, client), config, key, probe)
     except asyncio.CancelledError:
         # Stopped half-way (SIGTERM at start-up): leave no probe object behind either.
         await _remove_probe(client, config, key)
         raise
+    except IntegrityError as failure:
+        return _damage_check(name, config, failure, "cores above --part-size would be corrupt")
     except S3Error as failure:
         problem = s3_problem(_cause(failure), config, failure.operation)
         return Check(name, "FAIL", f"{problem.detail}: cores above --part-size cannot ship", problem.fix)
@@ -410,7 +410,11 @@ async def multipart_check(config: Config, client: S3Client) -> Check:
             f"uploads of a killed shipper are not cleaned up at start-up: {problem.detail}",
             f"{problem.fix}, or an AbortIncompleteMultipartUpload lifecycle rule",
         )
-    return Check(name, "OK", "a 2-part upload completed and was deleted; ListMultipartUploads allowed")
+    return Check(
+        name,
+        "OK",
+        f"a 2-part upload completed and was deleted; {_verified(result)}; ListMultipartUploads allowed",
+    )
 
 
 async def _remove_probe(client: S3Client, config: Config, key: str) -> None:

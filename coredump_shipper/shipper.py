@@ -146,7 +146,9 @@ class Shipper:
             object_args,
         )
         # Written last: a manifest means its core object is complete.
-        manifest = Manifest.for_core(key, self.store.bucket, facts.metadata, result.sha256, result.bytes_sent)
+        manifest = Manifest.for_core(
+            key, self.store.bucket, facts.metadata, result.sha256, result.bytes_sent, result.verification
+        )
         await self.store.put_json(manifest_key(key), manifest.to_json(), object_args)
         return result
 

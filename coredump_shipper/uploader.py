@@ -15,13 +15,22 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from coredump_shipper.body import zero_copy_body
 from coredump_shipper.buffers import PartBuffers
 from coredump_shipper.errors import S3Error
+from coredump_shipper.integrity import (
+    IntegrityError,
+    Verification,
+    answer_opaque_reason,
+    check_etag,
+    combine,
+    multipart_etag,
+    opaque_reason,
+)
 from coredump_shipper.metrics import Metrics
 from coredump_shipper.parts import PartSource
 from coredump_shipper.retry import Backoff, describe
@@ -63,9 +72,21 @@ class UploadResult:
     bytes_sent: int
     sha256: str
     parts: int
-    # The store's answer to a single PutObject (the self-test compares the ETag with the body's MD5).
-    etag: str = ""
+    # Whether the store's ETags showed it kept exactly the bytes sent (see integrity.py).
+    verification: Verification
     encryption: str = ""
+
+
+@dataclass
+class _Upload:
+    """One multipart upload in progress: its parts' ETags and what they showed."""
+
+    key: str
+    upload_id: str
+    # Why ETags cannot be MD5s here ("" if they can).
+    opaque: str
+    etags: dict[int, str] = field(default_factory=dict)
+    checks: list[Verification] = field(default_factory=list)
 
 
 class S3Store:
@@ -137,9 +158,20 @@ class S3Store:
         source = PartSource(core.fd, core.size, part_size, compression_level)
         # What PutObject and CreateMultipartUpload share.
         create = {"Bucket": self.bucket, "Key": key, "ContentType": content_type, **object_args}
-        if core.size <= part_size:
-            return await self._put(core, source, key, metadata, create)
-        return await self._multipart(core, source, key, metadata, create)
+        try:
+            if core.size <= part_size:
+                return await self._put(core, source, key, metadata, create)
+            return await self._multipart(core, source, key, metadata, create)
+        except IntegrityError as error:
+            self.metrics.integrity_failures.inc()
+            log.error(
+                "%s of %r: %s; nothing of it is kept, the core stays to be shipped again",
+                error.operation,
+                key,
+                error.message,
+                extra={"event": "integrity_failure", "key": key, "error": str(error)},
+            )
+            raise
 
     async def _put(
         self,
@@ -168,8 +200,13 @@ class S3Store:
         finally:
             self._buffers.release(buffer)
         self.metrics.upload_bytes.inc(len(body))
-        etag, encryption = answer.get("ETag", ""), answer.get("ServerSideEncryption", "")
-        return UploadResult(key, len(body), sha256, 1, etag, encryption)
+        opaque = opaque_reason(create) or answer_opaque_reason(answer)
+        try:
+            verification = check_etag("PutObject", answer.get("ETag", ""), source.body_md5, opaque)
+        except IntegrityError:
+            await self._remove_damaged(key)
+            raise
+        return UploadResult(key, len(body), sha256, 1, verification, answer.get("ServerSideEncryption", ""))
 
     async def _multipart(
         self,
@@ -198,13 +235,14 @@ class S3Store:
             raise
         upload_id = created["UploadId"]
         self._own_uploads.add(upload_id)
-        etags: dict[int, str] = {}
+        upload = _Upload(key, upload_id, opaque_reason(create) or answer_opaque_reason(created))
         try:
-            await self._send_parts(source, key, upload_id, etags)
+            await self._send_parts(source, upload)
             # Checked before completing, so a changed file never becomes a complete object.
             core.check_unchanged()
+            etags = upload.etags
             parts = [{"PartNumber": n, "ETag": etags[n]} for n in sorted(etags)]
-            await self._call(
+            completed = await self._call(
                 "CompleteMultipartUpload",
                 lambda: self.client.complete_multipart_upload(
                     Bucket=self.bucket,
@@ -218,9 +256,24 @@ class S3Store:
             raise
         finally:
             self._own_uploads.discard(upload_id)
-        return UploadResult(key, source.bytes_out, source.sha256.hexdigest(), len(etags))
+        try:
+            expected = multipart_etag(source.digests)
+            final = check_etag("CompleteMultipartUpload", completed.get("ETag", ""), expected, upload.opaque)
+        except IntegrityError:
+            await self._remove_damaged(key)
+            raise
+        verification = combine([*upload.checks, final])
+        return UploadResult(key, source.bytes_out, source.sha256.hexdigest(), len(etags), verification)
 
-    async def _send_parts(self, source: PartSource, key: str, upload_id: str, etags: dict[int, str]) -> None:
+    async def _remove_damaged(self, key: str) -> None:
+        """Delete an object whose ETag shows damage; if that fails, the next try overwrites it, and no
+        manifest vouches for it meanwhile."""
+        try:
+            await self._call("DeleteObject", lambda: self.client.delete_object(Bucket=self.bucket, Key=key))
+        except S3Error as error:
+            log.warning("could not delete damaged object %r (the next try overwrites it): %s", key, error)
+
+    async def _send_parts(self, source: PartSource, upload: _Upload) -> None:
         number = 0
         try:
             async with asyncio.TaskGroup() as group:
@@ -236,32 +289,27 @@ class S3Store:
                         self._buffers.release(buffer)
                         return
                     number += 1
-                    group.create_task(self._send_part(key, upload_id, number, part, buffer, etags))
+                    md5 = source.digests[number - 1].hex()
+                    group.create_task(self._send_part(upload, number, part, md5, buffer))
         except BaseExceptionGroup as group_error:
             raise group_error.exceptions[0] from None
 
-    async def _send_part(
-        self,
-        key: str,
-        upload_id: str,
-        number: int,
-        body: memoryview,
-        buffer: bytearray,
-        etags: dict[int, str],
-    ) -> None:
+    async def _send_part(self, upload: _Upload, number: int, body: memoryview, md5: str, buffer: bytearray) -> None:
         try:
             answer = await self._call(
                 "UploadPart",
                 lambda: self.client.upload_part(
                     Bucket=self.bucket,
-                    Key=key,
-                    UploadId=upload_id,
+                    Key=upload.key,
+                    UploadId=upload.upload_id,
                     PartNumber=number,
                     Body=zero_copy_body(body),
                 ),
             )
-            etags[number] = answer["ETag"]
             self.metrics.upload_bytes.inc(len(body))
+            # A damaged part fails the upload, which is then aborted: it never becomes an object.
+            upload.checks.append(check_etag(f"UploadPart {number}", answer["ETag"], md5, upload.opaque))
+            upload.etags[number] = answer["ETag"]
         finally:
             self._buffers.release(buffer)
 

@@ -25,6 +25,9 @@ fires decides the request's fate:
 - `frame_body`: forwards the request body wrapped in `aws-chunked` framing (size line, data, final
   zero chunk), as a store that keeps the framing as object data would store it: the object's bytes
   (and its ETag) are then not what the client sent. The body is read whole for this rule.
+- `damage_body`: forwards the request body with one byte flipped (at offset 4096) when it is longer
+  than 4 KiB, as a faulty middlebox or disk would: the store keeps, and answers the ETag of, bytes
+  that were not sent. Streamed like any body.
 - `rewrite_response(edit)`: forwards the request, then answers with `edit(body)` in place of the
   server's response body (read whole), e.g. to give moto's fixed timestamps real values.
 - `down()` / `up()`: close the listening socket and every open connection (connect attempts are
@@ -68,6 +71,8 @@ from yarl import URL
 log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024
+# `damage_body` flips the byte at this offset of bodies longer than it.
+DAMAGE_FROM = 4096
 
 # Hop-by-hop headers (RFC 9110 section 7.6.1) belong to one connection and are not forwarded;
 # `Expect` is answered here (see the module docstring).
@@ -298,6 +303,17 @@ class Faults:
     ) -> FaultRule:
         """Store the request body with aws-chunked framing around it (silent corruption)."""
         return self._add(FaultRule("frame", _op_set(ops), times, ratio, random.Random(seed)))
+
+    def damage_body(
+        self,
+        *,
+        times: int | None = None,
+        ratio: float | None = None,
+        ops: Iterable[str] | None = None,
+        seed: int = 0,
+    ) -> FaultRule:
+        """Flip one byte of request bodies over DAMAGE_FROM bytes (silent corruption)."""
+        return self._add(FaultRule("damage", _op_set(ops), times, ratio, random.Random(seed)))
 
     def late(
         self,
@@ -539,6 +555,8 @@ class FaultProxy:
             return await self._reset(request, rule)
         if rule.kind == "frame":
             return await self._forward(request, framed=True)
+        if rule.kind == "damage":
+            return await self._forward(request, damaged=True)
         if rule.kind in {"rewrite", "late"}:
             late = rule.seconds or 0.0 if rule.kind == "late" else 0.0
             return await self._forward(request, edit=rule.edit, answer_after=late)
@@ -551,6 +569,7 @@ class FaultProxy:
         request: web.BaseRequest,
         *,
         framed: bool = False,
+        damaged: bool = False,
         edit: Callable[[bytes], bytes] | None = None,
         answer_after: float = 0.0,
     ) -> web.StreamResponse:
@@ -561,7 +580,7 @@ class FaultProxy:
         target = URL(self.upstream + request.raw_path, encoded=True)
         headers = _end_to_end(request.headers)
         body: AsyncIterator[bytes] | bytes | None = (
-            self._stream_body(request) if request.body_exists else None
+            self._stream_body(request, damaged=damaged) if request.body_exists else None
         )
         if framed:
             data = await request.read()
@@ -603,9 +622,16 @@ class FaultProxy:
             _break_off(request)
             return response
 
-    async def _stream_body(self, request: web.BaseRequest) -> AsyncIterator[bytes]:
+    async def _stream_body(self, request: web.BaseRequest, *, damaged: bool = False) -> AsyncIterator[bytes]:
+        offset = 0
         async for chunk in request.content.iter_chunked(CHUNK):
             self.faults._count_bytes("bytes_up", len(chunk))
+            if damaged and offset <= DAMAGE_FROM < offset + len(chunk):
+                flipped = bytearray(chunk)
+                flipped[DAMAGE_FROM - offset] ^= 0xFF
+                chunk = bytes(flipped)
+                self.faults._count_fault("damaged_bytes")
+            offset += len(chunk)
             yield chunk
 
     @staticmethod

@@ -28,7 +28,7 @@ from botocore.exceptions import (
 from types_aiobotocore_s3 import S3Client
 from types_aiobotocore_s3.type_defs import CompletedMultipartUploadTypeDef
 
-from tests.faultproxy import FaultProxy, FaultRule, ThreadedFaultProxy, classify
+from tests.faultproxy import CHUNK, FaultProxy, FaultRule, ThreadedFaultProxy, classify
 from tests.servers import S3Endpoint, free_port
 from tests.servers.moto import run_moto
 
@@ -492,3 +492,23 @@ def test_threaded_proxy_serves_synchronous_code(moto: S3Endpoint, tmp_path: Path
         stats = proxy.stats()
     assert stats.requests == {"ListBuckets": 3}
     assert stats.faults == {"http_503": 1, "down": 1}
+
+
+async def test_damage_body_flips_one_byte_of_bodies_over_4_kib(
+    proxy: FaultProxy, s3: S3Client, bucket: str
+) -> None:
+    proxy.faults.damage_body(ops={"PutObject"})
+    large = random.Random(4).randbytes(3 * CHUNK)  # the damaged byte in the first of several chunks
+    small = b"s" * 4096
+    answers = {
+        key: await s3.put_object(Bucket=bucket, Key=key, Body=body)
+        for key, body in (("large", large), ("small", small))
+    }
+    stored = (await (await s3.get_object(Bucket=bucket, Key="large"))["Body"].read())
+    assert len(stored) == len(large)
+    assert [i for i, (a, b) in enumerate(zip(stored, large, strict=True)) if a != b] == [4096]
+    # The store answers the ETag of what it kept, not of what was sent.
+    assert answers["large"]["ETag"].strip('"') == hashlib.md5(stored).hexdigest()  # noqa: S324
+    assert answers["large"]["ETag"].strip('"') != hashlib.md5(large).hexdigest()  # noqa: S324
+    assert (await (await s3.get_object(Bucket=bucket, Key="small"))["Body"].read()) == small
+    assert proxy.faults.stats().faults == {"damage": 2, "damaged_bytes": 1}

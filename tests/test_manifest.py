@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from coredump_shipper.integrity import VERIFIED, Verification
 from coredump_shipper.manifest import SUFFIX, Manifest, core_key, is_manifest_key, manifest_key
 from tests.conftest import Bucket, ConfigFactory, running, wait_until, write_file
 
@@ -17,9 +18,16 @@ META = {"size": "12", "exe": "python3", "pod": "api-0", "crash-time": "2026-01-0
 
 
 def test_a_shipped_core_manifest_as_json_and_back() -> None:
-    manifest = Manifest.for_core("c/n.core", "cores", META, "ab" * 32, 40)
+    manifest = Manifest.for_core("c/n.core", "cores", META, "ab" * 32, 40, VERIFIED)
     document = manifest.to_json()
-    assert document == {**META, "key": "c/n.core", "bucket": "cores", "sha256": "ab" * 32, "stored-bytes": 40}
+    assert document == {
+        **META,
+        "key": "c/n.core",
+        "bucket": "cores",
+        "sha256": "ab" * 32,
+        "stored-bytes": 40,
+        "verified": "etag-md5",
+    }
     again = Manifest.from_json(json.loads(json.dumps(document)))
     assert again == manifest
     assert again.fields == {
@@ -28,7 +36,19 @@ def test_a_shipped_core_manifest_as_json_and_back() -> None:
         "bucket": "cores",
         "sha256": "ab" * 32,
         "stored-bytes": "40",
+        "verified": "etag-md5",
     }
+
+
+def test_a_manifest_says_why_its_object_was_not_verified() -> None:
+    unverified = Verification(False, "SSE aws:kms: ETags are not MD5s")
+    manifest = Manifest.for_core("c/n.core", "cores", META, "ab" * 32, 40, unverified)
+    document = manifest.to_json()
+    assert document["verified"] == "no"
+    assert document["not-verified-reason"] == "SSE aws:kms: ETags are not MD5s"
+    assert Manifest.from_json(document).verification == unverified
+    # Manifests written before verification existed say nothing either way.
+    assert Manifest.from_json({"sha256": "ab" * 32}).verification is None
 
 
 def test_a_rate_limited_manifest_has_no_sha256() -> None:
@@ -73,6 +93,7 @@ async def test_the_daemon_writes_what_the_readers_read(
     assert manifest.stored_bytes == bucket.head(key)["ContentLength"]
     assert manifest.metadata["size"] == "11" and manifest.metadata["filename"] == "core.m"
     assert len(manifest.sha256) == 64
+    assert manifest.verification == VERIFIED  # moto's ETag is the MD5 of the bytes sent
 
 
 def test_ls_and_fetch_do_not_import_the_write_side() -> None:

@@ -1,0 +1,56 @@
+"""Never a damaged core in the bucket: the daemon compares every ETag with the MD5 of the bytes it
+sent, and a store that keeps other bytes costs no core.
+
+The damage comes from tests/faultproxy.py in front of a real moto server: one byte flipped in every
+request body over 4 KiB (a faulty middlebox), or the body stored with aws-chunked framing around it (a
+store that keeps botocore's framing as data).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from coredump_shipper.manifest import Manifest, manifest_key
+from tests.conftest import Bucket, ConfigFactory, running, wait_until
+from tests.faultproxy import FaultProxy
+from tests.servers import S3Endpoint
+from tests.test_faults import MiB, ledger, write_cores
+
+BODIES = {"PutObject", "UploadPart"}
+
+
+@pytest.fixture
+async def proxy(s3_server: S3Endpoint) -> AsyncIterator[FaultProxy]:
+    async with FaultProxy(s3_server.url) as front:
+        yield front
+
+
+def cores_on_disk(watch_dir: Path) -> set[str]:
+    return {name for name in os.listdir(watch_dir) if not name.startswith(".")}
+
+
+async def test_a_body_damaging_front_deletes_no_core_and_leaves_no_damaged_object(
+    make_config: ConfigFactory, bucket: Bucket, watch_dir: Path, proxy: FaultProxy
+) -> None:
+    damage = proxy.faults.damage_body(ops=BODIES)
+    config = make_config(endpoint_url=proxy.url, part_size="5MiB")
+    async with running(config) as service:
+        failures = service.metrics.integrity_failures
+        # Two single PutObjects and one 3-part upload (core_like compresses about 2:1).
+        created = write_cores(watch_dir, 2, 256 * 1024) | write_cores(watch_dir, 1, 24 * MiB, prefix="big")
+        await wait_until(lambda: failures._value.get() >= 6, timeout=60)
+        assert cores_on_disk(watch_dir) == set(created), "a core was deleted though its object was damaged"
+        # (The multipart upload being tried again is incomplete: the ledger checks none is left.)
+        assert bucket.keys() == [], "a damaged object (or a manifest for one) was left in the bucket"
+        assert service.metrics.uploads.labels("success")._value.get() == 0
+        proxy.faults.remove(damage)
+        await wait_until(lambda: service.pipeline.pending == 0, timeout=60)
+    ledger(bucket, created, watch_dir)
+    for key in bucket.core_keys():
+        manifest = Manifest.from_json(json.loads(bucket.get(manifest_key(key))))
+        assert manifest.verification is not None and manifest.verification.verified
