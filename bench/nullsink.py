@@ -2,8 +2,11 @@
 
 It answers just enough of the S3 API for PutObject, multipart uploads, HeadBucket, HeadObject and
 ListMultipartUploads (always empty), accepts any bucket and any credentials, counts the bytes it
-receives and throws them away. Each completed object (key, bytes received, wall-clock completion
-time) is kept in memory, served at `GET /_stats` and optionally appended to a JSONL file.
+receives and throws them away, answering the ETags S3 would (the MD5 of each body, and the MD5 of
+the parts' MD5s with `-N` for a multipart object: the shipper compares them with what it sent, so
+the sink pays for one MD5 pass over the bytes, as a real store does). Each completed object (key,
+bytes received, wall-clock completion time) is kept in memory, served at `GET /_stats` and
+optionally appended to a JSONL file.
 
 `GET /_stats?since=N` lists only the objects completed after the first N.
 `GET /_stats/wait?count=N&timeout=S` answers once N objects have completed, so a harness can wait
@@ -50,6 +53,7 @@ class Completed:
     completed_at: float
     metadata: dict[str, str]
     content_encoding: str | None = None
+    etag: str = ""
 
 
 @dataclass
@@ -59,6 +63,7 @@ class _Upload:
     metadata: dict[str, str]
     content_encoding: str | None
     part_bytes: dict[int, int] = field(default_factory=dict)
+    part_md5s: dict[int, bytes] = field(default_factory=dict)
 
 
 class Link:
@@ -109,10 +114,10 @@ class _State:
 _STATE = web.AppKey("state", _State)
 
 
-def _etag(*parts: object) -> str:
-    # Not the MD5 of the body: hashing every byte would make the sink a bottleneck, and no client
-    # under test checks multipart ETags against content.
-    return '"' + hashlib.md5(repr(parts).encode(), usedforsecurity=False).hexdigest() + '"'
+def _etag(digest: bytes, parts: int = 0) -> str:
+    """S3's ETag: the body's MD5, or for a multipart object (`digest` then being the MD5 of the
+    parts' MD5s) that followed by the number of parts."""
+    return f'"{digest.hex()}-{parts}"' if parts else f'"{digest.hex()}"'
 
 
 def _xml(root: str, body: str, status: int = 200) -> web.Response:
@@ -147,29 +152,32 @@ def _bucket_and_key(request: web.Request) -> tuple[str, str]:
     return bucket, key
 
 
-async def _drain(request: web.Request) -> int:
-    """Read and discard the body in whatever chunks arrive; return its length."""
+async def _drain(request: web.Request) -> tuple[int, bytes]:
+    """Read and discard the body in whatever chunks arrive; return its length and MD5."""
     state = request.app[_STATE]
     received = 0
+    md5 = hashlib.md5(usedforsecurity=False)
     async for chunk in request.content.iter_any():
         received += len(chunk)
+        md5.update(chunk)
         if state.link is not None:
             await state.link.carry(len(chunk))
     state.bytes_received += received
-    return received
+    return received, md5.digest()
 
 
 async def _put(request: web.Request, bucket: str, key: str) -> web.StreamResponse:
     state = request.app[_STATE]
     query = request.query
-    received = await _drain(request)
+    received, digest = await _drain(request)
     if "partNumber" in query and "uploadId" in query:
         upload = state.uploads.get(query["uploadId"])
         if upload is None:
             return _error(404, "NoSuchUpload", query["uploadId"])
         number = int(query["partNumber"])
         upload.part_bytes[number] = received
-        return web.Response(headers={"ETag": _etag(query["uploadId"], number, received)})
+        upload.part_md5s[number] = digest
+        return web.Response(headers={"ETag": _etag(digest)})
     if not key:
         return web.Response()  # CreateBucket
     obj = Completed(
@@ -180,9 +188,10 @@ async def _put(request: web.Request, bucket: str, key: str) -> web.StreamRespons
         completed_at=time.time(),
         metadata=_metadata(request),
         content_encoding=request.headers.get("Content-Encoding"),
+        etag=_etag(digest),
     )
     await state.complete(obj)
-    return web.Response(headers={"ETag": _etag(bucket, key, received)})
+    return web.Response(headers={"ETag": obj.etag})
 
 
 async def _post(request: web.Request, bucket: str, key: str) -> web.StreamResponse:
@@ -207,6 +216,8 @@ async def _post(request: web.Request, bucket: str, key: str) -> web.StreamRespon
         upload = state.uploads.pop(query["uploadId"], None)
         if upload is None:
             return _error(404, "NoSuchUpload", query["uploadId"])
+        md5s = b"".join(upload.part_md5s[number] for number in sorted(upload.part_md5s))
+        digest = hashlib.md5(md5s, usedforsecurity=False).digest()
         obj = Completed(
             bucket=upload.bucket,
             key=upload.key,
@@ -215,13 +226,14 @@ async def _post(request: web.Request, bucket: str, key: str) -> web.StreamRespon
             completed_at=time.time(),
             metadata=upload.metadata,
             content_encoding=upload.content_encoding,
+            etag=_etag(digest, len(upload.part_md5s)),
         )
         await state.complete(obj)
         return _xml(
             "CompleteMultipartUploadResult",
             f"<Location>/{escape(bucket)}/{escape(key)}</Location>"
             f"<Bucket>{escape(bucket)}</Bucket><Key>{escape(key)}</Key>"
-            f"<ETag>{escape(_etag(upload.bucket, upload.key, obj.bytes, obj.parts))}</ETag>",
+            f"<ETag>{escape(obj.etag)}</ETag>",
         )
     await _drain(request)
     return _error(501, "NotImplemented", f"POST {request.path_qs}")
@@ -256,7 +268,7 @@ async def _head(request: web.Request, bucket: str, key: str) -> web.StreamRespon
     if obj is None:
         return web.Response(status=404)
     headers = {f"x-amz-meta-{name}": value for name, value in obj.metadata.items()}
-    headers["ETag"] = _etag(bucket, key, obj.bytes, obj.parts)
+    headers["ETag"] = obj.etag
     headers["Last-Modified"] = formatdate(obj.completed_at, usegmt=True)
     if obj.content_encoding:
         headers["Content-Encoding"] = obj.content_encoding

@@ -97,10 +97,10 @@ def check_etag(operation: str, etag: str, expected: str, opaque: str) -> Verific
     if not shape.fullmatch(value):
         return Verification(False, f"{operation} answered an ETag not of the MD5 shape ({value or 'none'})")
     if value != expected:
+        sent = "the MD5 of the parts' MD5s" if "-" in expected else "the MD5 of the bytes sent"
         raise IntegrityError(
             operation,
-            f"the store answered ETag {value} but the bytes sent give {expected}: "
-            "it kept other bytes than were sent",
+            f"the store answered ETag {value} but {sent} is {expected}: it kept other bytes than were sent",
         )
     return VERIFIED
 

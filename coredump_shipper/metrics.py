@@ -129,7 +129,7 @@ class Metrics:
         )
         self.integrity_failures = Counter(
             name("integrity_failures"),
-            "Objects whose ETag shows the store kept other bytes than were sent (each removed, its core kept).",
+            "Objects whose ETag shows the store kept other bytes than were sent (removed; the core is kept).",
             registry=r,
         )
         self.self_test = Gauge(

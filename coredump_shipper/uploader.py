@@ -294,7 +294,9 @@ class S3Store:
         except BaseExceptionGroup as group_error:
             raise group_error.exceptions[0] from None
 
-    async def _send_part(self, upload: _Upload, number: int, body: memoryview, md5: str, buffer: bytearray) -> None:
+    async def _send_part(
+        self, upload: _Upload, number: int, body: memoryview, md5: str, buffer: bytearray
+    ) -> None:
         try:
             answer = await self._call(
                 "UploadPart",

@@ -553,10 +553,8 @@ class FaultProxy:
             return await self._answer_error(request, rule)
         if rule.kind == "reset":
             return await self._reset(request, rule)
-        if rule.kind == "frame":
-            return await self._forward(request, framed=True)
-        if rule.kind == "damage":
-            return await self._forward(request, damaged=True)
+        if rule.kind in {"frame", "damage"}:
+            return await self._forward(request, framed=rule.kind == "frame", damaged=rule.kind == "damage")
         if rule.kind in {"rewrite", "late"}:
             late = rule.seconds or 0.0 if rule.kind == "late" else 0.0
             return await self._forward(request, edit=rule.edit, answer_after=late)
@@ -626,13 +624,14 @@ class FaultProxy:
         offset = 0
         async for chunk in request.content.iter_chunked(CHUNK):
             self.faults._count_bytes("bytes_up", len(chunk))
+            sent = chunk
             if damaged and offset <= DAMAGE_FROM < offset + len(chunk):
                 flipped = bytearray(chunk)
                 flipped[DAMAGE_FROM - offset] ^= 0xFF
-                chunk = bytes(flipped)
+                sent = bytes(flipped)
                 self.faults._count_fault("damaged_bytes")
             offset += len(chunk)
-            yield chunk
+            yield sent
 
     @staticmethod
     def _response_for(upstream: aiohttp.ClientResponse) -> web.StreamResponse:

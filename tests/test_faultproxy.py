@@ -504,7 +504,7 @@ async def test_damage_body_flips_one_byte_of_bodies_over_4_kib(
         key: await s3.put_object(Bucket=bucket, Key=key, Body=body)
         for key, body in (("large", large), ("small", small))
     }
-    stored = (await (await s3.get_object(Bucket=bucket, Key="large"))["Body"].read())
+    stored = await (await s3.get_object(Bucket=bucket, Key="large"))["Body"].read()
     assert len(stored) == len(large)
     assert [i for i, (a, b) in enumerate(zip(stored, large, strict=True)) if a != b] == [4096]
     # The store answers the ETag of what it kept, not of what was sent.

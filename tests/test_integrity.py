@@ -14,11 +14,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
+from bench import nullsink
 from coredump_shipper.manifest import Manifest, manifest_key
 from tests.conftest import Bucket, ConfigFactory, running, wait_until
 from tests.faultproxy import FaultProxy
-from tests.servers import S3Endpoint
+from tests.servers import S3Endpoint, free_port
 from tests.test_faults import MiB, ledger, write_cores
 
 BODIES = {"PutObject", "UploadPart"}
@@ -54,3 +56,38 @@ async def test_a_body_damaging_front_deletes_no_core_and_leaves_no_damaged_objec
     for key in bucket.core_keys():
         manifest = Manifest.from_json(json.loads(bucket.get(manifest_key(key))))
         assert manifest.verification is not None and manifest.verification.verified
+
+
+async def test_sse_kms_objects_ship_and_their_manifests_say_they_were_not_verified(
+    make_config: ConfigFactory, bucket: Bucket, watch_dir: Path
+) -> None:
+    # With SSE-KMS an ETag is not the MD5 of the bytes (AWS; moto answers MD5s all the same): the
+    # shipper must not compare it, and must not claim it did.
+    async with running(make_config(sse="aws:kms", part_size="5MiB")) as service:
+        created = write_cores(watch_dir, 1, 64 * 1024) | write_cores(watch_dir, 1, 16 * MiB, prefix="big")
+        await wait_until(lambda: service.pipeline.pending == 0 and len(bucket.keys()) == 4, timeout=60)
+    ledger(bucket, created, watch_dir)
+    for key in bucket.core_keys():
+        manifest = Manifest.from_json(json.loads(bucket.get(manifest_key(key))))
+        assert manifest.verification is not None and not manifest.verification.verified
+        assert manifest.fields["not-verified-reason"] == "SSE aws:kms: ETags are not MD5s"
+
+
+async def test_the_benchmark_sink_answers_etags_the_daemon_verifies(
+    make_config: ConfigFactory, watch_dir: Path
+) -> None:
+    # bench/nullsink.py stands in for S3 in `make bench`: if its ETags were not real MD5s, the
+    # shipper would (rightly) refuse every upload and the benchmark would measure nothing.
+    runner = web.AppRunner(nullsink.make_app(), access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        config = make_config(endpoint_url=f"http://127.0.0.1:{port}", part_size="5MiB")
+        async with running(config) as service:
+            write_cores(watch_dir, 1, 64 * 1024) | write_cores(watch_dir, 1, 16 * MiB, prefix="big")
+            await wait_until(lambda: service.metrics.uploads.labels("success")._value.get() == 2, timeout=60)
+            assert service.metrics.integrity_failures._value.get() == 0
+            assert cores_on_disk(watch_dir) == set()
+    finally:
+        await runner.cleanup()

@@ -1,4 +1,5 @@
-"""Cutting files into parts: round trips through zstd and raw, holes, part sizes, the sha256."""
+"""Cutting files into parts: round trips through zstd and raw, holes, part sizes, the sha256 and
+each part's MD5."""
 
 from __future__ import annotations
 
@@ -62,6 +63,8 @@ def test_parts_restore_the_file_exactly(tmp_path: Path, size: int, level: int | 
     restored = zstandard.ZstdDecompressor().decompress(stored) if level is not None else stored
     assert restored == expected
     assert source.sha256.hexdigest() == hashlib.sha256(expected).hexdigest()
+    # Each part's MD5, made while it was filled, is that of its bytes: what the store's ETag must be.
+    assert source.digests == [hashlib.md5(part, usedforsecurity=False).digest() for part in parts]
 
 
 def test_compressed_stream_is_a_standard_zstd_frame_with_size_and_checksum(tmp_path: Path) -> None:
@@ -88,10 +91,12 @@ def test_incompressible_file_of_one_part_becomes_one_body(tmp_path: Path) -> Non
     (tmp_path / "core").write_bytes(expected)
     fd = os.open(tmp_path / "core", os.O_RDONLY)
     try:
-        body = PartSource(fd, PART, PART, 1).read_all(bytearray(PART))
+        source = PartSource(fd, PART, PART, 1)
+        body = source.read_all(bytearray(PART))
     finally:
         os.close(fd)
     assert len(body) > PART
+    assert source.body_md5 == hashlib.md5(body, usedforsecurity=False).hexdigest()
     assert zstandard.ZstdDecompressor().decompress(bytes(body)) == expected
 
 
