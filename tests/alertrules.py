@@ -212,6 +212,7 @@ ALL_ALERTS = (
     "CoredumpShipperUnhealthy",
     "CoredumpShipperRestarting",
     "CoredumpShipperCoresDropped",
+    "CoredumpShipperIntegrityFailures",
     "CoredumpShipperCoreStorm",
     "CoredumpShipperDown",
     "CoredumpShipperAbsent",

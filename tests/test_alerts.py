@@ -70,6 +70,7 @@ def shipper(**signals: Signal) -> dict[str, Signal]:
         "cores_detected_total": const(5),
         'dropped_total{reason="disk_budget"}': const(0),
         'dropped_total{reason="rate_limited"}': const(0),
+        "integrity_failures_total": const(0),
         "pending_files": const(0),
         "oldest_pending_age_seconds": const(0),
         "pending_failed_attempts_max": const(0),
@@ -345,6 +346,14 @@ SCENARIOS = [
                 resolves_at=2400,
             )
         ],
+    ),
+    Scenario(
+        "the store keeps other bytes than were sent for 2 objects at 10 min",
+        minutes=50,
+        series=shipper(integrity_failures_total=piecewise((0, 0), (600, 2)), **steady(4)),
+        # At the first evaluation that sees it, while other cores still ship; quiet once it leaves
+        # the 30 min window.
+        expect=[Expect("CoredumpShipperIntegrityFailures", fires_at=600, value=2, resolves_at=2400)],
     ),
     Scenario(
         "a crash loop writes 30 cores a minute from 10 min",
