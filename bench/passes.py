@@ -11,7 +11,8 @@ realistic core (read from the page cache):
   `PYTHONPATH=. /tmp/crc/bin/python -m bench.passes`;
 - `PartSource` filling every part of the file as the uploader does, with the helper thread
   (hash and read-ahead beside zstd) and with every helper job run inline (the old serial order):
-  wall and CPU seconds, and how much of the shorter pass the overlap hid.
+  wall and CPU seconds, and how much of the shorter pass the overlap hid; and once more without
+  the parts' MD5 (what the store's ETags are compared with), to price that check.
 """
 
 from __future__ import annotations
@@ -120,7 +121,22 @@ class _Inline(Helper):
         return future
 
 
-def _fill_all(path: Path, inline: bool) -> None:
+class _NoMd5:
+    """Stands in for hashlib in `parts` to measure filling without the parts' MD5."""
+
+    class _Null:
+        def update(self, data: object) -> None:
+            pass
+
+        def digest(self) -> bytes:
+            return b""
+
+    @classmethod
+    def md5(cls, *args: object, **kwargs: object) -> _NoMd5._Null:
+        return cls._Null()
+
+
+def _fill_all(path: Path, inline: bool, md5: bool = True) -> None:
     size = path.stat().st_size
     part_size = parts.choose_part_size(size, 8 * MiB, compressed=True)
     fd = os.open(path, os.O_RDONLY)
@@ -130,8 +146,15 @@ def _fill_all(path: Path, inline: bool) -> None:
             source._helper = _Inline()
             source.sha256._helper = source._helper
         buffer = bytearray(part_size)
-        while source.fill(buffer) is not None:
-            pass
+        names = vars(parts)
+        real = names["hashlib"]
+        if not md5:
+            names["hashlib"] = _NoMd5
+        try:
+            while source.fill(buffer) is not None:
+                pass
+        finally:
+            names["hashlib"] = real
         source.sha256.hexdigest()
     finally:
         os.close(fd)
@@ -152,18 +175,27 @@ def overlap_table(path: Path, reps: int = 3) -> str:
     """PartSource filling every part of `path`, serial and with the helper (medians of `reps`)."""
     gib = path.stat().st_size / (1 << 30)
     lines = ["| PartSource, zstd level 1, all parts | Wall s per GiB | CPU s per GiB |", "|---|---|---|"]
-    walls = {}
-    for label, inline in (("every job inline (the old serial order)", True), ("helper thread hashes", False)):
+    walls, cpus = {}, {}
+    variants = (
+        ("every job inline (the old serial order)", True, True),
+        ("helper thread hashes", False, True),
+        ("helper thread hashes, no part MD5s (no ETag check)", False, False),
+    )
+    for label, inline, md5 in variants:
         runs = []
         for _ in range(reps):
             warm_page_cache(path)
-            runs.append(_timed(lambda inline=inline: _fill_all(path, inline)))  # type: ignore[misc]
+            runs.append(_timed(lambda inline=inline, md5=md5: _fill_all(path, inline, md5)))  # type: ignore[misc]
         wall = statistics.median(w for w, _ in runs)
         cpu = statistics.median(c for _, c in runs)
-        walls[label] = wall
+        walls[label], cpus[label] = wall, cpu
         lines.append(f"| {label} | {wall / gib:.2f} | {cpu / gib:.2f} |")
-    serial, helper = walls.values()
+    serial, helper, no_md5 = walls.values()
     lines.append(f"| wall time saved by the overlap | {1 - helper / serial:.0%} | |")
+    md5_cpu = list(cpus.values())[1] - list(cpus.values())[2]
+    lines.append(
+        f"| the parts' MD5 (ETag check) adds | {(helper - no_md5) / gib:.2f} | {md5_cpu / gib:.2f} |"
+    )
     return "\n".join(lines)
 
 

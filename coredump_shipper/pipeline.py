@@ -1,8 +1,9 @@
 """A bounded queue of file names and the pool of workers that ship them.
 
 Nothing is ever dropped here: when the queue is full the producer waits, and a file that fails stays
-pending and is offered again after a backoff. A name is queued at most once at a time; an event for a
-file that is being shipped marks it to be looked at again afterwards.
+pending and is offered again after a backoff. While shipping is held (the store was seen keeping other
+bytes than were sent) workers take no new file: every core stays on disk. A name is queued at most
+once at a time; an event for a file that is being shipped marks it to be looked at again afterwards.
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ class Pipeline:
         self._tasks: list[asyncio.Task[None]] = []
         self._retries: set[asyncio.Task[None]] = set()
         self._accepting = True
+        self._may_ship = asyncio.Event()
+        self._may_ship.set()
         metrics.oldest_pending_age.set_function(self.oldest_pending_age)
 
     async def __aenter__(self) -> Pipeline:
@@ -97,6 +100,17 @@ class Pipeline:
         if not self._pending:
             return 0.0
         return max(0.0, time.time() - min(mtime for _, mtime in self._pending.values()))
+
+    def hold(self) -> None:
+        """Take no new file until `resume()`; uploads in progress finish (each is verified)."""
+        self._may_ship.clear()
+
+    def resume(self) -> None:
+        self._may_ship.set()
+
+    @property
+    def held(self) -> bool:
+        return not self._may_ship.is_set()
 
     def dead_workers(self) -> list[int]:
         return [w.number for w, task in zip(self.workers, self._tasks, strict=True) if task.done()]
@@ -138,6 +152,7 @@ class Pipeline:
     async def _work(self, worker: Worker) -> None:
         while self._accepting:
             worker.beat(busy=False)
+            await self._may_ship.wait()
             name = await self.queue.get()
             # Claimed before the first await: from here on the disk budget cannot delete it.
             self.claims.take(name)

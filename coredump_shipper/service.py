@@ -122,6 +122,8 @@ class Service:
             asyncio.create_task(self._keep_disk_budget(), name="disk-budget"),
         ]
         if config.self_test:
+            # Nothing ships before the store has shown it keeps the bytes it is sent.
+            self.pipeline.hold()
             self._tasks.append(asyncio.create_task(self._self_test(client), name="self-test"))
         log.info(
             "coredump-shipper started: watching %s, shipping to s3://%s, listening on %s:%d",
@@ -210,7 +212,31 @@ class Service:
         await repeat_until(check, lambda attempt: S3_CHECK_INTERVAL)
 
     async def _self_test(self, client: S3Client) -> None:
-        """Write a probe object and a 2-part upload once S3 answers; say which call and setting fail."""
+        """Write a probe object and a 2-part upload once S3 answers; say which call and setting fail.
+
+        While the store keeps other bytes than were sent, shipping is held (every core stays on disk)
+        and the test runs again after a backoff until it passes."""
+        attempt = 0
+        while True:
+            checks = await self._run_self_test(client)
+            if not any(check.corrupts for check in checks):
+                if self.pipeline.held:
+                    log.info("shipping cores again", extra={"event": "self_test"})
+                self.pipeline.resume()
+                return
+            attempt += 1
+            delay = self.store.backoff.delay(attempt)
+            if attempt == 1:
+                log.error(
+                    "the store keeps other bytes than were sent: no core is shipped or deleted until a "
+                    "self-test passes; next self-test in %.0fs",
+                    delay,
+                    extra={"event": "self_test"},
+                )
+            self.pipeline.hold()
+            await asyncio.sleep(delay)
+
+    async def _run_self_test(self, client: S3Client) -> Sequence[Check]:
         checks: Sequence[Check] = ()
 
         async def run(attempt: int) -> bool:
@@ -249,6 +275,7 @@ class Service:
                 f" with {len(warned)} warning(s)" if warned else "",
                 extra={"event": "self_test"},
             )
+        return checks
 
     async def _keep_disk_budget(self) -> None:
         budget = DiskBudget(

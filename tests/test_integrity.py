@@ -91,3 +91,33 @@ async def test_the_benchmark_sink_answers_etags_the_daemon_verifies(
             assert cores_on_disk(watch_dir) == set()
     finally:
         await runner.cleanup()
+
+
+async def test_a_failed_integrity_self_test_holds_every_core_until_a_later_one_passes(
+    make_config: ConfigFactory, bucket: Bucket, watch_dir: Path, proxy: FaultProxy
+) -> None:
+    # Single PutObjects are stored with aws-chunked framing around them (s3rver with when_supported
+    # over HTTPS); multipart parts pass untouched, so a multipart core alone would ship intact and
+    # be deleted: the failed self-test must stop that too.
+    framing = proxy.faults.frame_body(ops={"PutObject"})
+    config = make_config(endpoint_url=proxy.url, part_size="5MiB", self_test="on")
+    async with running(config) as service:
+        metrics = service.metrics
+        created = write_cores(watch_dir, 1, 16 * MiB, prefix="big")
+        await wait_until(lambda: metrics.self_test._value.get() == 0, timeout=60)
+        failed_tests = framing.injected
+        # The self-test runs again (backoff up to --retry-max-delay 0.5s) and keeps failing.
+        await wait_until(lambda: framing.injected >= failed_tests + 2, timeout=30)
+        ready, body = service.readiness()
+        assert not ready and any("other bytes than were sent" in r for r in body["reasons"])
+        assert cores_on_disk(watch_dir) == set(created), "a core was shipped and deleted"
+        # Not even tried: no attempt, no object, no upload of it begun.
+        assert metrics.uploads.labels("success")._value.get() == 0
+        assert metrics.uploads.labels("failure")._value.get() == 0
+        assert not [u for u in bucket.incomplete_uploads() if "big.0" in u["Key"]]
+        assert not [key for key in bucket.keys() if "big.0" in key]
+        proxy.faults.remove(framing)
+        await wait_until(lambda: service.pipeline.pending == 0, timeout=60)
+        await wait_until(lambda: service.readiness()[0], timeout=30)
+        assert metrics.self_test._value.get() == 1
+    ledger(bucket, created, watch_dir)
