@@ -152,8 +152,10 @@ class Pipeline:
     async def _work(self, worker: Worker) -> None:
         while self._accepting:
             worker.beat(busy=False)
-            await self._may_ship.wait()
             name = await self.queue.get()
+            # Held after the name was taken too: a worker may have been waiting for one meanwhile.
+            # The file waits here as it would in the queue (not busy, not claimed).
+            await self._may_ship.wait()
             # Claimed before the first await: from here on the disk budget cannot delete it.
             self.claims.take(name)
             worker.beat(busy=True)

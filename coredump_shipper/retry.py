@@ -46,8 +46,11 @@ def describe(error: BaseException) -> str:
     if isinstance(error, ClientError):
         err = error.response.get("Error", {})
         status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "?")
-        return f"{err.get('Code', 'Error')} (HTTP {status}): {err.get('Message', '')}".strip()
-    return f"{type(error).__name__}: {error}"
+        # A store may leave out the code or the message (botocore then holds None): never print "None".
+        code, message = err.get("Code") or "Error", err.get("Message") or ""
+        return f"{code} (HTTP {status}): {message}".strip().removesuffix(":")
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text and text != "None" else type(error).__name__
 
 
 @dataclass

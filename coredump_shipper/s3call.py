@@ -32,7 +32,7 @@ async def within(seconds: float | None, awaitable: Awaitable[T]) -> T:
 def error_code(error: BaseException) -> str:
     """The store's error code ('NoSuchKey', '501', ...), '' for anything but an answer from it."""
     if isinstance(error, ClientError):
-        return str(error.response.get("Error", {}).get("Code", ""))
+        return str(error.response.get("Error", {}).get("Code") or "")
     return ""
 
 

@@ -24,10 +24,10 @@ from coredump_shipper.errors import S3Error
 from coredump_shipper.integrity import IntegrityError
 from coredump_shipper.metrics import Metrics
 from coredump_shipper.retry import Backoff, describe
-from coredump_shipper.s3call import call_s3
+from coredump_shipper.s3call import call_s3, s3_error
 from coredump_shipper.s3client import s3_client
 from coredump_shipper.settings import StoreSettings, client_settings
-from coredump_shipper.uploader import S3Store, UploadResult
+from coredump_shipper.uploader import S3Store, UploadResult, listing_is_empty
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -43,7 +43,8 @@ S3_READ_TIMEOUT = 4.0
 S3_CALL_TIMEOUT = 5.0
 CREDENTIALS_TIMEOUT = 5.0
 
-PROBE_NAME = ".coredump-shipper-probe"
+# No leading dot: the default template joins node and file name with one (`node.coredump-...`).
+PROBE_NAME = "coredump-shipper-probe"
 PROBE_BODY = b"coredump-shipper doctor probe: safe to delete\n"
 MULTIPART_PROBE_PART = 5 * 1024 * 1024  # S3's smallest part but the last
 
@@ -98,6 +99,11 @@ _CHECKSUM_SUSPECTS = frozenset(
 )
 
 
+# The calls botocore adds checksums (headers, trailers, aws-chunked bodies) to: a refusal of any other
+# call (a 501 on ListMultipartUploads) has another cause, whatever the checksum mode.
+_CHECKSUM_CALLS = frozenset({"PutObject", "UploadPart", "CreateMultipartUpload", "CompleteMultipartUpload"})
+
+
 def s3_problem(error: BaseException, config: Config, operation: str) -> S3Problem:
     """The S3 error code (or connection failure) and the setting that fixes it."""
     if isinstance(error, ClientError):
@@ -121,8 +127,9 @@ def _client_error_problem(error: ClientError, config: Config, operation: str) ->
     err = error.response.get("Error", {})
     code, message = str(err.get("Code", "")), str(err.get("Message", ""))
     detail = f"{operation}: {describe(error)}"
-    if "checksum" in (code + message).lower() or (
-        config.checksum_mode == "when_supported" and code in _CHECKSUM_SUSPECTS
+    if operation in _CHECKSUM_CALLS and (
+        "checksum" in (code + message).lower()
+        or (config.checksum_mode == "when_supported" and code in _CHECKSUM_SUSPECTS)
     ):
         return S3Problem(
             detail,
@@ -402,7 +409,7 @@ async def multipart_check(config: Config, client: S3Client) -> Check:
         return Check(name, "FAIL", f"{problem.detail}: cores above --part-size cannot ship", problem.fix)
     await _attempt(client.delete_object(Bucket=config.bucket, Key=key))
     refused = await _attempt(client.list_multipart_uploads(Bucket=config.bucket, Prefix=key, MaxUploads=1))
-    if refused is not None:
+    if refused is not None and not listing_is_empty(s3_error("ListMultipartUploads", refused)):
         problem = s3_problem(refused, config, "ListMultipartUploads")
         return Check(
             name,

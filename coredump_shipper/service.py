@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 S3_CHECK_INTERVAL = 15.0
 BUDGET_INTERVAL = 5.0
 S3_READY_WINDOW = 60.0
+# Failed aborts are tried again at most this often, after a call to the store succeeded.
+ABORT_RETRY_PAUSE = 1.0
 
 
 @dataclass(frozen=True)
@@ -119,11 +121,13 @@ class Service:
             self.watcher_task,
             asyncio.create_task(self._check_s3(), name="s3-check"),
             asyncio.create_task(self._clean_stale_uploads(), name="stale-uploads"),
+            asyncio.create_task(self._retry_failed_aborts(), name="failed-aborts"),
             asyncio.create_task(self._keep_disk_budget(), name="disk-budget"),
         ]
         if config.self_test:
-            # Nothing ships before the store has shown it keeps the bytes it is sent.
-            self.pipeline.hold()
+            # Shipping is not held until the self-test has answered: while S3 cannot be reached,
+            # failed uploads must be counted (the alerts read them), and each object is verified
+            # by its ETag anyway.
             self._tasks.append(asyncio.create_task(self._self_test(client), name="self-test"))
         log.info(
             "coredump-shipper started: watching %s, shipping to s3://%s, listening on %s:%d",
@@ -296,6 +300,19 @@ class Service:
             return False  # for the whole run
 
         await repeat_until(enforce, lambda attempt: BUDGET_INTERVAL)
+
+    async def _retry_failed_aborts(self) -> None:
+        """An abort that failed during an outage is tried again once the store answers again, so its
+        parts do not stay on the store (they cost space) until the next start."""
+        store = self.store
+        while True:
+            await store.answered.wait()
+            store.answered.clear()
+            if store.unaborted:
+                aborted = await store.retry_aborts()
+                if aborted:
+                    log.info("aborted %d multipart upload(s) whose abort had failed", aborted)
+            await asyncio.sleep(ABORT_RETRY_PAUSE)
 
     async def _clean_stale_uploads(self) -> None:
         """Abort this node's multipart uploads left by a killed process; retried until S3 answers."""

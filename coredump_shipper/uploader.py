@@ -51,6 +51,15 @@ T = TypeVar("T")
 ABORT_TIMEOUT = 10.0
 ABORT_ATTEMPTS = 4
 ABORT_BACKOFF = Backoff(base=0.1, cap=1.0)
+# Aborts that failed (an outage) and are tried again once the store answers; past this many, the
+# oldest are left to the next start's clean-up and the lifecycle rule.
+MAX_UNABORTED = 1000
+
+
+def listing_is_empty(failure: S3Error) -> bool:
+    """A store with no multipart upload at all may answer ListMultipartUploads with 404 NoSuchUpload
+    (rclone serve s3): that is an empty list, not a store that cannot list."""
+    return failure.code == "NoSuchUpload"
 
 
 class Source(Protocol):
@@ -117,6 +126,10 @@ class S3Store:
         # Set once a permanent error shows the store cannot list or abort multipart uploads: then
         # nothing cleans up an upload left behind but a bucket lifecycle rule.
         self.cleanup_unsupported: str | None = None
+        # Uploads whose abort failed for a transient reason (upload id -> key), and an event set by
+        # every call that succeeds: the daemon then tries those aborts again (retry_aborts).
+        self._unaborted: dict[str, str] = {}
+        self.answered = asyncio.Event()
 
     async def _call(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
         def on_retry(attempt: int, error: BaseException) -> None:
@@ -139,6 +152,7 @@ class S3Store:
             self.last_error = str(failure)
             raise
         self.last_progress = self.last_success = time.monotonic()
+        self.answered.set()
         return result
 
     async def upload(
@@ -340,20 +354,42 @@ class S3Store:
         except Exception as error:
             failure = error if isinstance(error, S3Error) else s3_error("AbortMultipartUpload", error)
             if failure.code == "NoSuchUpload":
+                self._unaborted.pop(upload_id, None)
                 return True  # already gone: completed or aborted meanwhile; the store can abort all right
             if not failure.transient:
                 self.cleanup_unsupported = (
                     self.cleanup_unsupported or f"AbortMultipartUpload: {failure.message}"
                 )
-            # The next start cleans up only where the store lets it list and abort uploads.
-            later = (
-                "cleaned up at next start"
-                if self.cleanup_unsupported is None
-                else "left on the store: only an AbortIncompleteMultipartUpload lifecycle rule removes it"
-            )
+            # Tried again only where the store lets it list and abort uploads.
+            if self.cleanup_unsupported is None:
+                later = "tried again once the store answers, and at next start"
+                self._remember_unaborted(key, upload_id)
+            else:
+                later = "left on the store: only an AbortIncompleteMultipartUpload lifecycle rule removes it"
+                self._unaborted.clear()
             log.warning("could not abort multipart upload of %r (%s): %s", key, later, failure.message)
             return False
+        self._unaborted.pop(upload_id, None)
         return True
+
+    def _remember_unaborted(self, key: str, upload_id: str) -> None:
+        self._unaborted[upload_id] = key
+        while len(self._unaborted) > MAX_UNABORTED:
+            del self._unaborted[next(iter(self._unaborted))]
+
+    @property
+    def unaborted(self) -> int:
+        """Uploads whose abort failed and waits to be tried again."""
+        return len(self._unaborted)
+
+    async def retry_aborts(self) -> int:
+        """Try again the aborts that failed (during an outage); how many succeeded."""
+        done = 0
+        for upload_id, key in list(self._unaborted.items()):
+            if not await self.abort(key, upload_id):
+                break  # the store is not back yet (or cannot abort): wait for the next sign of it
+            done += 1
+        return done
 
     async def put_json(self, key: str, document: Mapping[str, Any], object_args: Mapping[str, Any]) -> None:
         body = json.dumps(document, indent=2, sort_keys=True).encode()
@@ -387,31 +423,38 @@ class S3Store:
                     if own.owns(upload["Key"])
                     and (upload.get("Initiated") is None or upload["Initiated"] < started_before)
                 ]
-                # Which of these are this process's own is known once their creation has answered.
-                created = await self._created_by_this_process({upload["Key"] for upload in uploads})
-                for upload in uploads:
-                    if upload["UploadId"] in self._own_uploads or upload["UploadId"] in created:
-                        continue
-                    log.warning(
-                        "aborting stale multipart upload of %r begun %s",
-                        upload["Key"],
-                        upload.get("Initiated"),
-                    )
-                    if await self.abort(upload["Key"], upload["UploadId"]):
-                        aborted += 1
-                    elif self.cleanup_unsupported is not None:
-                        raise S3Error("AbortMultipartUpload", self.cleanup_unsupported, transient=False)
+                aborted += await self._abort_stale(uploads)
         except S3Error as error:
             if not error.transient:
                 self._created = None
             raise
         except Exception as error:
             failure = s3_error("ListMultipartUploads", error)
-            if not failure.transient:
-                self.cleanup_unsupported = f"ListMultipartUploads: {failure.message}"
-                self._created = None
-            raise failure from error
+            if not listing_is_empty(failure):
+                if not failure.transient:
+                    self.cleanup_unsupported = f"ListMultipartUploads: {failure.message}"
+                    self._created = None
+                raise failure from error
         self._created = None  # done: new uploads need not be remembered any more
+        return aborted
+
+    async def _abort_stale(self, uploads: list[Any]) -> int:
+        # Which of these are this process's own is known once their creation has answered.
+        created = await self._created_by_this_process({upload["Key"] for upload in uploads})
+        aborted = 0
+        for upload in uploads:
+            if upload["UploadId"] in self._own_uploads or upload["UploadId"] in created:
+                continue
+            begun = upload.get("Initiated")
+            log.warning(
+                "aborting stale multipart upload of %r%s",
+                upload["Key"],
+                f" begun {begun}" if begun is not None else "",
+            )
+            if await self.abort(upload["Key"], upload["UploadId"]):
+                aborted += 1
+            elif self.cleanup_unsupported is not None:
+                raise S3Error("AbortMultipartUpload", self.cleanup_unsupported, transient=False)
         return aborted
 
     def _creation_answered(self, key: str, creating: asyncio.Future[Any]) -> None:

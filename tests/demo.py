@@ -51,7 +51,7 @@ def http_ok(url: str) -> bool:
 def is_core(listed: dict[str, Any]) -> bool:
     """Not a manifest, and not the start-up self-test's probe (written and deleted at once)."""
     key = str(listed["Key"])
-    return not key.endswith(".manifest.json") and ".coredump-shipper-probe" not in key
+    return not key.endswith(".manifest.json") and "coredump-shipper-probe" not in key
 
 
 def main() -> int:

@@ -179,8 +179,10 @@ async def test_probe_accepts_when_supported_checksums(make_config: ConfigFactory
 
 def test_probe_key_goes_where_this_nodes_cores_go(make_config: ConfigFactory) -> None:
     key = probe_key(make_config(key_template="{cluster}/{crash_time:%Y}/{node}/{filename}"))
-    assert key.startswith(f"test/{time.gmtime().tm_year}/node-1/.coredump-shipper-probe-node-1-")
+    assert key.startswith(f"test/{time.gmtime().tm_year}/node-1/coredump-shipper-probe-node-1-")
     assert probe_key(make_config()) != probe_key(make_config())
+    # The default template joins node and file name with a dot: one, not two.
+    assert probe_key(make_config()).startswith("test/node-1.coredump-shipper-probe-node-1-")
 
 
 # Credentials ---------------------------------------------------------------------------------------

@@ -36,14 +36,16 @@ async def test_doctor_names_the_checksum_fix_for_411_missing_content_length(
     assert "--checksum-mode when_required" in probe.fix and "aws-chunked" in probe.fix
 
 
+@pytest.mark.parametrize("checksum_mode", ["when_required", "when_supported"])
 async def test_self_test_warning_is_said_and_exported(
-    make_config: ConfigFactory, s3_server: S3Endpoint, caplog: pytest.LogCaptureFixture
+    make_config: ConfigFactory, s3_server: S3Endpoint, caplog: pytest.LogCaptureFixture, checksum_mode: str
 ) -> None:
     caplog.set_level(logging.INFO, logger="coredump_shipper")
     async with FaultProxy(s3_server.url) as proxy:
         proxy.faults.fail(501, code="NotImplemented", ops={"ListMultipartUploads"})
         metrics = Metrics(process=False)
-        async with running(make_config(endpoint_url=proxy.url, self_test="on"), metrics) as service:
+        config = make_config(endpoint_url=proxy.url, self_test="on", checksum_mode=checksum_mode)
+        async with running(config, metrics) as service:
             await wait_until(lambda: metrics.self_test._value.get() != -1)
             ready = service.readiness()[0]
     assert metrics.self_test._value.get() == 1, "a warning is not a failure"
@@ -52,6 +54,8 @@ async def test_self_test_warning_is_said_and_exported(
     lines = [r.getMessage() for r in caplog.records if getattr(r, "event", None) == "self_test"]
     (warning,) = [line for line in lines if line.startswith("S3 self-test warning")]
     assert "ListMultipartUploads" in warning and "AbortIncompleteMultipartUpload" in warning
+    # A listing carries no checksum: whatever the mode, they are not the cause.
+    assert "--checksum-mode" not in warning and "None" not in warning
     assert any(line.startswith("S3 self-test passed with 1 warning(s)") for line in lines), lines
 
 
@@ -91,7 +95,7 @@ async def test_stale_upload_clean_up_gives_up_after_a_permanent_error(
     (gave_up,) = [m for m in messages if m.startswith("stale multipart uploads under")]
     assert f"{code} (HTTP {status})" in gave_up and "AbortIncompleteMultipartUpload" in gave_up
     assert not any("postponed" in m for m in messages)
-    assert not any("cleaned up at next start" in m for m in messages), "a promise the store breaks"
+    assert not any("tried again" in m for m in messages), "a promise the store breaks"
     assert any("left on the store" in m for m in messages)
 
 
@@ -139,3 +143,50 @@ async def test_doctor_probes_upload_through_the_shippers_own_store(
     assert single["Metadata"]["sha256"] == hashlib.sha256(PROBE_BODY).hexdigest()
     assert multipart["ContentLength"] == MULTIPART_PROBE_PART + len(PROBE_BODY)
     assert multipart["ETag"].strip('"').endswith("-2")
+
+
+async def test_a_404_no_such_upload_listing_is_an_empty_list(
+    make_config: ConfigFactory, s3_server: S3Endpoint, caplog: pytest.LogCaptureFixture
+) -> None:
+    # rclone serve s3 answers ListMultipartUploads so until the first multipart upload exists.
+    caplog.set_level(logging.DEBUG, logger="coredump_shipper")
+    async with FaultProxy(s3_server.url) as proxy:
+        listing = proxy.faults.fail(404, code="NoSuchUpload", ops={"ListMultipartUploads"})
+        metrics = Metrics(process=False)
+        async with running(make_config(endpoint_url=proxy.url, self_test="on"), metrics) as service:
+            (clean_up,) = [task for task in service._tasks if task.get_name() == "stale-uploads"]
+            await wait_until(lambda: metrics.self_test._value.get() != -1 and clean_up.done())
+            assert service.store.cleanup_unsupported is None
+    assert listing.injected >= 2, "both the clean-up and the self-test listed"
+    assert metrics.self_test._value.get() == 1 and metrics.self_test_warnings._value.get() == 0
+    messages = [r.getMessage() for r in caplog.records]
+    assert not any("not cleaned up" in m or "postponed" in m for m in messages), messages
+
+
+async def test_an_abort_that_failed_in_an_outage_is_tried_again_when_the_store_is_back(
+    make_config: ConfigFactory,
+    bucket: Bucket,
+    watch_dir: Path,
+    s3_server: S3Endpoint,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="coredump_shipper")
+    async with FaultProxy(s3_server.url) as proxy:
+        # The completion fails (after --max-attempts 2) and the abort that follows fails too, as in
+        # an outage: the parts stay on the store.
+        completion = proxy.faults.fail(503, times=2, ops={"CompleteMultipartUpload"})
+        aborts = proxy.faults.fail(503, ops={"AbortMultipartUpload"})
+        config = make_config(endpoint_url=proxy.url, part_size="5MiB", compression="none", max_attempts=2)
+        async with running(config) as service:
+            write_file(watch_dir / "core.big", os.urandom(11 * MiB))
+            await wait_until(lambda: any("could not abort" in r.getMessage() for r in caplog.records))
+            # The core ships on its next try; the failed upload is still on the store.
+            await wait_until(lambda: service.pipeline.pending == 0, timeout=30)
+            assert completion.injected == 2
+            assert [u["Key"] for u in bucket.incomplete_uploads()] == ["test/node-1.core.big"]
+            proxy.faults.remove(aborts)
+            # The store answers again (the shipped core's calls, then HeadBucket): the abort follows.
+            await wait_until(lambda: bucket.incomplete_uploads() == [], timeout=30)
+            assert service.store.unaborted == 0
+    assert any("whose abort had failed" in r.getMessage() for r in caplog.records)
+    assert bucket.core_keys() == ["test/node-1.core.big"]

@@ -10,6 +10,7 @@ import sys
 from datetime import UTC, datetime
 
 import pytest
+from botocore.exceptions import ClientError
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -18,7 +19,8 @@ from coredump_shipper.corename import CoreNamePattern
 from coredump_shipper.errors import ConfigError
 from coredump_shipper.naming import KeyTemplate, header_safe, key_safe, metadata
 from coredump_shipper.parts import MAX_PARTS, MIN_PART, MiB, choose_part_size, compress_bound
-from coredump_shipper.retry import Backoff, repeat_until
+from coredump_shipper.retry import Backoff, describe, repeat_until
+from coredump_shipper.s3call import error_code
 
 FIELDS = ("cluster", "node", "filename", "crash_time")
 TiB = 1024**4
@@ -253,3 +255,34 @@ async def test_repeat_until_runs_a_step_that_never_succeeds_until_cancelled() ->
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+@pytest.mark.parametrize(
+    ("error", "text"),
+    [
+        (
+            ClientError(
+                {"Error": {"Code": "NotImplemented", "Message": None}},  # type: ignore[typeddict-item]
+                "ListMultipartUploads",
+            ),
+            "NotImplemented (HTTP ?)",
+        ),
+        (
+            ClientError({"Error": {"Code": None, "Message": "no"}}, "PutObject"),  # type: ignore[typeddict-item]
+            "Error (HTTP ?): no",
+        ),
+        (
+            ClientError(
+                {"Error": {"Code": "501"}, "ResponseMetadata": {"HTTPStatusCode": 501}},  # type: ignore[typeddict-item]
+                "ListMultipartUploads",
+            ),
+            "501 (HTTP 501)",
+        ),
+        (TimeoutError(), "TimeoutError"),
+        (OSError(None), "OSError"),
+    ],
+)
+def test_error_descriptions_never_print_none(error: BaseException, text: str) -> None:
+    # Stores leave out codes and messages; botocore then holds None, which must not reach a log line.
+    assert describe(error) == text
+    assert error_code(error) != "None"
