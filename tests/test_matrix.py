@@ -168,6 +168,8 @@ def assert_shipped(bucket: Bucket, key: str, data: bytes, compression: str, size
     assert manifest["key"] == key
     assert manifest["sha256"] == hashlib.sha256(data).hexdigest()
     assert manifest["stored-bytes"] == len(stored)
+    # Each store's ETags are MD5s (and md5-of-md5s-N): every object is verified.
+    assert manifest["verified"] == "etag-md5", manifest.get("not-verified-reason")
     if size == "small":
         assert meta["sha256"] == manifest["sha256"]
         assert "-" not in head["ETag"], "expected a single PutObject"
