@@ -190,3 +190,17 @@ async def test_an_abort_that_failed_in_an_outage_is_tried_again_when_the_store_i
             assert service.store.unaborted == 0
     assert any("whose abort had failed" in r.getMessage() for r in caplog.records)
     assert bucket.core_keys() == ["test/node-1.core.big"]
+
+
+async def test_doctor_multipart_row_checks_the_parts_etags(
+    make_config: ConfigFactory, s3_server: S3Endpoint, bucket: Bucket
+) -> None:
+    # Only the parts are damaged: the single probe passes, the 2-part upload must not.
+    async with FaultProxy(s3_server.url) as proxy:
+        proxy.faults.damage_body(ops={"UploadPart"})
+        checks = {c.name: c for c in await s3_checks(make_config(endpoint_url=proxy.url), write_probe=True)}
+    assert checks["S3 PutObject/DeleteObject"].status == "OK"
+    multipart = checks["S3 multipart"]
+    assert multipart.status == "FAIL" and multipart.corrupts
+    assert "UploadPart 1" in multipart.detail and "other bytes than were sent" in multipart.detail
+    assert bucket.keys() == [] and bucket.incomplete_uploads() == []
