@@ -124,3 +124,22 @@ async def test_a_failed_integrity_self_test_holds_every_core_until_a_later_one_p
         await wait_until(lambda: service.readiness()[0], timeout=30)
         assert metrics.self_test._value.get() == 1
     ledger(bucket, created, watch_dir)
+
+
+async def test_an_empty_completion_etag_is_checked_through_head_object(
+    make_config: ConfigFactory, bucket: Bucket, watch_dir: Path, proxy: FaultProxy
+) -> None:
+    # Ceph RGW 16 answers CompleteMultipartUpload with <ETag></ETag>; HeadObject has the real one.
+    def blank(body: bytes) -> bytes:
+        start, end = body.index(b"<ETag>") + len(b"<ETag>"), body.index(b"</ETag>")
+        return body[:start] + body[end:]
+
+    proxy.faults.rewrite_response(blank, ops={"CompleteMultipartUpload"})
+    async with running(make_config(endpoint_url=proxy.url, part_size="5MiB")) as service:
+        created = write_cores(watch_dir, 1, 16 * MiB, prefix="big")
+        await wait_until(lambda: service.pipeline.pending == 0 and len(bucket.keys()) == 2, timeout=60)
+    ledger(bucket, created, watch_dir)
+    (key,) = bucket.core_keys()
+    manifest = Manifest.from_json(json.loads(bucket.get(manifest_key(key))))
+    assert manifest.verification is not None and manifest.verification.verified
+    assert proxy.faults.stats().requests["HeadObject"] == 1
