@@ -24,6 +24,7 @@ from coredump_shipper.service import Service
 from tests import skips
 from tests.receiver import repair_core_pattern
 from tests.servers import S3Endpoint, free_port
+from tests.servers import ceph as ceph_server
 from tests.servers import kube as kube_servers
 from tests.servers import swift as swift_server
 from tests.servers.moto import run_moto
@@ -64,6 +65,30 @@ def swift_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
         pytest.skip(reason)
     with swift_server.run_swift(tmp_path_factory.mktemp("swift")) as endpoint:
         yield endpoint
+
+
+@pytest.fixture(scope="session")
+def ceph(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ceph_server.CephEndpoints]:
+    """Ceph's RADOS Gateway (one mon, one OSD), HTTP and HTTPS, started once for the session."""
+    reason = ceph_server.missing()
+    if reason:
+        # CI installs Ceph (tests/servers/install-ceph.sh): a skip there would hide a broken setup.
+        if os.environ.get("CI"):
+            pytest.fail(f"Ceph is required in CI: {reason}")
+        pytest.skip(reason)
+    with ceph_server.run_ceph(tmp_path_factory.mktemp("ceph")) as endpoints:
+        yield endpoints
+
+
+@pytest.fixture(scope="session")
+def ceph_s3(ceph: ceph_server.CephEndpoints) -> S3Endpoint:
+    return ceph.http
+
+
+@pytest.fixture(scope="session")
+def ceph_tls(ceph: ceph_server.CephEndpoints) -> S3Endpoint:
+    """radosgw's own HTTPS endpoint (beast), its certificate from a private CA."""
+    return ceph.https
 
 
 @pytest.fixture(scope="session")

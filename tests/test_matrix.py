@@ -1,9 +1,10 @@
 """The compatibility matrix: the whole daemon against every test store, as docs/compatibility.md shows it.
 
-Stores: moto's server mode and OpenStack Swift's s3api, each over plain HTTP and over HTTPS with a
-private CA (`tests/servers/tls.py`). The service runs in-process with its defaults (checksum mode
-`when_required`, addressing `auto`), is given only what an operator would set (endpoint, CA bundle,
-credentials and region from the environment), and ships:
+Stores: moto's server mode, OpenStack Swift's s3api and Ceph's RADOS Gateway, each over plain HTTP
+and over HTTPS with a private CA (`tests/servers/tls.py`; radosgw serves HTTPS itself). The
+service runs in-process with its defaults (checksum mode `when_required`, addressing `auto`), is
+given only what an operator would set (endpoint, CA bundle, credentials and region from the
+environment), and ships:
 
 - a small core (one PutObject) and a multipart core (12 MiB of random bytes, 5 MiB parts), each
   with zstd and without compression; every object is read back and compared byte for byte, its
@@ -39,9 +40,11 @@ from tests.servers import S3Endpoint, free_port
 MIB = 1 << 20
 PART_SIZE = 5 * MIB
 CORE_NAME = "core.app.sig11.1234.1700000000"
-ENDPOINTS = ["moto-http", "moto-https", "swift-http", "swift-https"]
-HTTPS_ENDPOINTS = ["moto-https", "swift-https"]
+ENDPOINTS = ["moto-http", "moto-https", "swift-http", "swift-https", "ceph-http", "ceph-https"]
+HTTPS_ENDPOINTS = ["moto-https", "swift-https", "ceph-https"]
 _REPO_ROOT = Path(__file__).resolve().parents[1]
+# Stores that refuse botocore's `aws-chunked` bodies (sent over HTTPS with when_supported): the error.
+REFUSES_AWS_CHUNKED = {"swift": "NotImplemented (HTTP 501)", "ceph": "MissingContentLength (HTTP 411)"}
 
 
 # --- Servers, one of each for the session ------------------------------------------------------
@@ -54,6 +57,8 @@ def _server(request: pytest.FixtureRequest) -> S3Endpoint:
         "moto-https": "moto_tls",
         "swift-http": "swift_s3",
         "swift-https": "swift_tls",
+        "ceph-http": "ceph_s3",
+        "ceph-https": "ceph_tls",
     }[request.param]
     endpoint: S3Endpoint = request.getfixturevalue(fixture)
     return endpoint
@@ -217,13 +222,14 @@ async def test_when_supported_checksums(
     size: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """botocore's default checksum mode: an `aws-chunked` body over HTTPS, which Swift refuses.
+    """botocore's default checksum mode: an `aws-chunked` body over HTTPS, which Swift and Ceph refuse.
 
     The refused core stays on disk, the error is logged, and no multipart upload is left behind.
     """
     caplog.set_level(logging.INFO, logger="coredump_shipper")
     endpoint = store_bucket.endpoint
-    refused = store_of(endpoint) == "swift" and is_https(endpoint)
+    refusal = REFUSES_AWS_CHUNKED.get(store_of(endpoint)) if is_https(endpoint) else None
+    refused = refusal is not None
     config = matrix_config(store_bucket, watch_dir, checksum_mode="when_supported")
     data = core_data(size)
     path = watch_dir / CORE_NAME
@@ -243,9 +249,7 @@ async def test_when_supported_checksums(
     assert any("--checksum-mode" in m for m in self_test_failures), self_test_failures
     operation = "PutObject" if size == "small" else "UploadPart"
     failures = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-    assert any(
-        f"{operation} failed: NotImplemented (HTTP 501)" in m and "aws-chunked" in m for m in failures
-    ), failures
+    assert any(f"{operation} failed: {refusal}" in m for m in failures), failures
     assert path.read_bytes() == data
     assert metrics.uploads.labels("success")._value.get() == 0
     assert store_bucket.keys() == []
