@@ -26,6 +26,7 @@ from tests.receiver import repair_core_pattern
 from tests.servers import S3Endpoint, free_port
 from tests.servers import ceph as ceph_server
 from tests.servers import kube as kube_servers
+from tests.servers import rclone as rclone_server
 from tests.servers import swift as swift_server
 from tests.servers.moto import run_moto
 from tests.servers.tls import tls_front
@@ -89,6 +90,28 @@ def ceph_s3(ceph: ceph_server.CephEndpoints) -> S3Endpoint:
 def ceph_tls(ceph: ceph_server.CephEndpoints) -> S3Endpoint:
     """radosgw's own HTTPS endpoint (beast), its certificate from a private CA."""
     return ceph.https
+
+
+@pytest.fixture(scope="session")
+def rclone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[rclone_server.RcloneEndpoints]:
+    """rclone serve s3 over a local directory, HTTP and HTTPS, started once for the session."""
+    reason = rclone_server.missing()
+    if reason:
+        if os.environ.get("CI"):  # a dev dependency: missing means a broken install
+            pytest.fail(reason)
+        pytest.skip(reason)
+    with rclone_server.run_rclone(tmp_path_factory.mktemp("rclone")) as endpoints:
+        yield endpoints
+
+
+@pytest.fixture(scope="session")
+def rclone_s3(rclone: rclone_server.RcloneEndpoints) -> S3Endpoint:
+    return rclone.http
+
+
+@pytest.fixture(scope="session")
+def rclone_tls(rclone: rclone_server.RcloneEndpoints) -> S3Endpoint:
+    return rclone.https
 
 
 @pytest.fixture(scope="session")
