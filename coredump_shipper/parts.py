@@ -60,6 +60,12 @@ def _give_compressor(level: int, compressor: zstandard.ZstdCompressor) -> None:
             spares.append(compressor)
 
 
+def kept_bytes() -> int:
+    """Bytes of read buffers kept for the next file (compressors not counted: zstd owns them)."""
+    with _spare_lock:
+        return sum(len(buffer) for buffer in _spare_read_buffers)
+
+
 def drop_spares() -> None:
     """Let go of the read buffers and compressors kept for the next file (see `heap`)."""
     with _spare_lock:

@@ -98,6 +98,11 @@ class S3Store:
         # nothing cleans up an upload left behind but a bucket lifecycle rule.
         self.cleanup_unsupported: str | None = None
 
+    @property
+    def kept_buffer_bytes(self) -> int:
+        """Part and read buffers kept for the next core: what `drop_spare_buffers` lets go."""
+        return self._buffers.kept_bytes + parts.kept_bytes()
+
     def drop_spare_buffers(self) -> None:
         """Let go of the part and read buffers and compressors kept for the next core."""
         self._buffers.drop_spares()
