@@ -186,7 +186,7 @@ def crash_loop_up(t: float) -> float:
 NEVER_SUCCEEDED_FAILURES = [330, 360, 390] + [450 + 60 * k for k in range(40)]
 
 # S3 goes away at 20 min: the shipper's next check (within 15 s) fails, so the scrape at 20.5 min
-# reads coredump_shipper_s3_reachable 0 (an S3 that hangs instead: 0 within 75 s, one scrape later).
+# reads coredump_shipper_s3_reachable 0 (an S3 that hangs instead: 0 within 60 s, one scrape later).
 S3_GONE = piecewise((0, 1), (1230, 0))
 
 SCENARIOS = [
