@@ -74,6 +74,7 @@ class Pipeline:
         self._accepting = True
         self._may_ship = asyncio.Event()
         self._may_ship.set()
+        self.finished = 0  # files a worker is done with (shipped, skipped or failed): idle-time work
         metrics.oldest_pending_age.set_function(self.oldest_pending_age)
 
     async def __aenter__(self) -> Pipeline:
@@ -111,6 +112,11 @@ class Pipeline:
     @property
     def held(self) -> bool:
         return not self._may_ship.is_set()
+
+    @property
+    def idle(self) -> bool:
+        """No worker busy and nothing queued (files waiting for a retry may still be pending)."""
+        return self.queue.empty() and all(worker.busy_since is None for worker in self.workers)
 
     def dead_workers(self) -> list[int]:
         return [w.number for w, task in zip(self.workers, self._tasks, strict=True) if task.done()]
@@ -165,6 +171,7 @@ class Pipeline:
                 await self._ship(name)
             finally:
                 worker.current = None
+                self.finished += 1
                 self.claims.release(name)
                 self.queue.task_done()
 
