@@ -226,7 +226,11 @@ async def test_daemon_ships(
         ready, why = service.readiness()
         assert ready, why
     assert metrics.uploads.labels("success")._value.get() == 1
-    assert metrics.uploads.labels("failure")._value.get() == 0
+    if store_of(store_bucket.endpoint) != "rclone":
+        # rclone answers UploadPart with 500 now and then while another object of the same
+        # directory (the self-test's probes) is written or deleted ("Dir.Remove not empty", "file
+        # does not exist" in its log): the shipper tries again and the core ships intact all the same.
+        assert metrics.uploads.labels("failure")._value.get() == 0
     assert_shipped(store_bucket, key_for(compression), data, compression, size)
 
 
