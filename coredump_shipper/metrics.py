@@ -34,6 +34,8 @@ SKIP_REASONS = (
 DROP_REASONS = ("disk_budget", "rate_limited")
 ENRICHMENT_RESULTS = ("matched", "not_found", "ambiguous", "host_network", "no_identity", "unavailable")
 EVENT_RESULTS = ("created", "updated", "rate_limited", "dropped", "failed")
+# The values of excluded_total{reason}, as capturefilter.REASONS (kept here: metrics import nothing).
+EXCLUDE_REASONS = ("namespace", "pod_selector", "pod_annotation")
 
 
 class Metrics:
@@ -175,8 +177,23 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.excluded = Counter(
+            name("excluded"),
+            "Cores deleted unshipped because their pod is excluded: namespace, pod_selector, pod_annotation.",
+            ["reason"],
+            registry=r,
+        )
+        self.capture_configured = Gauge(
+            name("capture_configured"),
+            "1 if the node's core_pattern (and core_pipe_limit) send cores to this shipper, 0 if not, "
+            "-1 before the first check or with --capture-mode off.",
+            registry=r,
+        )
+        self.capture_configured.set(-1)
         for result in ENRICHMENT_RESULTS:
             self.enrichment.labels(result)
+        for reason in EXCLUDE_REASONS:
+            self.excluded.labels(reason)
         for result in EVENT_RESULTS:
             self.events.labels(result)
         for limit in ("max_use", "keep_free"):
