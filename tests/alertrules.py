@@ -213,6 +213,7 @@ ALL_ALERTS = (
     "CoredumpShipperRestarting",
     "CoredumpShipperCoresDropped",
     "CoredumpShipperCoreStorm",
+    "CoredumpShipperCaptureNotConfigured",
     "CoredumpShipperDown",
     "CoredumpShipperAbsent",
     "CoredumpShipperNotOnAllNodes",
