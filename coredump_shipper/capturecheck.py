@@ -9,7 +9,8 @@ reads the settings again every minute (and `doctor` once) and compares them with
   kernel.core_pipe_limit at least `--pipe-limit` (fewer, and a burst of crashes is skipped by the
   kernel; 0, and the receiver may not read the pod before the process is gone);
 - `--capture-mode file`: a file pattern that writes into the watched directory;
-- `auto`: either, the pipe line recognised by its receiver and directory rather than word for word;
+- `auto`: either, the pipe line recognised by its receiver and directory rather than word for word
+  (or systemd-coredump's pipe when the shipper watches systemd-coredump's directory);
 - `off`: not checked (another tool captures, or the shipper only ships what others put there).
 
 fs.suid_dumpable is read and reported, not required: whether setuid processes dump is the node's choice.
@@ -26,6 +27,7 @@ from coredump_shipper.disklimit import DiskLimit
 from coredump_shipper.errors import ConfigError
 
 SYSCTL_DIR = Path("/proc/sys")  # the node's: kernel settings are not namespaced
+SYSTEMD_COREDUMP_DIR = "/var/lib/systemd/coredump"
 
 
 @dataclass(frozen=True)
@@ -89,28 +91,46 @@ def _into(directory: str, watch: str) -> bool:
     return directory in {watch, os.path.realpath(watch)}
 
 
+def _systemd_coredump(pattern: str) -> bool:
+    words = pattern[1:].split()
+    return bool(words) and os.path.basename(words[0]) == "systemd-coredump"
+
+
+def _exact_line_problem(expect: Expectation, pattern: str) -> str | None:
+    """--capture-mode pipe: why the line is not word for word the one for these settings, or None."""
+    if expect.pipe_line is None:
+        return "these settings make no core_pattern line (over the kernel's 127 bytes)"
+    if pattern.strip() != expect.pipe_line:
+        return (
+            f"core_pattern is not the line `coredump-shipper core-pattern` prints for these settings "
+            f"({expect.pipe_line!r})"
+        )
+    return None
+
+
+def _line_problem(expect: Expectation, pattern: str) -> str | None:
+    """Why a pipe line is not the one that stores cores in the watched directory, or None."""
+    if expect.mode == "pipe":
+        return _exact_line_problem(expect, pattern)
+    receiver = parse_pipe_line(pattern)
+    if receiver is None:
+        if _systemd_coredump(pattern) and _into(SYSTEMD_COREDUMP_DIR, expect.watch_dir):
+            return None  # shipping what systemd-coredump stores: its own set-up, left as it is
+        return "core_pattern pipes cores to another program, not to coredump-receive"
+    if receiver.directory is None or not _into(receiver.directory, expect.watch_dir):
+        return f"coredump-receive stores cores in {receiver.directory}, not in {expect.watch_dir}"
+    return None
+
+
 def _pipe_problem(expect: Expectation, pattern: str, limit: int | None) -> str | None:
     """Why a pipe line does not send cores here, or None."""
-    if expect.mode == "pipe":
-        if expect.pipe_line is None:
-            return "these settings make no core_pattern line (over the kernel's 127 bytes)"
-        if pattern.strip() != expect.pipe_line:
-            return (
-                f"core_pattern is not the line `coredump-shipper core-pattern` prints for these settings "
-                f"({expect.pipe_line!r})"
-            )
-    else:
-        receiver = parse_pipe_line(pattern)
-        if receiver is None:
-            return "core_pattern pipes cores to another program, not to coredump-receive"
-        if receiver.directory is None or not _into(receiver.directory, expect.watch_dir):
-            return f"coredump-receive stores cores in {receiver.directory}, not in {expect.watch_dir}"
-    if limit is None or limit < expect.pipe_limit:
-        return (
+    problem = _line_problem(expect, pattern)
+    if problem is None and (limit is None or limit < expect.pipe_limit):
+        problem = (
             f"core_pipe_limit is {limit}, below {expect.pipe_limit}: the kernel skips crashes beyond it"
             + (" and does not wait for the receiver" if limit == 0 else "")
         )
-    return None
+    return problem
 
 
 def _file_problem(expect: Expectation, pattern: str) -> str | None:

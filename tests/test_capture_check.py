@@ -68,19 +68,33 @@ def sysctls(root: Path, pattern: str, pipe_limit: int = 16, suid: int = 0) -> Pa
         ("auto", LINE.replace(WATCH, "/srv/cores"), 16, "stores cores in /srv/cores, not in /var/coredump"),
         ("auto", "|/usr/share/apport/apport -p%p -s%s -c%c -d%d -P%P -u%u -g%g -- %E", 16, "another program"),
         ("auto", LINE, 0, "core_pipe_limit is 0"),
+        ("auto", "|/usr/lib/systemd/systemd-coredump %P %u %g %s %t %c %h", 16, "another program"),
     ],
 )
 def test_what_counts_as_capture_configured(
     tmp_path: Path, mode: str, pattern: str, pipe_limit: int, problem: str | None
 ) -> None:
+    watch = (
+        "/var/lib/systemd/coredump"
+        if "systemd-coredump" in pattern and mode == "auto" and not problem
+        else WATCH
+    )
     expect = capturecheck.expectation(
-        mode, Path(WATCH), HELPER, 32 << 30, DiskLimit(percent=15), 600, pipe_limit=16
+        mode, Path(watch), HELPER, 32 << 30, DiskLimit(percent=15), 600, pipe_limit=16
     )
     state = capturecheck.check(expect, sysctls(tmp_path / "sys", pattern, pipe_limit))
     assert state.configured == (problem is None)
     if problem is not None:
         assert state.problem is not None and problem in state.problem
     assert state.core_pattern == pattern and state.core_pipe_limit == pipe_limit
+
+
+def test_watching_systemd_coredumps_own_directory_counts_its_pipe(tmp_path: Path) -> None:
+    systemd = "|/usr/lib/systemd/systemd-coredump %P %u %g %s %t %c %h"
+    expect = capturecheck.expectation(
+        "auto", Path("/var/lib/systemd/coredump"), HELPER, 0, DiskLimit(), 600, pipe_limit=16
+    )
+    assert capturecheck.check(expect, sysctls(tmp_path / "sys", systemd)).configured
 
 
 async def test_doctor_row_names_what_it_found_and_the_line(
