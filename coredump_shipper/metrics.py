@@ -123,11 +123,13 @@ class Metrics:
         )
         self.storm_limit = Gauge(
             name("storm_limit_cores"),
-            "Cores of one program shipped per window before rate limiting.",
+            "Cores of one program of one workload shipped per window before rate limiting.",
             registry=r,
         )
         self.storm_window = Gauge(
-            name("storm_window_seconds"), "The window of the per-program rate limit.", registry=r
+            name("storm_window_seconds"),
+            "The window of the storm limit (per workload and program).",
+            registry=r,
         )
         self.self_test = Gauge(
             name("self_test_success"),
