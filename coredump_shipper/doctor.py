@@ -514,7 +514,8 @@ def storm_limit_check(config: Config) -> Check:
     name = "storm limit"
     if config.storm_limit == 0:
         return Check(name, "WARN", "off: a crash loop ships every core", "set --storm-limit (e.g. 10)")
-    detail = f"at most {config.storm_limit} cores of one program of one workload per {config.storm_window:.0f}s"
+    window = f"{config.storm_window:.0f}s"
+    detail = f"at most {config.storm_limit} cores of one program of one workload per {window}"
     if "%e" not in config.filename_pattern and "%E" not in config.filename_pattern:
         return Check(
             name,
