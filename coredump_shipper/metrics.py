@@ -199,23 +199,9 @@ class Metrics:
             ["result"],
             registry=r,
         )
-        self.excluded = Counter(
-            name("excluded"),
-            "Cores deleted unshipped because their pod is excluded: namespace, pod_selector, pod_annotation.",
-            ["reason"],
-            registry=r,
-        )
-        self.capture_configured = Gauge(
-            name("capture_configured"),
-            "1 if the node's core_pattern (and core_pipe_limit) send cores to this shipper, 0 if not, "
-            "-1 before the first check or with --capture-mode off.",
-            registry=r,
-        )
-        self.capture_configured.set(-1)
+        self._capture_metrics(r)
         for result in ENRICHMENT_RESULTS:
             self.enrichment.labels(result)
-        for reason in EXCLUDE_REASONS:
-            self.excluded.labels(reason)
         for result in EVENT_RESULTS:
             self.events.labels(result)
         for limit in ("max_use", "keep_free"):
@@ -226,6 +212,24 @@ class Metrics:
             self.skipped_files.labels(reason)
         for reason in DROP_REASONS:
             self.dropped.labels(reason)
+
+    def _capture_metrics(self, r: CollectorRegistry) -> None:
+        """What is captured at all: cores excluded by choice, and whether the kernel sends cores here."""
+        self.excluded = Counter(
+            f"{PREFIX}_excluded",
+            "Cores deleted unshipped because their pod is excluded: namespace, pod_selector, pod_annotation.",
+            ["reason"],
+            registry=r,
+        )
+        self.capture_configured = Gauge(
+            f"{PREFIX}_capture_configured",
+            "1 if the node's core_pattern (and core_pipe_limit) send cores to this shipper, 0 if not, "
+            "-1 before the first check or with --capture-mode off.",
+            registry=r,
+        )
+        self.capture_configured.set(-1)
+        for reason in EXCLUDE_REASONS:
+            self.excluded.labels(reason)
 
 
 class Labelled(Collector):

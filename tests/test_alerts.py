@@ -418,9 +418,9 @@ SCENARIOS = [
             capture_configured=piecewise((0, -1), (30, 1), (600, 0), (1500, STALE))
         )
         | {
-            selector("coredump_shipper_capture_configured", pod="rel-coredump-shipper-y2"): piecewise(
-                (0, STALE), (1500, -1), (1530, 1)
-            )
+            selector(
+                "coredump_shipper_capture_configured", pod="rel-coredump-shipper-y2", instance="10.0.0.2:9823"
+            ): piecewise((0, STALE), (1500, -1), (1530, 1))
         },
         # Three minutes of checks that say 0; resolved at the new pod's first check.
         expect=[Expect("CoredumpShipperCaptureNotConfigured", fires_at=780, resolves_at=1530)],
