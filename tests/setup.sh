@@ -60,13 +60,27 @@ apiserver_present() {
   [ -x "$path" ] || { echo "$path not built"; return 1; }
 }
 
+is_plain() { [[ $1 != \|* && $1 != */* ]]; }
+
 plain_core_pattern() {
   local pattern
   pattern=$(cat "$CORE_PATTERN")
-  if [[ $pattern == \|* || $pattern == */* ]]; then
-    echo "kernel.core_pattern is '$pattern', not a plain file name such as 'core'"
-    return 1
-  fi
+  is_plain "$pattern" && return 0
+  # A test (or make e2e) may be using another pattern right now: look again once it is done.
+  lock_core_pattern
+  pattern=$(cat "$CORE_PATTERN")
+  flock -u 8
+  is_plain "$pattern" && return 0
+  echo "kernel.core_pattern is '$pattern', not a plain file name such as 'core'; if it is this machine's" \
+    "own, set one while testing: sysctl -w kernel.core_pattern=core"
+  return 1
+}
+
+lock_core_pattern() {  # fd 8: the lock every change of core_pattern takes (tests/receiver.py, e2e/run.sh)
+  { exec 8<>"$CORE_PATTERN_LOCK" || exec 8<"$CORE_PATTERN_LOCK"; } 2>/dev/null || return 0
+  flock -w 1 8 && return 0
+  echo "test set-up: waiting for $CORE_PATTERN_LOCK (a test or make e2e is changing kernel.core_pattern)" >&2
+  flock 8
 }
 
 # ---------------------------------------------------------------------------- set-up commands
@@ -84,8 +98,7 @@ repair_core_pattern() {
   # test that has changed it right now is waited for rather than undone. Any other pattern is the
   # machine's own choice (systemd-coredump, apport): it is left alone and the check says why.
   local pattern helper
-  exec 8>>"$CORE_PATTERN_LOCK"
-  flock 8
+  lock_core_pattern
   pattern=$(cat "$CORE_PATTERN")
   helper=${pattern#|}
   helper=${helper%% *}
@@ -137,10 +150,12 @@ hint() {  # what a person runs to set the part up
   esac
 }
 
-report_missing() {  # one line per part still missing; returns 1 if any
-  local i
+report_missing() {  # one line per part still missing; returns 1 if any. $1: the set-up ran as root
+  local i run
   for i in "${!NAMES[@]}"; do
-    echo "make test: ${NAMES[$i]} missing (${REASONS[$i]}), needed for ${WHYS[$i]}. Run: $(hint "${SETUPS[$i]}")" >&2
+    run=". Run: $(hint "${SETUPS[$i]}")"
+    [ "${1:-}" != ran ] || run=" (the set-up could not do it)"
+    echo "make test: ${NAMES[$i]} missing (${REASONS[$i]}), needed for ${WHYS[$i]}$run" >&2
   done
   [ ${#NAMES[@]} -eq 0 ]
 }
@@ -176,7 +191,7 @@ main() {
   # Check again: what is still missing (as a user: what needs root) is reported, one line each.
   NAMES=() SETUPS=() WHYS=() REASONS=()
   parts
-  [ $root = 0 ] || echo "test set-up: done in $(($(date +%s) - started)) s"
+  [ $root = 0 ] || { echo "test set-up: done in $(($(date +%s) - started)) s"; report_missing ran; return; }
   report_missing
 }
 

@@ -214,9 +214,11 @@ def test_the_machines_own_pattern_is_kept_and_refused_in_one_line(tmp_path: Path
     assert machine.core_pattern.read_text() == pattern + "\n"
     (line,) = done.stderr.splitlines()
     assert line.startswith(
-        f"make test: core-pattern missing (kernel.core_pattern is '{pattern}', "
-        "not a plain file name such as 'core')"
+        f"make test: core-pattern missing (kernel.core_pattern is '{pattern}', not a plain"
     ), line
+    assert "sysctl -w kernel.core_pattern=core" in line and line.endswith("(the set-up could not do it)"), (
+        line
+    )
 
 
 def test_when_everything_is_there_the_set_up_is_silent_and_quick() -> None:
