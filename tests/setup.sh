@@ -34,7 +34,7 @@ SWIFT_PACKAGES="swift swift-proxy swift-object swift-container swift-account mem
 # The machine's files; tests/test_setup.py points these elsewhere.
 CORE_PATTERN=${CDS_CORE_PATTERN:-/proc/sys/kernel/core_pattern}
 POLICY_RC_D=${CDS_POLICY_RC_D:-/usr/sbin/policy-rc.d}
-CORE_PATTERN_LOCK=/tmp/cds-core-pattern.lock  # tests/receiver.py's lock for every change of it
+CORE_PATTERN_LOCK=${CDS_CORE_PATTERN_LOCK:-/tmp/cds-core-pattern.lock}  # tests/receiver.py's, for every change
 
 # ---------------------------------------------------------------------------- checks
 # Each prints why the part is missing (one phrase) and fails, or succeeds silently.

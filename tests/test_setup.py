@@ -7,6 +7,7 @@ pointed into the test's directory: nothing on the machine is installed or change
 
 from __future__ import annotations
 
+import fcntl
 import shutil
 import subprocess
 import time
@@ -86,6 +87,7 @@ class Machine:
             "FAKE_BIN": str(self.bin),
             "APT_LOG": str(self.apt_log),
             "CDS_CORE_PATTERN": str(self.core_pattern),
+            "CDS_CORE_PATTERN_LOCK": str(base / "core_pattern.lock"),
             "CDS_POLICY_RC_D": str(self.policy),
             "K8S_LAB_CACHE": str(base / "cluster-cache"),
             "K8S_LAB_APISERVER_CACHE": str(self.apiserver_cache),
@@ -236,3 +238,30 @@ def test_when_everything_is_there_the_set_up_is_silent_and_quick() -> None:
     took = time.monotonic() - started
     assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
     assert took < 3, f"{took:.1f} s"
+
+
+def test_a_pattern_in_use_by_a_running_test_is_waited_for_not_undone(tmp_path: Path) -> None:
+    machine = Machine(tmp_path, uid=0)
+    machine.have_helm_and_apiserver()
+    machine.have_every_package()
+    in_use = "|/tmp/cds-pipe-test-live/coredump-receive /tmp/cds-pipe-test-live/cores %P"
+    with open(machine.env["CDS_CORE_PATTERN_LOCK"], "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # what tests/receiver.py's pipe_core_pattern holds
+        machine.core_pattern.write_text(in_use + "\n")
+        setup = subprocess.Popen(
+            ["bash", str(machine.repo / "tests" / "setup.sh")],
+            env=machine.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(3)
+        assert setup.poll() is None and machine.core_pattern.read_text() == in_use + "\n"
+        machine.core_pattern.write_text("core\n")  # the test puts the pattern back, then unlocks
+    out, err = setup.communicate(timeout=30)
+    assert setup.returncode == 0, err
+    assert err.splitlines() == [
+        f"test set-up: waiting for {machine.env['CDS_CORE_PATTERN_LOCK']} "
+        "(a test or make e2e is changing kernel.core_pattern)"
+    ]
+    assert "restored" not in out and machine.core_pattern.read_text() == "core\n"
