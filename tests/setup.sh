@@ -3,15 +3,17 @@
 #
 #   tests/setup.sh           check every part; as root, install what is missing, then check again
 #   tests/setup.sh --check   check only: one line per missing part, exit 1 if any is missing
+#   tests/setup.sh --list    the parts, one a line: name, check, set-up, why (tab-separated)
 #
 # Quick and silent when everything is there (one test per part). Without root nothing that needs root
 # is installed: each missing part gets one line saying what is missing, why the tests need it and
 # what to run, and the exit status is 1, so `make test` never runs with a part of the suite skipped
 # for want of set-up.
 #
-# To add a part, add one `part` line to parts() below. Debian packages need nothing more: every
-# missing package goes into one apt-get run. Any other set-up is a command (prefixed `root` when it
-# needs root); its check is a function below that prints why the part is missing and fails.
+# To add a part, add one `part` line to parts() below. Debian packages need nothing more: check them
+# with `have COMMAND...` and every missing package goes into one apt-get run (tests/test_setup.py
+# reads the list and covers a new line as it is). Any other set-up is a command (prefixed `root` when
+# it needs root); its check is a function below that prints why the part is missing and fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -165,6 +167,12 @@ needs_root() { [[ $1 == apt\ * || $1 == root\ * ]]; }
 main() {
   local mode=${1:-install} started i setup packages=() for=()
   started=$(date +%s)
+  case $mode in install | --check | --list) ;; *) echo "usage: tests/setup.sh [--check|--list]" >&2; return 2 ;; esac
+  if [ "$mode" = --list ]; then
+    part() { printf '%s\t%s\t%s\t%s\n' "$@"; }
+    parts
+    return
+  fi
   parts
   [ ${#NAMES[@]} -gt 0 ] || return 0
   [ "$mode" != --check ] || { report_missing; return; }
