@@ -58,7 +58,7 @@ def swift_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
     """OpenStack Swift with s3api, started once for every test file that uses it."""
     reason = swift_server.missing()
     if reason:
-        # CI installs Swift (tests/servers/install-swift.sh): a skip there would hide a broken setup.
+        # make test installs Swift (tests/setup.sh): a skip under CI would hide a broken set-up.
         if os.environ.get("CI"):
             pytest.fail(f"Swift is required in CI: {reason}")
         pytest.skip(reason)
@@ -71,7 +71,7 @@ def kube_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[kube_serve
     """etcd + kube-apiserver on 127.0.0.1 with real RBAC, started once for the session."""
     reason = kube_servers.missing()
     if reason:
-        if os.environ.get("CI"):  # .ci/run builds the binaries: a skip there would hide a broken set-up
+        if os.environ.get("CI"):  # make test builds it (tests/setup.sh): a skip would hide a broken set-up
             pytest.fail(f"kube-apiserver is required in CI: {reason}")
         pytest.skip(reason)
     with kube_servers.run_kube(tmp_path_factory.mktemp("kube")) as server:

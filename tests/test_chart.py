@@ -1,6 +1,6 @@
 """The Helm chart, rendered by the real helm binary: security, probes, storage, config and monitoring.
 
-helm comes from `charts/tools/fetch-helm.sh` (run by `make chart-lint`, which CI runs first) or PATH;
+helm comes from `charts/tools/fetch-helm.sh` (run by `make test`'s set-up, tests/setup.sh) or PATH;
 without it these tests are skipped, and under CI=true that skip fails the run (tests/skips.py).
 """
 
@@ -39,7 +39,7 @@ def _find_helm() -> str | None:
 
 
 HELM = _find_helm()
-pytestmark = pytest.mark.skipif(HELM is None, reason="helm not found: run charts/tools/fetch-helm.sh")
+pytestmark = pytest.mark.skipif(HELM is None, reason="helm not found: run make test-deps")
 
 Render = Callable[..., list[Manifest]]
 
