@@ -373,8 +373,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "keep-free",
         parse_disk_limit,
-        "5%",
-        "space to keep free on the watched filesystem (bytes or %; 0 = no floor); the pipe receiver's too",
+        "15%",
+        "space to keep free on the watched filesystem (bytes or %; 0 = no floor); the pipe receiver's too. "
+        "15% (systemd-coredump's KeepFree) stays above the kubelet's hard eviction threshold "
+        "(nodefs.available<10%): cores never push the node into DiskPressure and evict pods",
         commands=_DAEMON | _PIPE,
     ),
     Setting(

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from coredump_shipper.config import SETTINGS_BY_NAME
 from coredump_shipper.corepattern import pipe_line
 from coredump_shipper.disklimit import DiskLimit
 from tests.receiver import ROOT, build_receiver
@@ -115,3 +116,22 @@ def test_install_refuses_a_line_the_kernel_would_cut(tmp_path: Path) -> None:
     assert done.returncode == 2 and "127" in done.stderr
     assert (sysctl / "core_pattern").read_text() == "core\n", "the node keeps its working pattern"
     assert not (tmp_path / "lib").exists(), "nothing was changed on the node"
+
+
+def test_the_default_floor_stays_above_the_kubelet_eviction_threshold(short_tmp: Path) -> None:
+    """Cores must never push a node into DiskPressure: the kubelet hard-evicts pods at
+    nodefs.available<10%, so the receiver's and the shipper's default floor keeps more free."""
+    eviction_threshold = 10.0
+    default = SETTINGS_BY_NAME["keep-free"].parse(SETTINGS_BY_NAME["keep-free"].default)
+    assert default.percent > eviction_threshold
+    tmp_path = short_tmp
+    sysctl = tmp_path / "sysctl"
+    sysctl.mkdir()
+    (sysctl / "core_pattern").write_text("core\n")
+    (sysctl / "core_pipe_limit").write_text("0\n")
+    (sysctl / "suid_dumpable").write_text("0\n")
+    done = run(tmp_path, "install", COREDUMP_SHIPPER_KEEP_FREE="")  # the chart's keepFree: "" (default)
+    assert done.returncode == 0, done.stderr
+    words = (sysctl / "core_pattern").read_text().split()
+    floor = words[words.index("-f") + 1]
+    assert floor.endswith("%%") and float(floor[:-2]) > eviction_threshold, floor
