@@ -42,14 +42,23 @@ refuse() {  # refuse MESSAGE: one line, exit 2, nothing on the node changed
   exit 2
 }
 
-# A directory the kernel can execute a helper from on this node's OS (the host's os-release).
+# A directory the kernel can execute a helper from on this node's OS: from the host's os-release when
+# it is at HOST_OS_RELEASE, else from the kernel's release (a container shares the host's kernel):
+# Flatcar and Talos tag it, COS kernels end in "+".
 suggest() {
   id=$(sed -n 's/^ID=//p' "$OS_RELEASE" 2>/dev/null | tr -d '"') || id=
+  if [ -z "$id" ]; then
+    case "$(uname -r)" in
+      *-flatcar*) id=flatcar ;;
+      *-talos*) id=talos ;;
+      *+) id=cos ;;
+    esac
+  fi
   case "$id" in
     cos) echo "use /home/kubernetes/bin/coredump-shipper (the only executable writable directory on Container-Optimized OS)" ;;
     flatcar) echo "use /opt/bin/coredump-shipper (Flatcar's directory for extra executables)" ;;
     talos | bottlerocket) echo "pipe capture cannot work on $id (no writable directory the kernel may execute from): set capture.mode=file" ;;
-    *) echo "use a directory on an executable, writable filesystem, e.g. /var/lib/coredump-shipper or /opt/coredump-shipper" ;;
+    *) echo "use a directory on an executable, writable filesystem, e.g. /var/lib/coredump-shipper (/home/kubernetes/bin/coredump-shipper on GKE COS, /opt/bin/coredump-shipper on Flatcar; capture.mode=file on Talos and Bottlerocket)" ;;
   esac
 }
 
@@ -128,7 +137,11 @@ restore() {
       if [ -f "$STATE/saved-$name" ]; then cat "$STATE/saved-$name" > "$SYSCTL/$setting"; fi
     done
   elif ours "$(cat "$SYSCTL/kernel/core_pattern")"; then
-    # Nothing of the node's saved here: the kernel's default, which never runs a helper that may be gone.
+    # Our line, but nothing of the node's saved here (it was ours already when this directory's
+    # install ran: file mode, or another receiverDirectory): the kernel's defaults, which never run
+    # a helper that may be gone.
+    echo 0 > "$SYSCTL/fs/suid_dumpable"
+    echo 0 > "$SYSCTL/kernel/core_pipe_limit"
     echo core > "$SYSCTL/kernel/core_pattern"
   else
     echo "core_pattern is not this chart's: left as it is"
