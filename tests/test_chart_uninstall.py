@@ -1,0 +1,118 @@
+"""Uninstall puts every node back: the chart's pre-delete hook (a restore DaemonSet and the Job that
+waits for it), rendered by the real helm binary, and the wait's rule for "restored everywhere".
+The hook itself runs on a real cluster in e2e scenario 6."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from coredump_shipper.restorewait import restored_everywhere
+from tests import test_chart
+from tests.docs import kube_calls
+from tests.test_chart import Manifest, render
+from tests.test_kube_rbac import granted
+
+pytestmark = test_chart.pytestmark
+
+PIPE = {"nodeSetup.enabled": "true"}
+HOOK_KINDS = ["ServiceAccount", "Role", "RoleBinding", "DaemonSet", "Job"]
+
+
+def hooks(manifests: list[Manifest]) -> dict[str, Manifest]:
+    found = [m for m in manifests if "helm.sh/hook" in m["metadata"].get("annotations", {})]
+    return {m["kind"]: m for m in found}
+
+
+def test_the_hook_restores_every_node_and_waits_for_it() -> None:
+    manifests = render(sets={**PIPE, "capture.receiverDirectory": "/opt/bin/cds", "hostNetwork": "true"})
+    found = hooks(manifests)
+    assert sorted(found) == sorted(HOOK_KINDS)
+    for manifest in found.values():
+        annotations = manifest["metadata"]["annotations"]
+        assert annotations["helm.sh/hook"] == "pre-delete"
+        assert annotations["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
+    weights = {kind: int(m["metadata"]["annotations"]["helm.sh/hook-weight"]) for kind, m in found.items()}
+    assert weights["Role"] < weights["DaemonSet"] < weights["Job"], (
+        "the Job waits for a DaemonSet that exists"
+    )
+
+    shipper = next(m for m in manifests if m["kind"] == "DaemonSet" and m not in found.values())
+    restore = found["DaemonSet"]
+    spec = restore["spec"]["template"]["spec"]
+    # Every node the shipper runs on (and so may have a receiver) gets a restore pod.
+    for key in ("nodeSelector", "tolerations"):
+        assert spec[key] == shipper["spec"]["template"]["spec"][key]
+    # Its pods are not the shipper's: no selector, NetworkPolicy or PodMonitor of the shipper picks them.
+    shipper_labels = shipper["spec"]["selector"]["matchLabels"]
+    pod_labels = restore["spec"]["template"]["metadata"]["labels"]
+    assert not all(pod_labels.get(k) == v for k, v in shipper_labels.items())
+    (init,) = spec["initContainers"]
+    assert init["command"] == ["/bin/sh", "/usr/local/bin/coredump-node-setup", "restore"]
+    assert init["securityContext"]["privileged"] is True
+    env = {e["name"]: e["value"] for e in init["env"]}
+    assert env["RECEIVER_DIR"] == "/opt/bin/cds"
+    assert env["FILE_PATTERN"] == "/var/coredump/core.%h.%e.sig%s.%p.%t"
+    assert init["volumeMounts"] == [{"name": "receiver", "mountPath": "/opt/bin/cds"}]
+    assert spec["volumes"][0]["hostPath"]["path"] == "/opt/bin/cds"
+    (ready,) = spec["containers"]
+    assert ready["securityContext"]["privileged"] is False
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["hostNetwork"] is True
+
+    job = found["Job"]
+    pod = job["spec"]["template"]["spec"]
+    (wait,) = pod["containers"]
+    assert wait["args"] == [
+        "restore-wait",
+        f"--daemonset={restore['metadata']['name']}",
+        "--namespace=coredumps",
+        "--timeout=240",
+    ]
+    assert job["spec"]["backoffLimit"] == 0 and job["spec"]["activeDeadlineSeconds"] == 270
+    assert pod["serviceAccountName"] == found["ServiceAccount"]["metadata"]["name"]
+    assert found["RoleBinding"]["subjects"][0]["name"] == pod["serviceAccountName"]
+    assert wait["securityContext"]["privileged"] is False
+
+
+def test_the_hook_role_allows_exactly_the_calls_the_wait_makes() -> None:
+    found = hooks(render(sets=PIPE))
+    rules: list[dict[str, Any]] = found["Role"]["rules"]
+    assert granted(rules) == kube_calls(hook=True) == {("apps", "daemonsets", "get")}
+    assert rules[0]["resourceNames"] == [found["DaemonSet"]["metadata"]["name"]]
+    assert found["Role"]["kind"] == "Role", "namespaced: no cluster-wide grant"
+
+
+@pytest.mark.parametrize(
+    "sets",
+    [
+        {},  # node setup off: nothing on the nodes to undo
+        {**PIPE, "capture.mode": "file"},
+        {**PIPE, "nodeSetup.restoreOnUninstall": "false"},
+    ],
+)
+def test_no_hook_without_pipe_node_setup(sets: dict[str, str]) -> None:
+    assert hooks(render(sets=sets)) == {}
+
+
+def _daemonset(generation: int, **status: int) -> dict[str, Any]:
+    return {"metadata": {"generation": generation}, "status": status}
+
+
+@pytest.mark.parametrize(
+    ("daemonset", "done"),
+    [
+        (_daemonset(1), False),  # just created: the controller has not counted the nodes yet
+        ({"metadata": {"generation": 1}}, False),
+        (_daemonset(1, observedGeneration=1, desiredNumberScheduled=3, numberReady=2, updatedNumberScheduled=3), False),
+        (_daemonset(2, observedGeneration=1, desiredNumberScheduled=3, numberReady=3, updatedNumberScheduled=3), False),
+        (_daemonset(1, observedGeneration=1, desiredNumberScheduled=3, numberReady=3, updatedNumberScheduled=2), False),
+        (_daemonset(1, observedGeneration=1, desiredNumberScheduled=3, numberReady=3, updatedNumberScheduled=3), True),
+        (_daemonset(1, observedGeneration=1, desiredNumberScheduled=0), True),  # no node to put back
+    ],
+)  # fmt: skip
+def test_restored_everywhere_only_when_every_scheduled_pod_is_ready(
+    daemonset: dict[str, Any], done: bool
+) -> None:
+    assert restored_everywhere(daemonset) is done
