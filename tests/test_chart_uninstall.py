@@ -100,15 +100,25 @@ def _daemonset(generation: int, **status: int) -> dict[str, Any]:
     return {"metadata": {"generation": generation}, "status": status}
 
 
+def _counted(generation: int, observed: int, desired: int, ready: int, updated: int) -> dict[str, Any]:
+    return _daemonset(
+        generation,
+        observedGeneration=observed,
+        desiredNumberScheduled=desired,
+        numberReady=ready,
+        updatedNumberScheduled=updated,
+    )
+
+
 @pytest.mark.parametrize(
     ("daemonset", "done"),
     [
         (_daemonset(1), False),  # just created: the controller has not counted the nodes yet
         ({"metadata": {"generation": 1}}, False),
-        (_daemonset(1, observedGeneration=1, desiredNumberScheduled=3, numberReady=2, updatedNumberScheduled=3), False),
-        (_daemonset(2, observedGeneration=1, desiredNumberScheduled=3, numberReady=3, updatedNumberScheduled=3), False),
-        (_daemonset(1, observedGeneration=1, desiredNumberScheduled=3, numberReady=3, updatedNumberScheduled=2), False),
-        (_daemonset(1, observedGeneration=1, desiredNumberScheduled=3, numberReady=3, updatedNumberScheduled=3), True),
+        (_counted(1, 1, 3, 2, 3), False),
+        (_counted(2, 1, 3, 3, 3), False),
+        (_counted(1, 1, 3, 3, 2), False),
+        (_counted(1, 1, 3, 3, 3), True),
         (_daemonset(1, observedGeneration=1, desiredNumberScheduled=0), True),  # no node to put back
     ],
 )  # fmt: skip
