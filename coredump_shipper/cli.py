@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     wait.add_argument("--daemonset", required=True, help="the restore DaemonSet")
     wait.add_argument("--namespace", required=True, help="its namespace")
     wait.add_argument("--timeout", type=float, default=300.0, help="seconds before giving up (exit 1)")
+    wait.add_argument("--kubeconfig", help="a kubeconfig instead of the pod's service account")
     subcommands = (
         (run, "run"),
         (ship, "ship"),
@@ -166,7 +167,9 @@ def restore_wait(args: argparse.Namespace) -> int:
     from coredump_shipper.restorewait import restore_wait as wait
 
     setup_logging("text", "info")
-    done = asyncio.run(wait(os.environ, args.namespace, args.daemonset, seconds=args.timeout))
+    done = asyncio.run(
+        wait(os.environ, args.kubeconfig, args.namespace, args.daemonset, seconds=args.timeout)
+    )
     return EXIT_OK if done else EXIT_FAILED
 
 

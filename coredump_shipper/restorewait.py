@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from coredump_shipper.kubeaccess import in_cluster
+from coredump_shipper.kubeaccess import resolve
 from coredump_shipper.kubeapi import DAEMONSETS, KubeClient, KubeError
 
 log = logging.getLogger(__name__)
@@ -63,10 +63,12 @@ async def wait_restored(client: KubeClient, namespace: str, name: str, *, second
         await asyncio.sleep(POLL_SECONDS)
 
 
-async def restore_wait(env: Mapping[str, str], namespace: str, name: str, *, seconds: float) -> bool:
-    access = in_cluster(env)
+async def restore_wait(
+    env: Mapping[str, str], kubeconfig: str | None, namespace: str, name: str, *, seconds: float
+) -> bool:
+    access = resolve("auto", kubeconfig, env)
     if access is None:
-        log.error("no service account token: the hook Job must mount one")
+        log.error("no service account token (the hook Job must mount one) and no --kubeconfig")
         return False
     async with KubeClient(access) as client:
         return await wait_restored(client, namespace, name, seconds=seconds)

@@ -4,6 +4,11 @@ The hook itself runs on a real cluster in e2e scenario 6."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,6 +16,7 @@ import pytest
 from coredump_shipper.restorewait import restored_everywhere
 from tests import test_chart
 from tests.docs import kube_calls
+from tests.servers.kube import KubeServer
 from tests.test_chart import Manifest, render
 from tests.test_kube_rbac import granted
 
@@ -126,3 +132,61 @@ def test_restored_everywhere_only_when_every_scheduled_pod_is_ready(
     daemonset: dict[str, Any], done: bool
 ) -> None:
     assert restored_everywhere(daemonset) is done
+
+
+@pytest.mark.slow
+def test_the_wait_returns_once_every_node_is_restored_with_the_charts_role(
+    kube_server: KubeServer, tmp_path: Path
+) -> None:
+    """`coredump-shipper restore-wait` against a real kube-apiserver, with the token of the hook's
+    service account bound by the chart's own rendered Role and RoleBinding: it waits while the
+    DaemonSet has nodes not yet restored, returns 0 once every scheduled pod is Ready, and exits 1
+    at its deadline otherwise."""
+    namespace = "cds-uninstall"
+    found = hooks(render(sets=PIPE))
+    server = kube_server
+    server.apply("/api/v1/namespaces", {"metadata": {"name": namespace}})
+    account = found["ServiceAccount"]["metadata"]["name"]
+    server.apply(f"/api/v1/namespaces/{namespace}/serviceaccounts", {"metadata": {"name": account}})
+    for kind, plural in (("Role", "roles"), ("RoleBinding", "rolebindings")):
+        body = {k: v for k, v in found[kind].items() if k not in ("apiVersion", "kind")}
+        body["metadata"] = {"name": found[kind]["metadata"]["name"]}
+        if kind == "RoleBinding":
+            body["subjects"] = [{**s, "namespace": namespace} for s in body["subjects"]]
+        server.apply(f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/{plural}", body)
+    daemonset = found["DaemonSet"]
+    name = daemonset["metadata"]["name"]
+    path = f"/apis/apps/v1/namespaces/{namespace}/daemonsets"
+    server.apply(path, {"metadata": {"name": name}, "spec": daemonset["spec"]})
+    kubeconfig = server.kubeconfig(tmp_path / "hook.kubeconfig", token=server.token(namespace, account))
+    command = [sys.executable, "-m", "coredump_shipper", "restore-wait", f"--kubeconfig={kubeconfig}",
+               f"--namespace={namespace}", f"--daemonset={name}"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
+
+    # No controller runs here: the status stays as written. Two nodes, one restored: still waiting.
+    def status(ready: int) -> None:
+        counts = {"desiredNumberScheduled": 2, "numberReady": ready, "updatedNumberScheduled": 2}
+        counts |= {"observedGeneration": 1, "currentNumberScheduled": 2, "numberMisscheduled": 0}
+        server.api("PATCH", f"{path}/{name}/status", {"status": counts})
+
+    status(ready=1)
+    timed_out = subprocess.run(
+        [*command, "--timeout=3"], env=env, capture_output=True, text=True, check=False
+    )
+    assert timed_out.returncode == 1, timed_out.stderr
+    assert "1/2 nodes restored" in timed_out.stderr
+    waiting = subprocess.Popen([*command, "--timeout=60"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(3)
+        assert waiting.poll() is None, "returned before every node was restored"
+        status(ready=2)
+        assert waiting.wait(timeout=30) == 0
+    finally:
+        waiting.kill()
+        waiting.wait()
+    assert "2/2 nodes restored" in (waiting.stderr.read() if waiting.stderr else "")
+    # The Role is the one DaemonSet's: another one cannot be read with this token.
+    server.apply(path, {"metadata": {"name": "other"}, "spec": daemonset["spec"]})
+    other = [*command[:-1], "--daemonset=other", "--timeout=2"]
+    denied = subprocess.run(other, env=env, capture_output=True, text=True, check=False)
+    assert denied.returncode == 1 and "403" in denied.stderr, denied.stderr
