@@ -26,7 +26,7 @@ from coredump_shipper.config import (
     parse_duration,
     raw_value,
 )
-from coredump_shipper.corepattern import DEFAULT_HELPER, pipe_line
+from coredump_shipper.corepattern import ALIVE_WINDOW, DEFAULT_HELPER, pipe_line
 from coredump_shipper.errors import ConfigError, FileChanged, S3Error, ShipperError, SkipFile
 from coredump_shipper.logs import setup_logging
 
@@ -240,6 +240,7 @@ async def _core_pattern(config: Config, args: argparse.Namespace) -> int:
             config.max_core_size,
             config.keep_free,
             config.receive_timeout,
+            ALIVE_WINDOW,
         )
     )
     return EXIT_OK

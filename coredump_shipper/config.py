@@ -387,6 +387,15 @@ SETTINGS: tuple[Setting, ...] = (
         commands=_PIPE,
     ),
     Setting(
+        "heartbeat",
+        _optional_text,
+        "",
+        "pipe capture: a file the daemon touches every minute (node setup's <receiver directory>/alive/"
+        "heartbeat); without it for the receiver's window (1h) the receiver stores nothing, so a node "
+        "left without a shipper does not fill up with cores nobody ships (empty = off)",
+        commands=_DAEMON,
+    ),
+    Setting(
         "receive-timeout",
         _receive_timeout,
         "10m",
@@ -502,6 +511,7 @@ class Config:
     keep_free: DiskLimit
     max_core_size: int
     receive_timeout: float
+    heartbeat: str | None
     storm_limit: int
     storm_window: float
     kubernetes: str

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from coredump_shipper import afterupload, crashfacts, http
+from coredump_shipper import afterupload, crashfacts, heartbeat, http
 from coredump_shipper.budget import DiskBudget
 from coredump_shipper.checkrow import Check
 from coredump_shipper.config import Config
@@ -121,6 +121,10 @@ class Service:
             asyncio.create_task(self._clean_stale_uploads(), name="stale-uploads"),
             asyncio.create_task(self._keep_disk_budget(), name="disk-budget"),
         ]
+        if config.heartbeat:
+            self._tasks.append(
+                asyncio.create_task(heartbeat.keep_beating(config.heartbeat), name="heartbeat")
+            )
         if config.self_test:
             self._tasks.append(asyncio.create_task(self._self_test(client), name="self-test"))
         log.info(

@@ -121,6 +121,15 @@ install_receiver() {
   mkdir -p "$CORE_DIR"
   chown "$DIR_UID:$DIR_GID" "$CORE_DIR"
   chmod 0700 "$CORE_DIR"
+  # The shipper's heartbeat, which the receiver (-a) needs fresh to store anything: the one
+  # directory here the shipper may write; fresh now, so a crash before the shipper's first beat is
+  # stored.
+  if [ -L "$STATE/alive" ]; then rm -f "$STATE/alive"; fi
+  mkdir -p "$STATE/alive"
+  rm -rf "$STATE/alive/heartbeat"
+  : > "$STATE/alive/heartbeat"
+  chown "$DIR_UID:$DIR_GID" "$STATE/alive" "$STATE/alive/heartbeat"
+  chmod 0755 "$STATE/alive"
   printf '%s\n' "${PIPE_LIMIT:-16}" > "$SYSCTL/kernel/core_pipe_limit"
   printf '%s\n' "$line" > "$SYSCTL/kernel/core_pattern"
   # Processes that changed credentials (nginx, php-fpm workers) dump only with 2; the kernel then
@@ -148,6 +157,7 @@ restore() {
   fi
   rm -f "$HELPER" "$STATE"/saved-* "$STATE"/.saved-*.tmp "$STATE"/.coredump-receive.new \
     "$STATE"/.coredump-node-setup.new "$STATE/coredump-node-setup"
+  rm -rf "$STATE/alive"  # the shipper's heartbeat (rm -r never follows a link inside it)
   # The directory itself goes too unless it is a mount point (the hook's hostPath) or holds more.
   rmdir "$STATE" 2>/dev/null || true
   for setting in $SETTINGS; do echo "$setting = $(cat "$SYSCTL/$setting")"; done

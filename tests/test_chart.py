@@ -517,10 +517,11 @@ def test_every_shipper_setting_can_be_set_from_the_chart() -> None:
     """A new flag without a values key would be reachable only through extraEnv."""
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     keys = {"COREDUMP_SHIPPER_" + re.sub(r"(?<!^)([A-Z])", r"_\1", key).upper() for key in values["config"]}
-    # Set by the chart itself (the hostPath, the node from the downward API, the probes' port), or
-    # meaningful only for the one-shot `ship` command.
+    # Set by the chart itself (the hostPath, the node from the downward API, the probes' port, the
+    # heartbeat next to the receiver), or meaningful only for the one-shot `ship` command.
     not_keys = {
         "COREDUMP_SHIPPER_WATCH_DIR",
+        "COREDUMP_SHIPPER_HEARTBEAT",
         "COREDUMP_SHIPPER_NODE_NAME",
         "COREDUMP_SHIPPER_LISTEN",
         "COREDUMP_SHIPPER_SHIP_ATTEMPTS",

@@ -13,6 +13,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,8 +21,9 @@ from pathlib import Path
 import pytest
 
 from coredump_shipper.config import SETTINGS_BY_NAME
-from coredump_shipper.corepattern import pipe_line
+from coredump_shipper.corepattern import ALIVE_WINDOW, pipe_line
 from coredump_shipper.disklimit import DiskLimit
+from tests.conftest import ConfigFactory, running, wait_until
 from tests.receiver import (
     CORE_PATTERN,
     PIPE_LIMIT,
@@ -90,7 +92,7 @@ def test_install_saves_installs_and_restore_puts_back(short_tmp: Path) -> None:
     assert done.returncode == 0, done.stderr
     lib = tmp_path / "lib"
     helper = lib / "coredump-receive"
-    line = pipe_line(str(helper), str(tmp_path / "cores"), 32 << 30, DiskLimit(percent=10), 600)
+    line = pipe_line(str(helper), str(tmp_path / "cores"), 32 << 30, DiskLimit(percent=10), 600, ALIVE_WINDOW)
     assert values(sysctl) == (line + "\n", "16\n", "2\n")
     assert (lib / "saved-core_pattern").read_text() == "|/usr/share/apport/apport %p %s\n"
     assert (lib / "saved-core_pipe_limit").read_text() == "0\n"
@@ -100,7 +102,11 @@ def test_install_saves_installs_and_restore_puts_back(short_tmp: Path) -> None:
     assert helper.read_bytes() == build_receiver().read_bytes()
     cores = (tmp_path / "cores").stat()
     assert (cores.st_uid, cores.st_gid, stat.S_IMODE(cores.st_mode)) == (65534, 65534, 0o700)
+    alive = lib / "alive"
+    beat = (alive / "heartbeat").stat()
+    assert (alive.stat().st_uid, beat.st_uid, stat.S_IMODE(alive.stat().st_mode)) == (65534, 65534, 0o755)
     assert sorted(os.listdir(lib)) == [
+        "alive",
         "coredump-node-setup",
         "coredump-receive",
         "saved-core_pattern",
@@ -309,6 +315,16 @@ def test_the_real_kernel_runs_the_receiver_node_setup_installed_and_restore_puts
                 cores = [p for p in (base / "cores").iterdir() if p.name.startswith("core.")]
                 assert len(cores) == 1, sorted(os.listdir(base / "cores"))
                 assert cores[0].read_bytes()[:4] == b"\x7fELF"
+                # No shipper alive for longer than the receiver's window (-a 1h): nothing is stored.
+                stale = time.time() - 2 * 3600
+                os.utime(base / "lib" / "alive" / "heartbeat", (stale, stale))
+                with pod_cgroup(str(uuid.uuid4()), "cd" * 32) as procs:
+                    child = subprocess.run(
+                        ["sh", "-c", 'echo $$ > "$0"; kill -SEGV $$', str(procs)], check=False
+                    )
+                assert child.returncode == -signal.SIGSEGV
+                names = os.listdir(base / "cores")
+                assert [n for n in names if n.startswith("core.")] == [cores[0].name], names
                 restored = subprocess.run(
                     ["sh", str(base / "lib" / "coredump-node-setup"), "restore"],
                     env={"PATH": "/usr/bin:/bin", "RECEIVER_DIR": str(base / "lib")},
@@ -323,3 +339,38 @@ def test_the_real_kernel_runs_the_receiver_node_setup_installed_and_restore_puts
                 CORE_PATTERN.write_text(before[0])
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+async def test_the_daemon_keeps_the_receiver_storing_and_without_it_nothing_is_stored(
+    short_tmp: Path, make_config: ConfigFactory
+) -> None:
+    """The whole chain without the kernel: node setup installs the receiver and the shipper's
+    heartbeat directory; the daemon, as `run` wires it with --heartbeat (the chart's value), keeps the
+    heartbeat fresh; the installed receiver, run with the line's -a 1h as the kernel would, stores a
+    core; with the heartbeat older than an hour (the shipper gone), it stores nothing."""
+    node(short_tmp, "core")
+    assert run(short_tmp, "install").returncode == 0
+    lib, cores = short_tmp / "lib", short_tmp / "cores"
+    heartbeat = lib / "alive" / "heartbeat"
+    stale = time.time() - 2 * 3600
+    os.utime(heartbeat, (stale, stale))
+    line = (short_tmp / "sysctl" / "kernel" / "core_pattern").read_text().split()
+    options = line[1 : line.index(str(cores))]
+    assert options[-2:] == ["-a", ALIVE_WINDOW]
+
+    def crash(pid: int) -> subprocess.CompletedProcess[bytes]:
+        args = [str(lib / "coredump-receive"), *(o.replace("%%", "%") for o in options), str(cores)]
+        args += [str(pid), "0", "0", "11", "1700000000", "web-1", "app"]
+        return subprocess.run(args, input=b"\x7fELF core", capture_output=True, check=False, timeout=30)
+
+    config = make_config(watch_dir=str(cores), heartbeat=str(heartbeat), after_upload="keep")
+    async with running(config):
+        await wait_until(lambda: time.time() - heartbeat.stat().st_mtime < 60)
+        stored = crash(os.getpid())
+        assert stored.returncode == 0, stored.stderr
+    assert [n for n in os.listdir(cores) if n.startswith("core.")] != []
+    before = sorted(os.listdir(cores))
+    os.utime(heartbeat, (stale, stale))
+    dropped = crash(os.getpid())
+    assert dropped.returncode == 0 and b"no shipper alive" in dropped.stderr, dropped.stderr
+    assert sorted(os.listdir(cores)) == before, "nothing stored without a shipper"
