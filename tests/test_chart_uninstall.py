@@ -190,3 +190,17 @@ def test_the_wait_returns_once_every_node_is_restored_with_the_charts_role(
     other = [*command[:-1], "--daemonset=other", "--timeout=2"]
     denied = subprocess.run(other, env=env, capture_output=True, text=True, check=False)
     assert denied.returncode == 1 and "403" in denied.stderr, denied.stderr
+
+
+def test_the_shipper_writes_its_heartbeat_next_to_the_receiver_and_nothing_else_there() -> None:
+    manifests = render(sets={**PIPE, "capture.receiverDirectory": "/opt/bin/cds/"})
+    container = test_chart.shipper(manifests)
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["COREDUMP_SHIPPER_HEARTBEAT"] == "/opt/bin/cds/alive/heartbeat"
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["receiver"] == {"name": "receiver", "mountPath": "/opt/bin/cds/", "readOnly": True}
+    assert mounts["alive"] == {"name": "alive", "mountPath": "/opt/bin/cds/alive"}
+    volumes = {v["name"]: v for v in test_chart.pod_spec(manifests)["volumes"]}
+    assert volumes["alive"]["hostPath"] == {"path": "/opt/bin/cds/alive", "type": "DirectoryOrCreate"}
+    file_mode = test_chart.shipper(render(sets={**PIPE, "capture.mode": "file"}))
+    assert "COREDUMP_SHIPPER_HEARTBEAT" not in {e["name"] for e in file_mode["env"]}
