@@ -94,6 +94,11 @@ save_node_values() {
     if [ -f "$STATE/saved-core_pattern" ] && ours "$(cat "$STATE/saved-core_pattern")"; then
       rm -f "$STATE"/saved-*  # left by an older version that saved its own line
     fi
+    if [ -f "$STATE/saved-core_pattern" ] && [ ! -f "$STATE/saved-suid_dumpable" ]; then
+      # Saved by a version that did not change suid_dumpable: the current value is still the node's.
+      cat "$SYSCTL/fs/suid_dumpable" > "$STATE/.saved-suid_dumpable.tmp"
+      mv -f "$STATE/.saved-suid_dumpable.tmp" "$STATE/saved-suid_dumpable"
+    fi
     echo "core_pattern is already set by this chart ($current): the saved values stay"
     return
   fi

@@ -374,3 +374,15 @@ async def test_the_daemon_keeps_the_receiver_storing_and_without_it_nothing_is_s
     dropped = crash(os.getpid())
     assert dropped.returncode == 0 and b"no shipper alive" in dropped.stderr, dropped.stderr
     assert sorted(os.listdir(cores)) == before, "nothing stored without a shipper"
+
+
+def test_an_upgrade_from_a_version_that_saved_two_values_saves_suid_dumpable_too(short_tmp: Path) -> None:
+    sysctl = node(short_tmp, OURS[1], "16", "1")  # the node's suid_dumpable, untouched by that version
+    lib = short_tmp / "lib"
+    lib.mkdir()
+    (lib / "saved-core_pattern").write_text(SYSTEMD + "\n")
+    (lib / "saved-core_pipe_limit").write_text("4\n")
+    assert run(short_tmp, "install").returncode == 0
+    assert values(sysctl)[2] == "2\n"
+    assert run(short_tmp, "restore").returncode == 0
+    assert values(sysctl) == (SYSTEMD + "\n", "4\n", "1\n")
