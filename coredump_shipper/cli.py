@@ -1,4 +1,7 @@
-"""Command line: run, ship, check, doctor, ls, fetch. Exit codes are defined here only."""
+"""Command line: run, ship, check, doctor, ls, fetch, core-pattern, restore-wait.
+
+Exit codes are defined here only.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from coredump_shipper.config import (
     parse_duration,
     raw_value,
 )
-from coredump_shipper.corepattern import DEFAULT_HELPER, pipe_line
+from coredump_shipper.corepattern import ALIVE_WINDOW, DEFAULT_HELPER, pipe_line
 from coredump_shipper.errors import ConfigError, FileChanged, S3Error, ShipperError, SkipFile
 from coredump_shipper.logs import setup_logging
 
@@ -83,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_HELPER,
         help=f"where the receiver is on the node (default {DEFAULT_HELPER})",
     )
+    wait = commands.add_parser(
+        "restore-wait", help="the chart's uninstall hook: wait until node setup's restore ran on every node"
+    )
+    wait.add_argument("--daemonset", required=True, help="the restore DaemonSet")
+    wait.add_argument("--namespace", required=True, help="its namespace")
+    wait.add_argument("--timeout", type=float, default=300.0, help="seconds before giving up (exit 1)")
+    wait.add_argument("--kubeconfig", help="a kubeconfig instead of the pod's service account")
     subcommands = (
         (run, "run"),
         (ship, "ship"),
@@ -111,6 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "check":
         return check_health(args)
+    if args.command == "restore-wait":
+        return restore_wait(args)
     values = vars(args)
     if args.command == "fetch" and args.target.startswith("s3://") and not values.get("bucket"):
         # The URL names the bucket; --bucket is not needed.
@@ -149,6 +161,16 @@ def check_health(args: argparse.Namespace) -> int:
     except OSError as error:
         print(f"coredump-shipper: {url}: {error}", file=sys.stderr)
     return EXIT_FAILED
+
+
+def restore_wait(args: argparse.Namespace) -> int:
+    from coredump_shipper.restorewait import restore_wait as wait
+
+    setup_logging("text", "info")
+    done = asyncio.run(
+        wait(os.environ, args.kubeconfig, args.namespace, args.daemonset, seconds=args.timeout)
+    )
+    return EXIT_OK if done else EXIT_FAILED
 
 
 # `ls` and `fetch` load nothing of the upload side, and the daemon none of the debugging side.
@@ -218,6 +240,7 @@ async def _core_pattern(config: Config, args: argparse.Namespace) -> int:
             config.max_core_size,
             config.keep_free,
             config.receive_timeout,
+            ALIVE_WINDOW,
         )
     )
     return EXIT_OK
