@@ -40,10 +40,11 @@ import struct
 from dataclasses import dataclass, field
 from typing import Final
 
+from coredump_shipper.corename import signal_name
 from coredump_shipper.elfcore import (
+    ELF_MAGIC,
     EM_AARCH64,
     EM_X86_64,
-    ELF_MAGIC,
     ET_CORE,
     NT_FILE,
     NT_PRSTATUS,
@@ -51,7 +52,6 @@ from coredump_shipper.elfcore import (
     PT_LOAD,
     PT_NOTE,
 )
-from coredump_shipper.corename import signal_name
 
 NT_SIGINFO: Final = 0x53494749
 NT_GNU_BUILD_ID: Final = 3
@@ -255,7 +255,7 @@ def _compute(reader: _Reader, program: str, exe_path: str | None) -> Signature:
         return _fallback(reader, program, signal, si_code, modules)
     pc, sp, fp = regs[pc_at], regs[sp_at], regs[fp_at]
     lr = regs[lr_at] if lr_at is not None and lr_at < count else None
-    locate = _Locator(modules, by_start, files, reader)
+    locate = _Locator(by_start, files, reader)
     addresses, method = _unwind(reader, locate, pc, sp, fp, lr)
     frames = tuple(locate.frame(a) for a in addresses)
     executable = next((m for m in modules if m.path == (exe_path or _main_path(files))), None)
@@ -410,29 +410,33 @@ def _module(reader: _Reader, path: str, base: int) -> Module:
         )
         if p_type == PT_LOAD and first_load is None:
             first_load = vaddr - offset
-        elif p_type == PT_NOTE:
+        elif p_type == PT_NOTE and offset + filesz <= len(head):
+            # Notes beyond the dumped first page are not in the core.
             notes.append((offset, filesz))
     bias = base - (first_load & ~(PAGE - 1)) if first_load is not None else base
+    build_id, go = _module_notes(head, notes)
+    return Module(path, base, bias, build_id, go)
+
+
+def _module_notes(head: bytes, notes: list[tuple[int, int]]) -> tuple[str, bool]:
+    """The GNU build-id (hex) and whether a Go build-id note says it is a Go program."""
     build_id = ""
     go = False
     for offset, filesz in notes:
-        # Notes are read from the same dumped first page: those beyond it are not in the core.
-        if offset + filesz > len(head):
-            continue
         for name, ntype, desc in _iter_notes(head[offset : offset + filesz]):
             if name == b"GNU" and ntype == NT_GNU_BUILD_ID and not build_id and 0 < len(desc) <= 64:
                 build_id = desc.hex()
             elif name == b"Go" and ntype == NT_GO_BUILD_ID:
                 go = True
-    return Module(path, base, bias, build_id if _HEX.match(build_id) else "", go)
+    return (build_id if _HEX.match(build_id) else ""), go
 
 
 class _Locator:
     """Which module an address belongs to, and whether it is executable code."""
 
-    def __init__(self, modules: tuple[Module, ...], by_path: dict[str, Module], files: list[_File], reader: _Reader):
+    def __init__(self, by_path: dict[str, Module], files: list[_File], reader: _Reader) -> None:
         self.reader = reader
-        self.ranges = sorted((start, end, by_path[path]) for start, end, _pg, path in files if path in by_path)
+        self.ranges = sorted((start, end, by_path[p]) for start, end, _pg, p in files if p in by_path)
         self.starts = [r[0] for r in self.ranges]
 
     def module(self, address: int) -> Module | None:
@@ -463,9 +467,19 @@ def _unwind(
         if lr is not None and locate.is_code(lr) and not _same_function_return(reader, fp, lr):
             addresses.append(lr)  # arm64: a leaf function keeps its return address in the link register
         return addresses + _chain(reader, locate, fp, top), "fp"
-    # No chain from the register: find the first return address above the C library's frames.
-    candidates = []
-    first_record: int | None = None
+    # No chain from the register (inside the C library, or no frame pointers): scan the stack.
+    candidates, first_record = _scan_stack(reader, locate, sp, top)
+    if first_record is not None:
+        return addresses + candidates + _chain(reader, locate, first_record, top), "fp+scan"
+    if candidates:
+        return addresses + candidates[: MAX_FRAMES - 1], "scan"
+    return addresses, "pc"
+
+
+def _scan_stack(reader: _Reader, locate: _Locator, sp: int, top: int) -> tuple[list[int], int | None]:
+    """Words above `sp` that point into code (return addresses, likely), up to the first valid
+    frame record, and that record's address if there is one within SCAN_WORDS."""
+    candidates: list[int] = []
     address = sp
     for _ in range(SCAN_WORDS):
         if address + 8 > top:
@@ -474,26 +488,16 @@ def _unwind(
         if word is None:
             break
         if _valid_record(reader, locate, address, sp, top):
-            first_record = address
-            break
+            return candidates, address
         if locate.is_code(word):
             candidates.append(word)
         address += 8
-    if first_record is not None:
-        return addresses + candidates + _chain(reader, locate, first_record, top), "fp+scan"
-    if candidates:
-        return addresses + candidates[: MAX_FRAMES - 1], "scan"
-    return addresses, "pc"
+    return candidates, None
 
 
 def _same_function_return(reader: _Reader, fp: int, lr: int) -> bool:
     # A non-leaf arm64 function saved the link register in its record: then it is not a frame of its own.
     return reader.stack_word(fp + 8) == lr
-
-
-def _in_c_library(locate: _Locator, address: int) -> bool:
-    module = locate.module(address)
-    return module is not None and module.is_c_library
 
 
 def _valid_record(reader: _Reader, locate: _Locator, fp: int, sp: int, top: int) -> bool:
