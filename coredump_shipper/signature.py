@@ -111,6 +111,11 @@ class Frame:
     def shown(self) -> str:
         return f"{self.module.name}+0x{self.offset:x}" if self.module else f"0x{self.offset:x}"
 
+    @property
+    def address(self) -> int:
+        """Where it was in the crashed process."""
+        return self.offset + self.module.bias if self.module else self.offset
+
 
 @dataclass(frozen=True)
 class Signature:

@@ -1,0 +1,143 @@
+"""Crash signatures of real programs crashed for real: the same crash gets the same signature in
+every process (ASLR), a different crash a different one, and the frames agree with gdb's `bt`."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from coredump_shipper.elfcore import inspect_core
+from coredump_shipper.signature import HASH_FRAMES, Signature, compute
+from tests.crashprograms import build_c, build_go, crash, gdb_frames
+
+
+def signature_of(core: Path) -> Signature:
+    fd = os.open(core, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        return compute(fd, size, "program", inspect_core(fd, size).exe_path)
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["frame-pointers", "no-frame-pointers"])
+def c_program(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_c(tmp_path_factory.mktemp("c"), frame_pointers=request.param)
+
+
+@pytest.fixture(scope="module")
+def go_program(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_go(tmp_path_factory.mktemp("go"))
+
+
+@pytest.fixture
+def crashes(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path / "crashes"
+
+
+def test_same_abort_same_signature_across_processes(c_program: Path, crashes: Path) -> None:
+    first = signature_of(crash(c_program, "a", crashes / "1"))
+    second = signature_of(crash(c_program, "a", crashes / "2"))
+    assert first.executable is not None and second.executable is not None
+    # ASLR placed the program (and its libraries) elsewhere: the signature does not care.
+    assert first.executable.base != second.executable.base
+    assert first.short == second.short
+    assert [f.ident for f in first.frames] == [f.ident for f in second.frames]
+    # abort()'s own frames (pthread_kill, raise, abort in libc) are not in the hash.
+    assert len(first.hashed) == HASH_FRAMES
+    assert all(f.module is not None and f.module.path == str(c_program) for f in first.hashed)
+    assert first.frames[0].module is not None and first.frames[0].module.is_c_library
+    # The program's build-id names its frames, not its path.
+    assert first.executable.build_id and first.hashed[0].ident.startswith(first.executable.build_id + "+0x")
+
+
+def test_two_abort_call_sites_differ(c_program: Path, crashes: Path) -> None:
+    a = signature_of(crash(c_program, "a", crashes / "a"))
+    b = signature_of(crash(c_program, "b", crashes / "b"))
+    segv = signature_of(crash(c_program, "segv", crashes / "segv"))
+    assert len({a.short, b.short, segv.short}) == 3
+    assert segv.signal == 11 and a.signal == 6
+    # The fault is in the program itself: its first frame is the faulting PC.
+    assert segv.hashed[0] == segv.frames[0]
+
+
+@pytest.mark.parametrize("how", ["a", "segv"])
+def test_frames_agree_with_gdb(c_program: Path, crashes: Path, how: str) -> None:
+    core = crash(c_program, how, crashes)
+    sig = signature_of(core)
+    ours = [frame.address for frame in sig.frames]
+    theirs = gdb_frames(c_program, core)
+    shown = " ".join(map(hex, ours)) + " vs gdb " + " ".join(map(hex, theirs))
+    # gdb unwinds with the binaries' unwind tables. Every frame reported is one of gdb's, in order
+    # (inside the C library, built without frame pointers, a frame can be missed)...
+    assert is_subsequence(ours, theirs), shown
+    # ...and the program's own frames are all there, from the crash out to main (the C library's
+    # start-up frames and _start are past the frame-pointer chain).
+    assert sig.executable is not None
+    program = sig.executable
+    seen = theirs[: theirs.index(ours[-1]) + 1]
+    in_program = [a for a in seen if program.base <= a < program.base + (1 << 20)]
+    assert len(in_program) >= 3
+    assert [a for a in ours if a in in_program] == in_program, shown
+
+
+def is_subsequence(short: list[int], long: list[int]) -> bool:
+    rest = iter(long)
+    return all(any(item == other for other in rest) for item in short)
+
+
+def test_go_program(go_program: Path, crashes: Path) -> None:
+    a1 = signature_of(crash(go_program, "a", crashes / "a1"))
+    a2 = signature_of(crash(go_program, "a", crashes / "a2"))
+    b = signature_of(crash(go_program, "b", crashes / "b"))
+    assert a1.executable is not None and a1.executable.go
+    assert a1.method in {"fp", "fp+scan"}
+    assert a1.short == a2.short
+    assert a1.short != b.short
+    # Go's runtime frames are not told from the program's: the whole chain is hashed.
+    assert len(a1.hashed) > HASH_FRAMES
+    theirs = gdb_frames(go_program, crashes / "a1" / os.listdir(crashes / "a1")[0])
+    ours = [frame.address for frame in a1.frames]
+    # gdb knows Go's runtime frames by their symbols; ours are the same addresses, in order.
+    assert [a for a in ours if a in theirs] == [a for a in theirs if a in ours]
+    assert len(set(ours) & set(theirs)) >= 3
+
+
+def test_4_gib_core_costs_a_few_pages(tmp_path: Path) -> None:
+    program = build_c(tmp_path, frame_pointers=True)
+    core = crash(program, "big", tmp_path / "big")
+    size = core.stat().st_size
+    assert size > 4 << 30
+    started = time.perf_counter()
+    sig = signature_of(core)
+    seconds = time.perf_counter() - started
+    assert sig.method in {"fp", "fp+scan"} and sig.hashed
+    assert sig.bytes_read < 256 * 1024, sig.bytes_read
+    assert seconds < 2.0, seconds
+    print(
+        f"4 GiB core ({size} bytes, {core.stat().st_blocks * 512} on disk): "
+        f"{sig.bytes_read} bytes read in {seconds * 1000:.1f} ms"
+    )
+
+
+def test_cut_cores_and_garbage_never_raise(c_program: Path, crashes: Path, tmp_path: Path) -> None:
+    data = crash(c_program, "a", crashes).read_bytes()
+    for cut in (0, 10, 64, 100, 1000, 4096, len(data) // 3, len(data) // 2, len(data) - 1):
+        fd = os.memfd_create("cut")
+        try:
+            os.write(fd, data[:cut])
+            sig = compute(fd, cut, "program")
+        finally:
+            os.close(fd)
+        assert len(sig.short) == 12
+    fd = os.memfd_create("garbage")
+    try:
+        noise = bytes(data[:64]) + os.urandom(100_000)
+        os.write(fd, noise)
+        assert compute(fd, len(noise), "program").short
+    finally:
+        os.close(fd)
