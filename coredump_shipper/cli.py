@@ -70,6 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--limit", type=int, help="at most this many cores")
     ls.add_argument("--prefix", default="", help="only keys under this prefix (faster on big buckets)")
     ls.add_argument("--json", action="store_true", help="JSON for scripts")
+    ls.add_argument(
+        "--group", action="store_true", help="one row per crash signature: count, first/last seen, where"
+    )
+    ls.add_argument(
+        "--full",
+        action="store_true",
+        help="read every core's manifest (all fields; one request per core) instead of the fleet index",
+    )
     fetch = commands.add_parser("fetch", help="download, decompress and verify one core")
     fetch.add_argument("target", metavar="KEY|s3://BUCKET/KEY")
     fetch.add_argument("-o", "--output", type=Path, help="file or directory (default: original name here)")
@@ -171,10 +179,11 @@ async def _doctor(config: Config, args: argparse.Namespace) -> int:
 
 
 async def _ls(config: Config, args: argparse.Namespace) -> int:
+    from coredump_shipper.grouping import group_cores
     from coredump_shipper.listing import list_cores
     from coredump_shipper.s3client import s3_client
     from coredump_shipper.settings import client_settings
-    from coredump_shipper.terminal import render_json, render_table
+    from coredump_shipper.terminal import render_groups, render_groups_json, render_json, render_table
 
     since = timedelta(seconds=parse_duration(args.since)) if args.since else None
     async with s3_client(client_settings(config)) as client:
@@ -189,9 +198,14 @@ async def _ls(config: Config, args: argparse.Namespace) -> int:
             namespace=args.filter_namespace,
             workload=args.filter_workload,
             since=since,
-            limit=args.limit,
+            limit=None if args.group else args.limit,
+            full=args.full,
         )
-    sys.stdout.write(render_json(entries) if args.json else render_table(entries))
+    if args.group:
+        groups = group_cores(entries)[: max(0, args.limit)] if args.limit is not None else group_cores(entries)
+        sys.stdout.write(render_groups_json(groups) if args.json else render_groups(groups))
+    else:
+        sys.stdout.write(render_json(entries) if args.json else render_table(entries))
     return EXIT_OK
 
 

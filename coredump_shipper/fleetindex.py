@@ -44,6 +44,8 @@ FIELDS: Final = (
     "exe",
     "signal",
     "size",
+    "filename",
+    "pid",
     "truncated",
     "rate-limited",
     "image",

@@ -102,7 +102,7 @@ async def test_ls_lists_shipped_cores_newest_first(shipped: Shipped) -> None:
     shipped.bucket.client.put_object(Bucket=bucket, Key="test/node-9.core.partial.zst", Body=b"partial")
     shipped.bucket.client.put_object(Bucket=bucket, Key="junk" + MANIFEST_SUFFIX, Body=b"{not json")
 
-    entries = await list_cores(shipped.client, bucket)
+    entries = await list_cores(shipped.client, bucket, full=True)
     assert keys_of(entries) == [keys["core.new"], keys["core.mid"], keys["core.old"]]
     for entry in entries:
         name = next(n for n, k in keys.items() if k == entry.key)

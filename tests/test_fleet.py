@@ -1,0 +1,138 @@
+"""Signatures through the daemon as `run` wires it, the fleet index it writes, and `ls --group`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from subprocess import PIPE
+
+import pytest
+
+from coredump_shipper.fleetindex import parse_entry
+from coredump_shipper.grouping import group_cores
+from coredump_shipper.listing import list_cores
+from coredump_shipper.manifest import SUFFIX as MANIFEST_SUFFIX
+from coredump_shipper.s3client import s3_client
+from coredump_shipper.settings import client_settings
+from tests.conftest import Bucket, ConfigFactory, running, wait_until
+from tests.crashprograms import build_c, crash
+from tests.servers import S3Endpoint
+from tests.test_signature import signature_of
+
+
+async def cli(endpoint: S3Endpoint, *args: str) -> str:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "coredump_shipper",
+        *args,
+        "--endpoint-url",
+        endpoint.url,
+        stdout=PIPE,
+        stderr=PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, err.decode()
+    return out.decode()
+
+
+@pytest.fixture(scope="module")
+def program(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_c(tmp_path_factory.mktemp("c"), frame_pointers=False)
+
+
+async def test_daemon_signs_indexes_and_groups(
+    make_config: ConfigFactory,
+    bucket: Bucket,
+    watch_dir: Path,
+    tmp_path: Path,
+    program: Path,
+    s3_server: S3Endpoint,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Two crashes at call site a, one at b, each its own process.
+    cores = {
+        f"core.crashy.sig6.{n}.1700000000": crash(program, how, tmp_path / f"crash-{n}")
+        for n, how in ((1, "a"), (2, "a"), (3, "b"))
+    }
+    expected = {name: signature_of(path) for name, path in cores.items()}
+    assert expected["core.crashy.sig6.1.1700000000"].short == expected["core.crashy.sig6.2.1700000000"].short
+    config = make_config(key_template="{cluster}/{signature}/{node}.{filename}")
+    caplog.set_level(logging.INFO, logger="coredump_shipper.shipper")
+    async with running(config):
+        for name, path in cores.items():
+            path.rename(watch_dir / name)
+        await wait_until(lambda: len([k for k in bucket.keys() if k.endswith(MANIFEST_SUFFIX)]) == 3)
+        await wait_until(lambda: len(bucket.index_keys()) == 3)
+
+    for name, sig in expected.items():
+        key = f"test/{sig.short}/node-1.{name}.zst"
+        metadata = bucket.head(key)["Metadata"]
+        assert metadata["signature"] == sig.short
+        assert metadata["signature-method"] == sig.method
+        assert metadata["signature-frames"] == " ".join(f.shown for f in sig.hashed)
+        assert sig.executable is not None
+        assert f"{program.name}={sig.executable.build_id}" in metadata["signature-modules"]
+        manifest = json.loads(bucket.get(key + MANIFEST_SUFFIX))
+        assert manifest["signature"] == sig.short
+        assert manifest["frames"].split() == [f.shown for f in sig.frames]
+        assert f"{sig.executable.build_id} {program}" in manifest["modules"].splitlines()
+        lines = [r.getMessage() for r in caplog.records if name in r.getMessage()]
+        assert any(
+            line.startswith(
+                f"[coredump] '{watch_dir / name}' has been uploaded to 's3://{bucket.name}/{key}'"
+            )
+            and f"signature {sig.short} (SIGABRT at " in line
+            for line in lines
+        ), lines
+    entries = {parse_entry(k)["key"]: parse_entry(k) for k in bucket.index_keys()}  # type: ignore[index]
+    assert set(entries) == {f"test/{s.short}/node-1.{n}.zst" for n, s in expected.items()}
+
+    # ls --group: one row per signature, from the index alone.
+    rows = json.loads(await cli(s3_server, "ls", "--group", "--json", "--bucket", bucket.name))
+    short_a = expected["core.crashy.sig6.1.1700000000"].short
+    short_b = expected["core.crashy.sig6.3.1700000000"].short
+    assert [(r["signature"], r["count"]) for r in rows] == [(short_a, 2), (short_b, 1)]
+    assert rows[0]["nodes"] == ["node-1"]
+    assert rows[0]["frames"] == " ".join(f.shown for f in expected["core.crashy.sig6.1.1700000000"].hashed)
+    assert rows[0]["example_key"].startswith(f"test/{short_a}/")
+    assert rows[0]["first_seen"] and rows[0]["last_seen"]
+    table = await cli(s3_server, "ls", "--group", "--bucket", bucket.name)
+    assert table.splitlines()[0].split()[:2] == ["SIGNATURE", "COUNT"]
+    assert table.splitlines()[1].split()[:2] == [short_a, "2"]
+    # ls's filters apply.
+    assert (
+        json.loads(
+            await cli(s3_server, "ls", "--group", "--json", "--node", "other", "--bucket", bucket.name)
+        )
+        == []
+    )
+
+
+async def test_index_is_never_the_only_copy(
+    make_config: ConfigFactory, bucket: Bucket, watch_dir: Path
+) -> None:
+    """A lost index entry costs a manifest read; a stale entry (core gone) is not shown."""
+    config = make_config()
+    async with running(config):
+        for n in range(3):
+            (watch_dir / f"core.prog{n}.sig11.{n}.1700000000").write_bytes(os.urandom(2000))
+        await wait_until(lambda: len(bucket.index_keys()) == 3)
+    index = bucket.index_keys()
+    lost = parse_entry(index[0])
+    gone = parse_entry(index[1])
+    assert lost is not None and gone is not None
+    bucket.client.delete_object(Bucket=bucket.name, Key=index[0])
+    bucket.client.delete_object(Bucket=bucket.name, Key=gone["key"] + MANIFEST_SUFFIX)
+    bucket.client.delete_object(Bucket=bucket.name, Key=gone["key"])
+    async with s3_client(client_settings(config)) as client:
+        entries = await list_cores(client, bucket.name)
+    keys = {e.key for e in entries}
+    assert lost["key"] in keys and gone["key"] not in keys and len(keys) == 2
+    # The entry read back from its manifest has every field; each core still has its signature.
+    assert all(e.fields.get("signature") for e in entries)
+    assert sum(g.count for g in group_cores(entries)) == 2
