@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("-o", "--output", type=Path, help="file or directory (default: original name here)")
     fetch.add_argument("--force", action="store_true", help="overwrite an existing file")
     fetch.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    fetch.add_argument("--gdb", action="store_true", help="then open it in gdb with the command printed")
     pattern = commands.add_parser(
         "core-pattern", help="print the kernel.core_pattern line that pipes cores to coredump-receive"
     )
@@ -202,7 +203,9 @@ async def _ls(config: Config, args: argparse.Namespace) -> int:
             full=args.full,
         )
     if args.group:
-        groups = group_cores(entries)[: max(0, args.limit)] if args.limit is not None else group_cores(entries)
+        groups = (
+            group_cores(entries)[: max(0, args.limit)] if args.limit is not None else group_cores(entries)
+        )
         sys.stdout.write(render_groups_json(groups) if args.json else render_groups(groups))
     else:
         sys.stdout.write(render_json(entries) if args.json else render_table(entries))
@@ -221,7 +224,21 @@ async def _fetch(config: Config, args: argparse.Namespace) -> int:
             client, config.bucket, args.target, args.output, progress=progress, overwrite=args.force
         )
     sys.stdout.write(describe_fetch(result))
+    if args.gdb:
+        return _open_in_gdb(result.gdb_command)
     return EXIT_OK
+
+
+def _open_in_gdb(command: str) -> int:
+    import shlex
+    import shutil
+    import subprocess
+
+    if shutil.which("gdb") is None:
+        print("coredump-shipper: error: --gdb: gdb is not installed here", file=sys.stderr)
+        return EXIT_FAILED
+    sys.stdout.flush()
+    return subprocess.run(shlex.split(command), check=False).returncode
 
 
 async def _core_pattern(config: Config, args: argparse.Namespace) -> int:

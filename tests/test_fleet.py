@@ -6,9 +6,10 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
-from subprocess import PIPE
+from subprocess import DEVNULL, PIPE, STDOUT
 
 import pytest
 
@@ -20,7 +21,7 @@ from coredump_shipper.s3client import s3_client
 from coredump_shipper.settings import client_settings
 from tests.conftest import Bucket, ConfigFactory, running, wait_until
 from tests.crashprograms import build_c, crash
-from tests.servers import S3Endpoint
+from tests.servers import S3Endpoint, free_port
 from tests.test_signature import signature_of
 
 
@@ -136,3 +137,64 @@ async def test_index_is_never_the_only_copy(
     # The entry read back from its manifest has every field; each core still has its signature.
     assert all(e.fields.get("signature") for e in entries)
     assert sum(g.count for g in group_cores(entries)) == 2
+
+
+async def test_fetch_prints_and_runs_the_gdb_command(
+    make_config: ConfigFactory,
+    bucket: Bucket,
+    watch_dir: Path,
+    tmp_path: Path,
+    program: Path,
+    s3_server: S3Endpoint,
+) -> None:
+    if shutil.which("gdb") is None:
+        pytest.skip("gdb is not installed")
+    core = crash(program, "b", tmp_path / "crash")
+    sig = signature_of(core)
+    assert sig.executable is not None
+    async with running(make_config()):
+        core.rename(watch_dir / "core.crashy.sig6.1.1700000000")
+        await wait_until(lambda: len(bucket.index_keys()) == 1)
+    key = parse_entry(bucket.index_keys()[0])["key"]  # type: ignore[index]
+    out = tmp_path / "out"
+    out.mkdir()
+    # A debuginfod URL on a closed loopback port: gdb is told to use it and finds nothing there.
+    env = {**os.environ, "DEBUGINFOD_URLS": f"http://127.0.0.1:{free_port()}"}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "coredump_shipper",
+        "fetch",
+        "--gdb",
+        "-o",
+        str(out),
+        "--endpoint-url",
+        s3_server.url,
+        f"s3://{bucket.name}/{key}",
+        stdin=DEVNULL,
+        stdout=PIPE,
+        stderr=STDOUT,
+        env=env,
+    )
+    printed = (await asyncio.wait_for(process.communicate(), 120))[0].decode(errors="replace")
+    assert process.returncode == 0, printed
+    command = f"gdb {program} {out / 'core.crashy.sig6.1.1700000000'} -iex 'set debuginfod enabled on'"
+    assert f"  {command}\n" in printed
+    assert f"signature {sig.short}: " in printed
+    assert f"{program.name}={sig.executable.build_id}" in printed
+    assert f"DEBUGINFOD_URLS={env['DEBUGINFOD_URLS']}" in printed
+    # gdb ran on the fetched core, with the program's own symbols: the abort from site_b.
+    assert "Program terminated with signal SIGABRT" in printed
+    process = await asyncio.create_subprocess_exec(
+        "gdb",
+        "-nx",
+        "-batch",
+        "-ex",
+        "bt",
+        str(program),
+        str(out / "core.crashy.sig6.1.1700000000"),
+        stdout=PIPE,
+        stderr=STDOUT,
+    )
+    backtrace = (await asyncio.wait_for(process.communicate(), 120))[0].decode(errors="replace")
+    assert "site_b" in backtrace and "site_a" not in backtrace

@@ -544,3 +544,27 @@ async def test_doctor_says_whether_the_pods_can_be_listed(
     assert row.status == "FAIL" and "403" in row.detail and "list, watch on pods" in row.fix
     (row,) = await kube_checks(make_config(kubernetes="off"))
     assert (row.status, row.detail) == ("OK", "off")
+
+
+async def test_event_says_whether_the_signature_is_new_on_the_cluster(
+    cluster: Cluster, make_config: ConfigFactory, bucket: Bucket, watch_dir: Path, tmp_path: Path
+) -> None:
+    first_pod = cluster.deployment_pod("shop")
+    second_pod = cluster.deployment_pod("shop")
+    config = make_config(kubeconfig=cluster.kubeconfig(tmp_path), filename_pattern=PATTERN)
+    metrics = Metrics(process=False)
+    async with running(config, metrics) as service:
+        for pod in (first_pod, second_pod):
+            await wait_until(lambda pod=pod: cache_of(service).by_uid(pod["metadata"]["uid"]) is not None)
+        # The same program dying of the same signal, with no frames to tell them apart: one signature.
+        write_file(watch_dir / core_name(first_pod["metadata"]["name"], exe="sigapp"), b"not an ELF core")
+        await wait_until(lambda: metrics.events.labels("created")._value.get() == 1)
+        write_file(watch_dir / core_name(second_pod["metadata"]["name"], exe="sigapp"), b"not an ELF core")
+        await wait_until(lambda: metrics.events.labels("created")._value.get() == 2)
+    signatures = {manifest(bucket, key)["signature"] for key in bucket.core_keys()}
+    assert len(signatures) == 1
+    (signature,) = signatures
+    (first,) = cluster.events("shop", first_pod["metadata"]["uid"])
+    (second,) = cluster.events("shop", second_pod["metadata"]["uid"])
+    assert first["note"].endswith(f"; signature {signature} (new on this cluster)"), first["note"]
+    assert second["note"].endswith(f"; signature {signature} (seen 2 times on this cluster)"), second["note"]
