@@ -18,14 +18,13 @@ import time
 
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
-from coredump_shipper.grouping import group_cores  # noqa: E402
-from coredump_shipper.listing import list_cores  # noqa: E402
-from coredump_shipper.s3client import s3_client  # noqa: E402
-from coredump_shipper.settings import ClientSettings  # noqa: E402
-from tests.fleetseed import SIGNATURES, fleet_objects  # noqa: E402
-from tests.fleetseed import RequestCounter  # noqa: E402
-from tests.servers import S3Endpoint  # noqa: E402
-from tests.servers.motoinproc import backend, indexed_listing, moto_in_process, put_all  # noqa: E402
+from coredump_shipper.grouping import group_cores
+from coredump_shipper.listing import list_cores
+from coredump_shipper.s3client import s3_client
+from coredump_shipper.settings import ClientSettings
+from tests.fleetseed import SIGNATURES, RequestCounter, fleet_objects
+from tests.servers import S3Endpoint
+from tests.servers.motoinproc import backend, indexed_listing, moto_in_process, put_all
 
 
 async def measure(endpoint: S3Endpoint, bucket: str, group: bool) -> tuple[int, float, float, int]:
@@ -48,16 +47,18 @@ async def measure(endpoint: S3Endpoint, bucket: str, group: bool) -> tuple[int, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--count", type=int, default=10_000)
     parser.add_argument("--indexed-listing", action="store_true", help="moto's listing as a real store's")
     parser.add_argument("--no-legacy", action="store_true", help="skip the bucket without an index")
     args = parser.parse_args()
-    os.environ.update(AWS_ACCESS_KEY_ID="testing-access-key", AWS_SECRET_ACCESS_KEY="testing-secret-key")
     # CPU is this process's: the client and the in-process store together (the machine may be shared).
     print("| cores | bucket | listing | command | rows | requests | seconds | CPU seconds |")
     print("|---|---|---|---|---|---|---|---|")
-    with moto_in_process() as endpoint, (indexed_listing() if args.indexed_listing else _nothing()):
+    with moto_in_process() as endpoint, indexed_listing() if args.indexed_listing else _nothing():
+        os.environ.update({k: v for k, v in endpoint.env().items() if not k.startswith("AWS_ENDPOINT")})
         kinds = [("index", True)] + ([] if args.no_legacy else [("no index", False)])
         for name, index in kinds:
             bucket = f"fleet-{'index' if index else 'legacy'}"
@@ -68,7 +69,8 @@ def main() -> None:
                 assert rows == (min(SIGNATURES, args.count) if group else args.count), rows
                 command = "ls --group" if group else "ls"
                 listing = "indexed" if args.indexed_listing else "moto"
-                print(f"| {args.count} | {name} | {listing} | {command} | {rows} | {requests} | {seconds:.2f} | {cpu:.2f} |")
+                cells = (args.count, name, listing, command, rows, requests, f"{seconds:.2f}", f"{cpu:.2f}")
+                print("| " + " | ".join(map(str, cells)) + " |")
 
 
 class _nothing:

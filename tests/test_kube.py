@@ -8,6 +8,7 @@ owners (Deployment -> ReplicaSet -> Pod) on a node that has no kubelet: they sta
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import logging
@@ -554,8 +555,9 @@ async def test_event_says_whether_the_signature_is_new_on_the_cluster(
     config = make_config(kubeconfig=cluster.kubeconfig(tmp_path), filename_pattern=PATTERN)
     metrics = Metrics(process=False)
     async with running(config, metrics) as service:
-        for pod in (first_pod, second_pod):
-            await wait_until(lambda pod=pod: cache_of(service).by_uid(pod["metadata"]["uid"]) is not None)
+        cache = cache_of(service)
+        for uid in (first_pod["metadata"]["uid"], second_pod["metadata"]["uid"]):
+            await wait_until(functools.partial(lambda uid: cache.by_uid(uid) is not None, uid))
         # The same program dying of the same signal, with no frames to tell them apart: one signature.
         write_file(watch_dir / core_name(first_pod["metadata"]["name"], exe="sigapp"), b"not an ELF core")
         await wait_until(lambda: metrics.events.labels("created")._value.get() == 1)

@@ -12,12 +12,12 @@ measure the client and not moto's listing.
 from __future__ import annotations
 
 import bisect
-import logging
 import contextlib
+import logging
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from moto.core import DEFAULT_ACCOUNT_ID
+from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.s3.models import S3Backend, s3_backends
 from moto.server import ThreadedMotoServer
 
@@ -82,7 +82,7 @@ def indexed_listing() -> Iterator[None]:
         after = self._pagination_tokens.get(continuation_token) if continuation_token else start_after
         start = bisect.bisect_right(sorted_names, after) if after else 0
         start = max(start, bisect.bisect_left(sorted_names, prefix))
-        page = []
+        page: list[Any] = []
         position = start
         while position < len(sorted_names) and len(page) <= max_keys:
             name = sorted_names[position]
