@@ -32,7 +32,9 @@ DOC = ROOT / "docs" / "debugging.md"
 BLOCK = re.compile(r"<!-- walkthrough: ([\w-]+) -->\n```sh\n(.*?)\n```", re.S)
 PLACEHOLDER = re.compile(r"<([a-z][a-z-]*)>")
 # The script's line, then the crash signature (docs/signatures.md).
-UPLOADED = re.compile(r"\[coredump\] '([^']*)' has been uploaded to '(s3://[^']*)' signature [0-9a-f]{12} \(.*\)")
+UPLOADED = re.compile(
+    r"\[coredump\] '([^']*)' has been uploaded to '(s3://[^']*)' signature [0-9a-f]{12} \(.*\)"
+)
 PATTERN = "core.%h.%e.sig%s.%p.%t"
 NODE = "node-1"
 COMPLETE_POD = "api-7f9c-x2k"
