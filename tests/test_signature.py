@@ -4,6 +4,7 @@ every process (ASLR), a different crash a different one, and the frames agree wi
 from __future__ import annotations
 
 import os
+import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -141,3 +142,100 @@ def test_cut_cores_and_garbage_never_raise(c_program: Path, crashes: Path, tmp_p
         assert compute(fd, len(noise), "program").short
     finally:
         os.close(fd)
+
+
+# --- register layouts, on cores built here (arm64 cannot be crashed on an x86_64 machine) ---------
+
+MODULE = 0x5555_0000_0000
+STACK = 0x7FFF_0000_0000
+BUILD_ID = bytes(range(1, 21))
+
+
+def _note(name: bytes, ntype: int, desc: bytes) -> bytes:
+    pad = lambda b: b + bytes(-len(b) % 4)  # noqa: E731
+    return struct.pack("<III", len(name) + 1, len(desc), ntype) + pad(name + b"\0") + pad(desc)
+
+
+def _module_page() -> bytes:
+    """The first page of a shared object: ELF header, a PT_LOAD and a PT_NOTE with its build-id."""
+    note = _note(b"GNU", 3, BUILD_ID)
+    header = (
+        b"\x7fELF\x02\x01\x01"
+        + bytes(9)
+        + struct.pack("<HHIQQQIHHHHHH", 3, 183, 1, 0, 64, 0, 0, 64, 56, 2, 64, 0, 0)
+    )
+    phdrs = struct.pack("<IIQQQQQQ", 1, 5, 0, 0, 0, 0x10000, 0x10000, 0x1000)
+    phdrs += struct.pack("<IIQQQQQQ", 4, 4, 0x100, 0x100, 0x100, len(note), len(note), 4)
+    page = bytearray(4096)
+    page[: len(header) + len(phdrs)] = header + phdrs
+    page[0x100 : 0x100 + len(note)] = note
+    return bytes(page)
+
+
+def _synthetic_core(machine: int, regs: dict[int, int], count: int, stack_words: dict[int, int]) -> bytes:
+    """An ELF core: notes (PRSTATUS, SIGINFO, FILE), the module's first page and a stack page."""
+    pr_reg = [0] * count
+    for index, value in regs.items():
+        pr_reg[index] = value
+    prstatus = struct.pack("<iii", 11, 0, 0) + struct.pack("<h", 11) + bytes(112 - 14)
+    prstatus += struct.pack(f"<{count}Q", *pr_reg) + struct.pack("<i", 1) + bytes(4)
+    siginfo = struct.pack("<iii", 11, 0, 1) + bytes(116)
+    path = b"/usr/lib/libcrashy.so\0"
+    nt_file = struct.pack("<QQ", 1, 4096) + struct.pack("<QQQ", MODULE, MODULE + 0x10000, 0) + path
+    notes = (
+        _note(b"CORE", 1, prstatus)
+        + _note(b"CORE", 0x53494749, siginfo)
+        + _note(b"CORE", 0x46494C45, nt_file)
+    )
+    stack = bytearray(0x2000)
+    for address, value in stack_words.items():
+        struct.pack_into("<Q", stack, address - STACK, value)
+    phnum = 3
+    notes_at = 64 + 56 * phnum
+    module_at = (notes_at + len(notes) + 4095) & ~4095
+    stack_at = module_at + 4096
+    header = (
+        b"\x7fELF\x02\x01\x01"
+        + bytes(9)
+        + struct.pack("<HHIQQQIHHHHHH", 4, machine, 1, 0, 64, 0, 0, 64, 56, phnum, 64, 0, 0)
+    )
+    phdrs = struct.pack("<IIQQQQQQ", 4, 0, notes_at, 0, 0, len(notes), 0, 0)
+    phdrs += struct.pack("<IIQQQQQQ", 1, 5, module_at, MODULE, 0, 4096, 0x10000, 4096)  # r-x
+    phdrs += struct.pack("<IIQQQQQQ", 1, 6, stack_at, STACK, 0, len(stack), len(stack), 4096)  # rw-
+    core = bytearray(header + phdrs + notes)
+    core += bytes(module_at - len(core)) + _module_page() + stack
+    return bytes(core)
+
+
+def _compute(data: bytes) -> Signature:
+    fd = os.memfd_create("synthetic")
+    try:
+        os.write(fd, data)
+        return compute(fd, len(data), "crashy")
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize(
+    ("machine", "count", "pc", "sp", "fp", "lr"),
+    [(62, 27, 16, 19, 4, None), (183, 34, 32, 31, 29, 30)],
+    ids=["x86_64", "arm64"],
+)
+def test_register_layouts(machine: int, count: int, pc: int, sp: int, fp: int, lr: int | None) -> None:
+    first, second = STACK + 0x100, STACK + 0x200
+    regs = {pc: MODULE + 0x1111, sp: STACK + 0x80, fp: first}
+    if lr is not None:
+        regs[lr] = MODULE + 0x1500  # a leaf's return address, not saved in any record
+    words = {first: second, first + 8: MODULE + 0x2222, second: 0, second + 8: MODULE + 0x3333}
+    sig = _compute(_synthetic_core(machine, regs, count, words))
+    expected = [0x1111] + ([0x1500] if lr is not None else []) + [0x2222, 0x3333]
+    assert sig.method == "fp"
+    assert [f.offset for f in sig.frames] == expected
+    assert all(f.module is not None and f.module.build_id == BUILD_ID.hex() for f in sig.frames)
+    assert sig.signal == 11 and sig.si_code == 1
+    assert sig.metadata()["signature-frames"] == " ".join(f"libcrashy.so+0x{o:x}" for o in expected[:3])
+    # A frame pointer outside the stack: no chain from the register; the scan finds the record.
+    regs[fp] = 0x1234
+    scanned = _compute(_synthetic_core(machine, regs, count, words))
+    assert scanned.method == "fp+scan"
+    assert [f.offset for f in scanned.frames][-2:] == [0x2222, 0x3333]
