@@ -151,9 +151,12 @@ STACK = 0x7FFF_0000_0000
 BUILD_ID = bytes(range(1, 21))
 
 
+def _pad4(data: bytes) -> bytes:
+    return data + bytes(-len(data) % 4)
+
+
 def _note(name: bytes, ntype: int, desc: bytes) -> bytes:
-    pad = lambda b: b + bytes(-len(b) % 4)  # noqa: E731
-    return struct.pack("<III", len(name) + 1, len(desc), ntype) + pad(name + b"\0") + pad(desc)
+    return struct.pack("<III", len(name) + 1, len(desc), ntype) + _pad4(name + b"\0") + _pad4(desc)
 
 
 def _module_page() -> bytes:
