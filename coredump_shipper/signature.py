@@ -18,8 +18,8 @@ valid record above it; without any record, the scan's return-address candidates 
 The text of the modules is not in the core (file-backed code is not dumped), so there is no unwinding
 information to do better: the scan is a heuristic, stable for one build but not exact.
 
-The signature hashes the signal and the top frames after dropping leading C library frames (abort,
-raise, assert and pthread_kill live there): three frames, as ABRT does. A Go program dies in its
+The signature hashes the signal and the top three frames (as ABRT does); for SIGABRT, after dropping
+the leading C library frames (abort, raise, assert and pthread_kill live there). A Go program dies in its
 runtime (a fatal panic goes through sigpanic, gopanic, fatalpanic, crash, raise), whose frames
 cannot be told from the program's without symbols, so for Go executables every frame of the chain
 (up to MAX_FRAMES) counts. A core with no usable registers still gets a signature, from the program
@@ -283,13 +283,12 @@ def _compute(reader: _Reader, program: str, exe_path: str | None) -> Signature:
 
 def _hashed(frames: tuple[Frame, ...], signal: int | None, executable: Module | None) -> tuple[Frame, ...]:
     kept = list(frames)
-    # Dropping the C library's frames matters for aborts (abort, raise, assert); a fault inside it
-    # (strlen of NULL) keeps the faulting function, which says what went wrong.
-    if signal == SIGABRT or len(kept) > 1:
+    if signal == SIGABRT:
+        # abort(), raise(), assert's __assert_fail, pthread_kill: where the C library stopped the
+        # program, the same for every abort. Their caller is what tells aborts apart. A fault inside
+        # the C library (strlen of NULL) keeps its frames: where it faulted says what went wrong.
         while len(kept) > 1 and kept[0].module is not None and kept[0].module.is_c_library:
             kept.pop(0)
-    if signal == SIGABRT and kept and kept[0].module is not None and kept[0].module.is_c_library:
-        kept = kept[:1]
     if executable is not None and executable.go:
         return tuple(kept[:MAX_FRAMES])
     return tuple(kept[:HASH_FRAMES])
@@ -468,11 +467,14 @@ def _unwind(
         return [pc], "pc"
     top = stack.vaddr + stack.memsz
     addresses = [pc]
-    if _valid_record(reader, locate, fp, sp, top):
+    # The C library is built without frame pointers: a function of it at the PC kept no record, and
+    # the return address into its caller lies between the stack pointer and the first record.
+    in_c_library = (module := locate.module(pc)) is not None and module.is_c_library
+    if not in_c_library and _valid_record(reader, locate, fp, sp, top):
         if lr is not None and locate.is_code(lr) and not _same_function_return(reader, fp, lr):
             addresses.append(lr)  # arm64: a leaf function keeps its return address in the link register
         return addresses + _chain(reader, locate, fp, top), "fp"
-    # No chain from the register (inside the C library, or no frame pointers): scan the stack.
+    # No chain from the register, or the PC in the C library: scan the stack.
     candidates, first_record = _scan_stack(reader, locate, sp, top)
     if first_record is not None:
         return addresses + candidates + _chain(reader, locate, first_record, top), "fp+scan"

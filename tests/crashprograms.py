@@ -23,6 +23,7 @@ C_SOURCE = r"""
 __attribute__((noinline)) void site_a(int x) { if (x > 0) abort(); printf("a\n"); }
 __attribute__((noinline)) void site_b(int x) { if (x > 0) abort(); printf("b\n"); }
 __attribute__((noinline)) void segv(int *volatile p) { *p = 42; }
+__attribute__((noinline)) size_t in_libc(void) { const char *volatile p = NULL; return strlen(p); }
 __attribute__((noinline)) void big(void) {
   /* 4 GiB of address space, a few pages touched: the kernel writes a 4 GiB sparse core. */
   size_t size = (size_t)4 << 30;
@@ -35,6 +36,7 @@ __attribute__((noinline)) void middle(const char *how) {
   if (!strcmp(how, "a")) site_a(1);
   else if (!strcmp(how, "b")) site_b(1);
   else if (!strcmp(how, "big")) big();
+  else if (!strcmp(how, "strlen")) printf("%zu\n", in_libc());
   else segv(NULL);
   printf("done\n");
 }
@@ -123,28 +125,17 @@ def crash(program: Path, how: str, directory: Path) -> Path:
     pytest.skip(skip_reason())
 
 
-_GDB_FRAME = re.compile(r"^#(\d+)\s+(?:(0x[0-9a-f]+) in )?")
+_GDB_FRAME = re.compile(r"^#(\d+)\s+(?:(0x[0-9a-f]+) in )?(\S+)")
 
 
-def gdb_frames(program: Path, core: Path) -> list[int]:
-    """The PC of each frame of gdb's `bt` on the core (frame 0 from $pc)."""
+def gdb_backtrace(program: Path, core: Path) -> list[tuple[int, str]]:
+    """(PC, function) of each frame of gdb's `bt` on the core (frame 0's PC from $pc)."""
     gdb = shutil.which("gdb")
     if gdb is None:
         pytest.skip("gdb is not installed")
+    commands = ["-ex", "set backtrace past-main on", "-ex", "p/x $pc", "-ex", "bt"]
     out = subprocess.run(
-        [
-            gdb,
-            "-nx",
-            "-batch",
-            "-ex",
-            "set backtrace past-main on",
-            "-ex",
-            "p/x $pc",
-            "-ex",
-            "bt",
-            str(program),
-            str(core),
-        ],
+        [gdb, "-nx", "-batch", *commands, str(program), str(core)],
         capture_output=True,
         text=True,
         check=True,
@@ -152,11 +143,15 @@ def gdb_frames(program: Path, core: Path) -> list[int]:
     ).stdout
     pc = re.search(r"^\$1 = (0x[0-9a-f]+)", out, re.M)
     assert pc is not None, out
-    frames: dict[int, int] = {}
+    frames: dict[int, tuple[int, str]] = {}
     for line in out.splitlines():
         match = _GDB_FRAME.match(line)
         if match is None:
             continue
-        number = int(match.group(1))
-        frames.setdefault(number, int(match.group(2), 16) if match.group(2) else int(pc.group(1), 16))
+        address = int(match.group(2) or pc.group(1), 16)
+        frames.setdefault(int(match.group(1)), (address, match.group(3)))
     return [frames[n] for n in sorted(frames)]
+
+
+def gdb_frames(program: Path, core: Path) -> list[int]:
+    return [address for address, _ in gdb_backtrace(program, core)]
