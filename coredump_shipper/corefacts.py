@@ -90,7 +90,6 @@ def gather(core: CoreFile, pattern: CoreNamePattern, cluster: str, node: str, co
     described: dict[str, Any] = {
         name: value for name, value in values.items() if value is not None and name != "exe_path"
     }
-    described |= signature.metadata()
     described |= {
         "size": core.size,
         "compression": compression,
@@ -103,6 +102,7 @@ def gather(core: CoreFile, pattern: CoreNamePattern, cluster: str, node: str, co
         if received.cut_short:
             described["truncated"] = "true"
     described |= {n: v for n, v in extra.items() if n not in described and n not in {"matched", "args"}}
+    described |= signature.metadata()  # the frames; every frame and module are in the manifest
     described["exe_path"] = values["exe_path"]
     described["args"] = extra.get("args", "")[:LONG_VALUE_LIMIT]
     if received is not None and received.cgroup:
