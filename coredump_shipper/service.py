@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from coredump_shipper import afterupload, crashfacts, http
+from coredump_shipper import afterupload, crashfacts, heap, http
 from coredump_shipper.budget import DiskBudget
 from coredump_shipper.checkrow import Check
 from coredump_shipper.config import Config
@@ -42,6 +42,8 @@ else:
 log = logging.getLogger(__name__)
 S3_CHECK_INTERVAL = 15.0
 BUDGET_INTERVAL = 5.0
+# How often an idle pipeline's kept buffers and free heap pages are given back (see `heap`).
+MEMORY_RELEASE_INTERVAL = 10.0
 S3_READY_WINDOW = 60.0
 
 
@@ -120,6 +122,7 @@ class Service:
             asyncio.create_task(self._check_s3(), name="s3-check"),
             asyncio.create_task(self._clean_stale_uploads(), name="stale-uploads"),
             asyncio.create_task(self._keep_disk_budget(), name="disk-budget"),
+            asyncio.create_task(self._give_back_memory_when_idle(), name="give-back-memory"),
         ]
         if config.self_test:
             self._tasks.append(asyncio.create_task(self._self_test(client), name="self-test"))
@@ -269,6 +272,23 @@ class Service:
             return False  # for the whole run
 
         await repeat_until(enforce, lambda attempt: BUDGET_INTERVAL)
+
+    async def _give_back_memory_when_idle(self) -> None:
+        """Once the pipeline has stayed idle for an interval after work, return its memory."""
+        seen = self.pipeline.finished
+
+        async def release(attempt: int) -> bool:
+            nonlocal seen
+            finished = self.pipeline.finished
+            if finished != seen and self.pipeline.idle:
+                # Work ended since the last look and none is waiting: the burst is over. Between
+                # bursts nothing is released twice, and a busy pipeline keeps its buffers.
+                seen = finished
+                self.store.drop_spare_buffers()
+                heap.give_back_free_pages()
+            return False  # for the whole run
+
+        await repeat_until(release, lambda attempt: MEMORY_RELEASE_INTERVAL)
 
     async def _clean_stale_uploads(self) -> None:
         """Abort this node's multipart uploads left by a killed process; retried until S3 answers."""
