@@ -88,11 +88,14 @@ def build_go(directory: Path) -> Path:
     (directory / "main.go").write_text(GO_SOURCE)
     (directory / "go.mod").write_text("module crashy\n\ngo 1.19\n")
     program = directory / "crashy-go"
+    # The build cache `make receiver` uses: the runtime is compiled once, not in every test run.
+    cache = Path(__file__).resolve().parent.parent / ".cache"
     env = {
         **os.environ,
         "HOME": str(directory),
-        "GOCACHE": str(directory / "cache"),
-        "GOPATH": str(directory / "gopath"),
+        "GOCACHE": str(cache / "go-build"),
+        "GOPATH": str(cache / "gopath"),
+        "GOPROXY": "off",
         "GOFLAGS": "-mod=mod",
         "GOTOOLCHAIN": "local",
         "CGO_ENABLED": "0",

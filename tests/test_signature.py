@@ -104,6 +104,7 @@ def is_subsequence(short: list[int], long: list[int]) -> bool:
     return all(any(item == other for other in rest) for item in short)
 
 
+@pytest.mark.timeout(600)  # the first build of Go's runtime into .cache takes minutes on a busy machine
 def test_go_program(go_program: Path, crashes: Path) -> None:
     a1 = signature_of(crash(go_program, "a", crashes / "a1"))
     a2 = signature_of(crash(go_program, "a", crashes / "a2"))
