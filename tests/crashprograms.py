@@ -3,6 +3,7 @@ each run with its cwd in a directory so the kernel writes its core there (core_p
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import resource
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.cores import cores_land_in_cwd, skip_reason
+from tests.receiver import LOCK_PATH
 
 C_SOURCE = r"""
 #include <stdlib.h>
@@ -110,7 +112,19 @@ def _allow_cores() -> None:
 
 
 def crash(program: Path, how: str, directory: Path) -> Path:
-    """Run `program how` with cwd=directory; the core the kernel wrote there."""
+    """Run `program how` with cwd=directory; the core the kernel wrote there.
+
+    Holds the core_pattern lock shared, so a test that points the pattern elsewhere (under the same
+    lock, exclusively) cannot do so while this crash is written."""
+    with open(LOCK_PATH, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        try:
+            return _crash(program, how, directory)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _crash(program: Path, how: str, directory: Path) -> Path:
     if not cores_land_in_cwd() or resource.getrlimit(resource.RLIMIT_CORE)[1] == 0:
         pytest.skip(skip_reason())
     directory.mkdir(parents=True, exist_ok=True)
