@@ -73,11 +73,20 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--limit", type=int, help="at most this many cores")
     ls.add_argument("--prefix", default="", help="only keys under this prefix (faster on big buckets)")
     ls.add_argument("--json", action="store_true", help="JSON for scripts")
+    ls.add_argument(
+        "--group", action="store_true", help="one row per crash signature: count, first/last seen, where"
+    )
+    ls.add_argument(
+        "--full",
+        action="store_true",
+        help="read every core's manifest (all fields; one request per core) instead of the fleet index",
+    )
     fetch = commands.add_parser("fetch", help="download, decompress and verify one core")
     fetch.add_argument("target", metavar="KEY|s3://BUCKET/KEY")
     fetch.add_argument("-o", "--output", type=Path, help="file or directory (default: original name here)")
     fetch.add_argument("--force", action="store_true", help="overwrite an existing file")
     fetch.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    fetch.add_argument("--gdb", action="store_true", help="then open it in gdb with the command printed")
     pattern = commands.add_parser(
         "core-pattern", help="print the kernel.core_pattern line that pipes cores to coredump-receive"
     )
@@ -193,10 +202,11 @@ async def _doctor(config: Config, args: argparse.Namespace) -> int:
 
 
 async def _ls(config: Config, args: argparse.Namespace) -> int:
+    from coredump_shipper.grouping import group_cores
     from coredump_shipper.listing import list_cores
     from coredump_shipper.s3client import s3_client
     from coredump_shipper.settings import client_settings
-    from coredump_shipper.terminal import render_json, render_table
+    from coredump_shipper.terminal import render_groups, render_groups_json, render_json, render_table
 
     since = timedelta(seconds=parse_duration(args.since)) if args.since else None
     async with s3_client(client_settings(config)) as client:
@@ -211,9 +221,16 @@ async def _ls(config: Config, args: argparse.Namespace) -> int:
             namespace=args.filter_namespace,
             workload=args.filter_workload,
             since=since,
-            limit=args.limit,
+            limit=None if args.group else args.limit,
+            full=args.full,
         )
-    sys.stdout.write(render_json(entries) if args.json else render_table(entries))
+    if args.group:
+        groups = (
+            group_cores(entries)[: max(0, args.limit)] if args.limit is not None else group_cores(entries)
+        )
+        sys.stdout.write(render_groups_json(groups) if args.json else render_groups(groups))
+    else:
+        sys.stdout.write(render_json(entries) if args.json else render_table(entries))
     return EXIT_OK
 
 
@@ -229,7 +246,21 @@ async def _fetch(config: Config, args: argparse.Namespace) -> int:
             client, config.bucket, args.target, args.output, progress=progress, overwrite=args.force
         )
     sys.stdout.write(describe_fetch(result))
+    if args.gdb:
+        return _open_in_gdb(result.gdb_command)
     return EXIT_OK
+
+
+def _open_in_gdb(command: str) -> int:
+    import shlex
+    import shutil
+    import subprocess
+
+    if shutil.which("gdb") is None:
+        print("coredump-shipper: error: --gdb: gdb is not installed here", file=sys.stderr)
+        return EXIT_FAILED
+    sys.stdout.flush()
+    return subprocess.run(shlex.split(command), check=False).returncode
 
 
 async def _core_pattern(config: Config, args: argparse.Namespace) -> int:

@@ -314,7 +314,8 @@ SETTINGS: tuple[Setting, ...] = (
         (
             "object key template; fields: cluster, node, filename, pod, exe, exe_path, signal,"
             " signal_name, pid, global_pid, uid, gid, pod_uid, container_id, crash_time (takes a strftime"
-            " spec); from the Kubernetes API: namespace, container, image, image_id, workload_kind, workload,"
+            " spec), signature (the crash signature, docs/signatures.md); from the Kubernetes API:"
+            " namespace, container, image, image_id, workload_kind, workload,"
             " label_<name> for each of --pod-labels (e.g. label_app_kubernetes_io_name)"
         ),
     ),

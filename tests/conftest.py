@@ -19,6 +19,7 @@ import zstandard
 from botocore.config import Config as BotoConfig
 
 from coredump_shipper.config import Config, load_config
+from coredump_shipper.fleetindex import is_index_key
 from coredump_shipper.metrics import Metrics
 from coredump_shipper.service import Service
 from tests import skips
@@ -144,7 +145,11 @@ class Bucket:
         return sorted(obj["Key"] for page in pages for obj in page.get("Contents", []))
 
     def core_keys(self) -> list[str]:
-        return [key for key in self.keys() if not key.endswith(".manifest.json")]
+        """Core objects: neither manifests nor fleet index entries."""
+        return [key for key in self.keys() if not key.endswith(".manifest.json") and not is_index_key(key)]
+
+    def index_keys(self) -> list[str]:
+        return [key for key in self.keys() if is_index_key(key)]
 
     def get(self, key: str) -> bytes:
         body: bytes = self.client.get_object(Bucket=self.name, Key=key)["Body"].read()
