@@ -7,13 +7,14 @@ reads the settings again every minute (and `doctor` once) and compares them with
 - `--capture-mode pipe`: exactly the line `coredump-shipper core-pattern` prints for these settings
   (`--receiver-path`, `--watch-dir`, `--max-core-size`, `--keep-free`, `--receive-timeout`), and
   kernel.core_pipe_limit at least `--pipe-limit` (fewer, and a burst of crashes is skipped by the
-  kernel; 0, and the receiver may not read the pod before the process is gone);
+  kernel; 0, and the receiver may not read the pod before the process is gone), and fs.suid_dumpable
+  2 as node setup sets it (else processes that changed credentials no longer dump);
 - `--capture-mode file`: a file pattern that writes into the watched directory;
 - `auto`: either, the pipe line recognised by its receiver and directory rather than word for word
   (or systemd-coredump's pipe when the shipper watches systemd-coredump's directory);
 - `off`: not checked (another tool captures, or the shipper only ships what others put there).
 
-fs.suid_dumpable is read and reported, not required: whether setuid processes dump is the node's choice.
+In the other modes fs.suid_dumpable is only reported: what it should be is the node's choice.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from coredump_shipper.errors import ConfigError
 
 SYSCTL_DIR = Path("/proc/sys")  # the node's: kernel settings are not namespaced
 SYSTEMD_COREDUMP_DIR = "/var/lib/systemd/coredump"
+PIPE_SUID_DUMPABLE = 2  # what node setup sets in pipe mode (docker/node-setup.sh)
 
 
 @dataclass(frozen=True)
@@ -122,9 +124,15 @@ def _line_problem(expect: Expectation, pattern: str) -> str | None:
     return None
 
 
-def _pipe_problem(expect: Expectation, pattern: str, limit: int | None) -> str | None:
+def _pipe_problem(expect: Expectation, pattern: str, limit: int | None, suid: int | None) -> str | None:
     """Why a pipe line does not send cores here, or None."""
     problem = _line_problem(expect, pattern)
+    if problem is None and expect.mode == "pipe" and suid != PIPE_SUID_DUMPABLE:
+        # Node setup sets 2 with the line; another value means something reset the node's sysctls.
+        problem = (
+            f"fs.suid_dumpable is {suid}, not the {PIPE_SUID_DUMPABLE} node setup sets: processes that "
+            "changed credentials (setuid programs, nginx or php-fpm workers) no longer dump"
+        )
     if problem is None and (limit is None or limit < expect.pipe_limit):
         problem = (
             f"core_pipe_limit is {limit}, below {expect.pipe_limit}: the kernel skips crashes beyond it"
@@ -155,7 +163,7 @@ def check(expect: Expectation, sysctl_dir: Path | None = None) -> CaptureState:
         problem = (
             "core_pattern pipes cores but --capture-mode is file"
             if expect.mode == "file"
-            else _pipe_problem(expect, pattern, limit)
+            else _pipe_problem(expect, pattern, limit, suid)
         )
     elif expect.mode == "pipe":
         problem = "core_pattern does not pipe cores to coredump-receive (--capture-mode pipe)"

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from coredump_shipper import afterupload, capturecheck, crashfacts, heap, http, podrecord
+from coredump_shipper import afterupload, capturecheck, crashfacts, heap, heartbeat, http, podrecord
 from coredump_shipper.budget import DiskBudget
 from coredump_shipper.checkrow import Check
 from coredump_shipper.config import Config
@@ -134,6 +134,10 @@ class Service:
         ]
         if config.capture_mode != "off":
             self._tasks.append(asyncio.create_task(self._watch_capture(), name="capture-check"))
+        if config.heartbeat:
+            self._tasks.append(
+                asyncio.create_task(heartbeat.keep_beating(config.heartbeat), name="heartbeat")
+            )
         if config.self_test:
             self._tasks.append(asyncio.create_task(self._self_test(client), name="self-test"))
         log.info(

@@ -1,6 +1,7 @@
 """Capture switched off under a running daemon: core_pattern and core_pipe_limit read back every minute.
 
-The daemon test changes the machine's real kernel.core_pattern, under the shared lock of
+The daemon test changes the machine's real kernel.core_pattern, core_pipe_limit and fs.suid_dumpable,
+under the shared lock of
 tests/receiver.py, in a directory named with its TEMP_PREFIX (a killed run is repaired at the next
 start), and always puts the old values back.
 """
@@ -24,6 +25,7 @@ from coredump_shipper.metrics import Metrics
 from tests.conftest import ConfigFactory, running, wait_until
 from tests.receiver import CORE_PATTERN, PIPE_LIMIT, TEMP_PREFIX, core_pattern_lock
 
+SUID_DUMPABLE = Path("/proc/sys/fs/suid_dumpable")
 HELPER = "/var/lib/coredump-shipper/coredump-receive"
 WATCH = "/var/coredump"
 LINE = pipe_line(HELPER, WATCH, 32 << 30, DiskLimit(percent=15), 600)
@@ -48,31 +50,39 @@ def sysctls(root: Path, pattern: str, pipe_limit: int = 16, suid: int = 0) -> Pa
     return root
 
 
+CASES = [
+    ("pipe", LINE, 16, None),
+    ("pipe", LINE, 64, None),
+    ("pipe", LINE, 4, "core_pipe_limit is 4, below 16"),
+    ("pipe", LINE, 0, "does not wait for the receiver"),
+    ("pipe", LINE.replace("-f 15%%", "-f 5%%"), 16, "not the line `coredump-shipper core-pattern`"),
+    ("pipe", "|/usr/lib/systemd/systemd-coredump %P %u %g %s %t %c %h", 16, "not the line"),
+    ("pipe", f"{WATCH}/core.%h.%e.sig%s.%p.%t", 16, "does not pipe cores"),
+    ("pipe", "core", 16, "does not pipe cores"),
+    ("file", f"{WATCH}/core.%h.%e.sig%s.%p.%t", 0, None),
+    ("file", "/tmp/core.%e", 0, "writes cores into /tmp, not into /var/coredump"),
+    ("file", "core", 0, "relative"),
+    ("file", LINE, 16, "pipes cores but --capture-mode is file"),
+    ("auto", LINE.replace("-f 15%%", "-f 5%%"), 16, None),
+    ("auto", f"{WATCH}/core.%e", 0, None),
+    ("auto", LINE.replace(WATCH, "/srv/cores"), 16, "stores cores in /srv/cores, not in /var/coredump"),
+    ("auto", "|/usr/share/apport/apport -p%p -s%s -c%c -d%d -P%P -u%u -g%g -- %E", 16, "another program"),
+    ("auto", LINE, 0, "core_pipe_limit is 0"),
+    ("auto", "|/usr/lib/systemd/systemd-coredump %P %u %g %s %t %c %h", 16, "another program"),
+]
+
+
 @pytest.mark.parametrize(
-    ("mode", "pattern", "pipe_limit", "problem"),
+    ("mode", "pattern", "pipe_limit", "suid", "problem"),
     [
-        ("pipe", LINE, 16, None),
-        ("pipe", LINE, 64, None),
-        ("pipe", LINE, 4, "core_pipe_limit is 4, below 16"),
-        ("pipe", LINE, 0, "does not wait for the receiver"),
-        ("pipe", LINE.replace("-f 15%%", "-f 5%%"), 16, "not the line `coredump-shipper core-pattern`"),
-        ("pipe", "|/usr/lib/systemd/systemd-coredump %P %u %g %s %t %c %h", 16, "not the line"),
-        ("pipe", f"{WATCH}/core.%h.%e.sig%s.%p.%t", 16, "does not pipe cores"),
-        ("pipe", "core", 16, "does not pipe cores"),
-        ("file", f"{WATCH}/core.%h.%e.sig%s.%p.%t", 0, None),
-        ("file", "/tmp/core.%e", 0, "writes cores into /tmp, not into /var/coredump"),
-        ("file", "core", 0, "relative"),
-        ("file", LINE, 16, "pipes cores but --capture-mode is file"),
-        ("auto", LINE.replace("-f 15%%", "-f 5%%"), 16, None),
-        ("auto", f"{WATCH}/core.%e", 0, None),
-        ("auto", LINE.replace(WATCH, "/srv/cores"), 16, "stores cores in /srv/cores, not in /var/coredump"),
-        ("auto", "|/usr/share/apport/apport -p%p -s%s -c%c -d%d -P%P -u%u -g%g -- %E", 16, "another program"),
-        ("auto", LINE, 0, "core_pipe_limit is 0"),
-        ("auto", "|/usr/lib/systemd/systemd-coredump %P %u %g %s %t %c %h", 16, "another program"),
+        *((mode, pattern, limit, 2, problem) for mode, pattern, limit, problem in CASES),
+        # Node setup's fs.suid_dumpable=2 reset to the kernel's 0: required in pipe mode only.
+        ("pipe", LINE, 16, 0, "fs.suid_dumpable is 0, not the 2 node setup sets"),
+        ("auto", LINE, 16, 0, None),
     ],
 )
 def test_what_counts_as_capture_configured(
-    tmp_path: Path, mode: str, pattern: str, pipe_limit: int, problem: str | None
+    tmp_path: Path, mode: str, pattern: str, pipe_limit: int, suid: int, problem: str | None
 ) -> None:
     watch = (
         "/var/lib/systemd/coredump"
@@ -82,7 +92,7 @@ def test_what_counts_as_capture_configured(
     expect = capturecheck.expectation(
         mode, Path(watch), HELPER, 32 << 30, DiskLimit(percent=15), 600, pipe_limit=16
     )
-    state = capturecheck.check(expect, sysctls(tmp_path / "sys", pattern, pipe_limit))
+    state = capturecheck.check(expect, sysctls(tmp_path / "sys", pattern, pipe_limit, suid))
     assert state.configured == (problem is None)
     if problem is not None:
         assert state.problem is not None and problem in state.problem
@@ -134,9 +144,11 @@ async def test_daemon_sees_core_pattern_switched_off_and_back_under_it(
     with core_pattern_lock():
         old_pattern = CORE_PATTERN.read_text().rstrip("\n")
         old_limit = PIPE_LIMIT.read_text().strip()
+        old_suid = SUID_DUMPABLE.read_text().strip()
         try:
             CORE_PATTERN.write_text(line + "\n")
             PIPE_LIMIT.write_text("16\n")
+            SUID_DUMPABLE.write_text("2\n")  # as node setup sets it with the line
             async with running(config, metrics):
                 await wait_until(lambda: configured() == 1)
                 # What a distribution's default or `sysctl --system` puts back.
@@ -151,6 +163,7 @@ async def test_daemon_sees_core_pattern_switched_off_and_back_under_it(
         finally:
             CORE_PATTERN.write_text(old_pattern + "\n")
             PIPE_LIMIT.write_text(old_limit + "\n")
+            SUID_DUMPABLE.write_text(old_suid + "\n")
     said = [
         r.getMessage()
         for r in caplog.records
