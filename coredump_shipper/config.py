@@ -16,7 +16,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from coredump_shipper.capturefilter import CaptureFilter, Requirement, parse_selector
 from coredump_shipper.corename import CoreNamePattern
+from coredump_shipper.corepattern import DEFAULT_HELPER
 from coredump_shipper.disklimit import DiskLimit
 from coredump_shipper.errors import ConfigError
 from coredump_shipper.naming import TEMPLATE_FIELDS, KeyTemplate, label_fields
@@ -314,7 +316,8 @@ SETTINGS: tuple[Setting, ...] = (
         (
             "object key template; fields: cluster, node, filename, pod, exe, exe_path, signal,"
             " signal_name, pid, global_pid, uid, gid, pod_uid, container_id, crash_time (takes a strftime"
-            " spec); from the Kubernetes API: namespace, container, image, image_id, workload_kind, workload,"
+            " spec), signature (the crash signature, docs/signatures.md); from the Kubernetes API:"
+            " namespace, container, image, image_id, workload_kind, workload,"
             " label_<name> for each of --pod-labels (e.g. label_app_kubernetes_io_name)"
         ),
     ),
@@ -382,8 +385,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "keep-free",
         parse_disk_limit,
-        "5%",
-        "space to keep free on the watched filesystem (bytes or %; 0 = no floor); the pipe receiver's too",
+        "15%",
+        "space to keep free on the watched filesystem (bytes or %; 0 = no floor); the pipe receiver's too. "
+        "15% (systemd-coredump's KeepFree) stays above the kubelet's hard eviction threshold "
+        "(nodefs.available<10%): cores never push the node into DiskPressure and evict pods",
         commands=_DAEMON | _PIPE,
     ),
     Setting(
@@ -394,6 +399,15 @@ SETTINGS: tuple[Setting, ...] = (
         commands=_PIPE,
     ),
     Setting(
+        "heartbeat",
+        _optional_text,
+        "",
+        "pipe capture: a file the daemon touches every minute (node setup's <receiver directory>/alive/"
+        "heartbeat); without it for the receiver's window (1h) the receiver stores nothing, so a node "
+        "left without a shipper does not fill up with cores nobody ships (empty = off)",
+        commands=_DAEMON,
+    ),
+    Setting(
         "receive-timeout",
         _receive_timeout,
         "10m",
@@ -401,10 +415,34 @@ SETTINGS: tuple[Setting, ...] = (
         commands=_PIPE,
     ),
     Setting(
+        "capture-mode",
+        _choice("auto", "pipe", "file", "off"),
+        "auto",
+        "what core_pattern must say, checked every minute (coredump_shipper_capture_configured):"
+        " pipe: the core-pattern line for these settings; file: a pattern writing into --watch-dir;"
+        " auto: either; off: not checked",
+        commands=_DAEMON,
+    ),
+    Setting(
+        "receiver-path",
+        _text,
+        DEFAULT_HELPER,
+        "pipe capture: where node setup installed coredump-receive (for --capture-mode pipe)",
+        commands=_DAEMON,
+    ),
+    Setting(
+        "pipe-limit",
+        _non_negative_int,
+        "16",
+        "pipe capture: the least kernel.core_pipe_limit that counts as capture configured",
+        commands=_DAEMON,
+    ),
+    Setting(
         "storm-limit",
         _non_negative_int,
         "10",
-        "cores of one program shipped per --storm-window; the rest keep metadata only (0 = no limit)",
+        "cores of one program of one workload (else pod) shipped per --storm-window; the rest keep"
+        " metadata only (0 = no limit)",
     ),
     Setting("storm-window", parse_duration, "1h", "the window of --storm-limit"),
     Setting(
@@ -434,6 +472,21 @@ SETTINGS: tuple[Setting, ...] = (
         parse_duration,
         "2s",
         "longest a core waits for its pod to be found in the API before it ships without pod fields",
+        commands=_DAEMON,
+    ),
+    Setting(
+        "exclude-namespaces",
+        _globs,
+        "",
+        "comma-separated namespace globs whose cores are deleted unshipped (needs the Kubernetes API)",
+        commands=_DAEMON,
+    ),
+    Setting(
+        "pod-selector",
+        parse_selector,
+        "",
+        "label selector (k=v, k!=v, k, !k; comma: and): cores of pods that do not match are deleted"
+        " unshipped (needs the Kubernetes API)",
         commands=_DAEMON,
     ),
     Setting(
@@ -510,12 +563,18 @@ class Config:
     keep_free: DiskLimit
     max_core_size: int
     receive_timeout: float
+    heartbeat: str | None
+    capture_mode: str
+    receiver_path: str
+    pipe_limit: int
     storm_limit: int
     storm_window: float
     kubernetes: str
     kubeconfig: str | None
     pod_labels: tuple[str, ...]
     pod_lookup_timeout: float
+    exclude_namespaces: tuple[str, ...]
+    pod_selector: tuple[Requirement, ...]
     events: bool
     stall_timeout: float
     listen: tuple[str, int]
@@ -546,6 +605,11 @@ class Config:
             self.tags,
             self.template_fields,
         )
+
+    @property
+    def capture_filter(self) -> CaptureFilter:
+        """--exclude-namespaces and --pod-selector (a pod's own annotation applies always)."""
+        return CaptureFilter(self.exclude_namespaces or (), self.pod_selector or ())
 
     @property
     def template_fields(self) -> tuple[str, ...]:
@@ -600,6 +664,9 @@ def _validate(config: Config, command: str) -> None:
         raise ConfigError("--bucket", f"{config.bucket!r} is not a valid bucket name")
     # Parsed here, so a bad one stops the start with its one-line error.
     _ = config.keys, config.core_names, config.storage
+    if config.kubernetes == "off" and config.capture_filter.configured:
+        flag = "--exclude-namespaces" if config.exclude_namespaces else "--pod-selector"
+        raise ConfigError(flag, "needs the Kubernetes API, but --kubernetes is off")
     if config.retry_max_delay < config.retry_base_delay:
         raise ConfigError("--retry-max-delay", "must not be shorter than --retry-base-delay")
     if command == "run":

@@ -25,6 +25,7 @@ from coredump_shipper.kubeaccess import resolve
 from coredump_shipper.kubeapi import KubeClient
 from coredump_shipper.metrics import Metrics
 from coredump_shipper.pods import Pod, PodCache
+from coredump_shipper.sightings import Sighting
 from coredump_shipper.stopping import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,15 @@ class Kube:
     async def enrich(self, facts: CoreFacts) -> tuple[CoreFacts, Pod | None]:
         return await self.identity.enrich(facts)
 
-    def core_shipped(self, pod: Pod | None, facts: CoreFacts, key: str, *, metadata_only: bool) -> None:
+    def core_shipped(
+        self,
+        pod: Pod | None,
+        facts: CoreFacts,
+        key: str,
+        *,
+        metadata_only: bool,
+        sighting: Sighting | None = None,
+    ) -> None:
         """Queue the pod's CoreDumped Event (never waits)."""
         if pod is None or self.events is None:
             return
@@ -55,6 +64,8 @@ class Kube:
                 signal=signal or "unknown signal",
                 url=f"s3://{self.bucket}/{key}",
                 metadata_only=metadata_only,
+                signature=facts.signature.short if facts.signature else "",
+                seen=sighting.text() if sighting else "",
             )
         )
 
@@ -63,7 +74,11 @@ class Kube:
 async def kube_features(config: Config, metrics: Metrics) -> AsyncIterator[Kube | None]:
     access = resolve(config.kubernetes, config.kubeconfig, os.environ)
     if access is None:
-        if config.kubernetes != "off":
+        if config.capture_filter.configured:
+            log.warning(
+                "no Kubernetes API: --exclude-namespaces and --pod-selector cannot apply; every core ships"
+            )
+        elif config.kubernetes != "off":
             log.info("no Kubernetes API (not in a pod, no --kubeconfig): cores get no pod fields or Events")
         yield None
         return
@@ -73,7 +88,9 @@ async def kube_features(config: Config, metrics: Metrics) -> AsyncIterator[Kube 
     except (OSError, ssl.SSLError) as error:
         raise ConfigError("--kubeconfig", f"{access.source}: {error}") from None
     try:
-        cache = PodCache(client, config.node_name, config.pod_labels)
+        # The selector's labels are kept too: the capture filter reads them from the pinned pod.
+        labels = tuple(dict.fromkeys((*config.pod_labels, *config.capture_filter.label_keys)))
+        cache = PodCache(client, config.node_name, labels)
         identity = PodIdentity(cache, config.pod_labels, config.pod_lookup_timeout, metrics)
         recorder = EventRecorder(client, config.node_name, metrics) if config.events else None
         tasks = [asyncio.create_task(cache.run(), name="pod-cache")]

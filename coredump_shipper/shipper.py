@@ -12,16 +12,22 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from coredump_shipper.afterupload import AfterUpload
 from coredump_shipper.config import Config
 from coredump_shipper.corefacts import CoreFacts, core_uses_pid, gather, truncation_hint
 from coredump_shipper.corefile import CoreFile
+from coredump_shipper.errors import FileChanged, S3Error
+from coredump_shipper.fleetindex import entry_key
 from coredump_shipper.manifest import Manifest, manifest_key
 from coredump_shipper.metrics import Metrics
 from coredump_shipper.parts import choose_part_size
-from coredump_shipper.storm import StormLimiter
+from coredump_shipper.pinning import PodPins
+from coredump_shipper.pods import CAPTURE_ANNOTATION
+from coredump_shipper.sightings import Sighting, Sightings
+from coredump_shipper.signature import describe as describe_signature
+from coredump_shipper.storm import StormLimiter, storm_key, storm_scope
 from coredump_shipper.uploader import S3Store, UploadResult
 
 if TYPE_CHECKING:
@@ -29,6 +35,12 @@ if TYPE_CHECKING:
     from coredump_shipper.pods import Pod
 
 log = logging.getLogger(__name__)
+EXCLUDED_BECAUSE = {
+    "namespace": "its namespace matches --exclude-namespaces",
+    "pod_selector": "its pod does not match --pod-selector",
+    "pod_annotation": f'its pod is annotated {CAPTURE_ANNOTATION}: "false"',
+}
+MAX_SAID = 1024  # workloads whose exclusion was logged; past this each is logged at debug level
 
 
 async def _close_deleted(core: CoreFile) -> None:
@@ -61,6 +73,10 @@ class Shipper:
         self.pattern = config.core_names.with_uses_pid(core_uses_pid())
         self.storm = StormLimiter(config.storm_limit, config.storm_window)
         self.storage = config.storage
+        self.capture_filter = config.capture_filter
+        self._said_excluded: set[tuple[str, str, str]] = set()
+        self.pins = PodPins(kube.identity, self._gather) if kube is not None else None
+        self.sightings = Sightings(store.client, store.bucket, config.cluster_name)
         metrics.storm_limit.set(config.storm_limit)
         metrics.storm_window.set(config.storm_window)
 
@@ -71,15 +87,12 @@ class Shipper:
         with CoreFile(path) as core:
             if self.after_upload.shipped(core.name, core.identity):
                 return None
-            facts = await asyncio.to_thread(
-                gather,
-                core,
-                self.pattern,
-                self.config.cluster_name,
-                self.config.node_name,
-                self.config.compression,
-            )
-            facts, pod = await self._identify(facts)
+            facts = await asyncio.to_thread(self._gather, core)
+            facts, pod = await self._identify(core, facts)
+            excluded = self.capture_filter.excluded(pod) if pod is not None else None
+            if pod is not None and excluded is not None:
+                await self._exclude(core, pod, excluded)
+                return None
             key = self.keys.render(facts.template_values)
             if facts.info.truncated:
                 self.metrics.truncated_cores.inc()
@@ -89,7 +102,7 @@ class Shipper:
                     truncation_hint(facts.info),
                     extra={"event": "truncated_core", "file": str(path)},
                 )
-            admitted = self.storm.admit(facts.program, core.name)
+            admitted = self.storm.admit(storm_key(facts.template_values, facts.program), core.name)
             if admitted:
                 result = await self._upload(core, key, facts)
                 self._finish(core, key)
@@ -97,7 +110,8 @@ class Shipper:
                 await self._metadata_only(core, key, facts)
             if self.after_upload.removes_file:
                 await _close_deleted(core)
-            self._announce(pod, facts, key if admitted else manifest_key(key), metadata_only=not admitted)
+            shown = key if admitted else manifest_key(key)
+            await self._announce(pod, facts, shown, metadata_only=not admitted)
             if not admitted:
                 return None
         seconds = time.monotonic() - started
@@ -105,15 +119,18 @@ class Shipper:
         self.metrics.core_bytes.inc(core.size)
         self.metrics.upload_duration.observe(seconds)
         self.metrics.last_success.set(time.time())
+        signature = facts.signature
         log.info(
-            "[coredump] '%s' has been uploaded to 's3://%s/%s'",
+            "[coredump] '%s' has been uploaded to 's3://%s/%s' signature %s",
             path,
             self.store.bucket,
             key,
+            describe_signature(signature) if signature else "unknown",
             extra={
                 "event": "uploaded",
                 "file": str(path),
                 "key": key,
+                "signature": signature.short if signature else None,
                 "bytes": core.size,
                 "bytes_sent": result.bytes_sent,
                 "duration_seconds": round(seconds, 3),
@@ -121,17 +138,57 @@ class Shipper:
         )
         return key
 
-    async def _identify(self, facts: CoreFacts) -> tuple[CoreFacts, Pod | None]:
-        """Every template field present (None when unknown), plus the pod's when the API knows it."""
-        values = {name: None for name in self.fields} | facts.template_values
-        facts = dataclasses.replace(facts, template_values=values)
-        if self.kube is None:
-            return facts, None
-        return await self.kube.enrich(facts)
+    def found(self, path: Path) -> None:
+        """The daemon found a new core: pin its pod now, while the pod still exists (never waits)."""
+        if self.pins is not None:
+            self.pins.found(path)
 
-    def _announce(self, pod: Pod | None, facts: CoreFacts, key: str, *, metadata_only: bool) -> None:
-        if self.kube is not None:
-            self.kube.core_shipped(pod, facts, key, metadata_only=metadata_only)
+    async def close(self) -> None:
+        if self.pins is not None:
+            await self.pins.close()
+
+    def _gather(self, core: CoreFile) -> CoreFacts:
+        """Blocking: what the name, the headers and the receiver's facts say about the core."""
+        facts = gather(
+            core, self.pattern, self.config.cluster_name, self.config.node_name, self.config.compression
+        )
+        # Every template field present (None when unknown).
+        values = {name: None for name in self.fields} | facts.template_values
+        return dataclasses.replace(facts, template_values=values)
+
+    async def _identify(self, core: CoreFile, facts: CoreFacts) -> tuple[CoreFacts, Pod | None]:
+        """The facts plus the pod's fields when its pod is known (pinned when the core was found)."""
+        if self.kube is None or self.pins is None:
+            return facts, None
+        match = await self.pins.match(core, facts)
+        if match is None:
+            return facts, None
+        return self.kube.identity.apply(facts, match), match.pod
+
+    async def _announce(self, pod: Pod | None, facts: CoreFacts, key: str, *, metadata_only: bool) -> None:
+        if self.kube is None or pod is None or self.kube.events is None:
+            return
+        sighting: Sighting | None = None
+        if facts.signature is not None:
+            sighting = await self.sightings.seen(facts.signature.short)
+        self.kube.core_shipped(pod, facts, key, metadata_only=metadata_only, sighting=sighting)
+
+    async def _write_manifest(self, manifest: Manifest, object_args: dict[str, Any]) -> None:
+        """The manifest, then the core's fleet index entry (fleetindex.py). The entry is a
+        convenience: if it cannot be written, `ls` reads the manifest instead, so shipping goes on."""
+        await self.store.put_json(manifest_key(manifest.key), manifest.to_json(), object_args)
+        entry = entry_key(manifest.fields)
+        if entry is None:
+            return
+        try:
+            await self.store.put_json(entry, {}, object_args)
+        except S3Error as error:
+            log.warning(
+                "fleet index entry for %r not written (ls reads its manifest instead): %s",
+                manifest.key,
+                error,
+                extra={"event": "index_failed", "key": manifest.key},
+            )
 
     async def _upload(self, core: CoreFile, key: str, facts: CoreFacts) -> UploadResult:
         part_size = choose_part_size(core.size, self.config.part_size, self.compressed, self.config.max_parts)
@@ -147,27 +204,52 @@ class Shipper:
         )
         # Written last: a manifest means its core object is complete.
         manifest = Manifest.for_core(
-            key, self.store.bucket, facts.metadata, result.sha256, result.bytes_sent, result.verification
+            key,
+            self.store.bucket,
+            {**facts.metadata, **facts.details},
+            result.sha256,
+            result.bytes_sent,
+            result.verification,
         )
-        await self.store.put_json(manifest_key(key), manifest.to_json(), object_args)
+        await self._write_manifest(manifest, object_args)
         return result
 
     async def _metadata_only(self, core: CoreFile, key: str, facts: CoreFacts) -> None:
         """A core over the storm limit: store what is known about it, not the core itself."""
-        manifest = Manifest.rate_limited_core(key, self.store.bucket, facts.metadata)
-        await self.store.put_json(
-            manifest_key(key), manifest.to_json(), self.storage.args(facts.template_values)
-        )
+        manifest = Manifest.rate_limited_core(key, self.store.bucket, {**facts.metadata, **facts.details})
+        await self._write_manifest(manifest, self.storage.args(facts.template_values))
         self._finish(core, key)
         self.metrics.dropped.labels("rate_limited").inc()
         log.warning(
-            "DROPPED core %r: over --storm-limit %d cores of %r per %.0fs; its metadata is in %r",
+            "DROPPED core %r: over --storm-limit %d cores of %r%s per %.0fs; its metadata is in %r",
             str(core.path),
             self.storm.limit,
             facts.program,
+            f" of {scope}" if (scope := storm_scope(facts.template_values)) else " on this node",
             self.storm.window,
             manifest_key(key),
             extra={"event": "dropped", "reason": "rate_limited", "file": str(core.path), "key": key},
+        )
+
+    async def _exclude(self, core: CoreFile, pod: Pod, reason: str) -> None:
+        """A core of an excluded pod: deleted without upload, counted, said once per workload."""
+        if not core.remove():
+            raise FileChanged(f"{str(core.path)!r} was replaced before it was deleted")
+        await _close_deleted(core)
+        self.metrics.excluded.labels(reason).inc()
+        workload = pod.owner_name or pod.name
+        said = (reason, pod.namespace, workload)
+        level = logging.DEBUG if said in self._said_excluded else logging.WARNING
+        if len(self._said_excluded) < MAX_SAID:
+            self._said_excluded.add(said)
+        log.log(
+            level,
+            "deleted core %r unshipped: %s (pod %s/%s)",
+            str(core.path),
+            EXCLUDED_BECAUSE[reason],
+            pod.namespace,
+            pod.name,
+            extra={"event": "excluded", "reason": reason, "file": str(core.path)},
         )
 
     def _finish(self, core: CoreFile, key: str) -> None:

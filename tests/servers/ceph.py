@@ -1,6 +1,6 @@
 """Ceph's RADOS Gateway (radosgw, the S3 of Rook clusters): one monitor, one OSD, one gateway.
 
-Debian's packages (`tests/servers/install-ceph.sh`) provide the daemons; everything they write
+Debian's packages (`tests/setup.sh`) provide the daemons; everything they write
 (ceph.conf, keyrings, the monitor's store, the OSD's bluestore on a sparse file, admin sockets, pid
 files and logs) lives under the caller's `work_dir`, every daemon listens on 127.0.0.1, and pools
 have one replica. radosgw serves S3 with its beast frontend over plain HTTP and over HTTPS with a
@@ -106,7 +106,7 @@ def missing() -> str | None:
     """Why Ceph cannot run here (a skip reason), or None when it can."""
     absent = [name for name in NEEDED if shutil.which(name) is None]
     if absent:
-        return f"{', '.join(absent)} not installed: run tests/servers/install-ceph.sh"
+        return f"{', '.join(absent)} not installed: run tests/setup.sh"
     return None
 
 
