@@ -1,0 +1,368 @@
+package main
+
+// coredump-receive serve: the long-running server for core_pattern "@@SOCKET" (Linux 6.17+).
+//
+//	coredump-receive serve -socket PATH [-m SIZE] [-f FREE] [-t SECONDS] [-max-clients N]
+//	                       [-stats FILE] [-cgroup-root DIR] [-claim-pattern] [-fallback LINE] DIR
+//
+// It binds PATH (a new socket renamed over any old one, so a restarted server takes over without a
+// moment where the path is missing), answers each crash's request after reading the crashing task's
+// identity from its pidfd, and stores accepted cores with the pipe receiver's own code (store.go
+// receive): same names, same facts file, same owner and mode, same limits. With -claim-pattern it
+// points kernel.core_pattern at PATH once it listens; on SIGTERM it writes the -fallback line (the
+// pipe receiver) if the pattern is still its own, drains the connections already queued, and exits.
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+const (
+	corePatternPath = "/proc/sys/kernel/core_pattern"
+	prSetDumpable   = 4
+	cgroup2Magic    = 0x63677270
+	// After the fallback pattern is written, crashes that connected just before still wait in the
+	// backlog; the server accepts until none has arrived for this long.
+	drainQuiet = 300 * time.Millisecond
+)
+
+type serveConfig struct {
+	dir          string
+	socket       string
+	lim          limits
+	maxClients   int
+	statsPath    string
+	cgroupRoot   string
+	claimPattern bool
+	fallback     string
+}
+
+// serveStats are the server's counters, written as JSON to -stats after every crash.
+type serveStats struct {
+	Connections int            `json:"connections"`
+	Stored      int            `json:"stored"`
+	Truncated   int            `json:"truncated"`
+	Rejected    map[string]int `json:"rejected"`
+	Failed      int            `json:"failed"`
+}
+
+type server struct {
+	cfg       serveConfig
+	slots     chan struct{}
+	mu        sync.Mutex
+	stats     serveStats
+	wg        sync.WaitGroup
+	socketIno uint64 // the socket file this server created (the path may be taken over)
+	socketDev uint64
+	// stopping: SIGTERM arrived; the listener only drains what is already queued.
+	stopping bool
+}
+
+func parseServeArgs(args []string) (serveConfig, error) {
+	cfg := serveConfig{maxClients: 16}
+	flags := flag.NewFlagSet("coredump-receive serve", flag.ContinueOnError)
+	flags.SetOutput(io.Discard)
+	flags.StringVar(&cfg.socket, "socket", "", "AF_UNIX socket path the kernel connects to")
+	maxSize := flags.String("m", "0", "most bytes of a core to keep")
+	free := flags.String("f", "0", "free space to leave on the filesystem (bytes with unit, or N%)")
+	seconds := flags.Int("t", 600, "deadline in seconds for one crash, from connect to close")
+	flags.IntVar(&cfg.maxClients, "max-clients", cfg.maxClients, "crashes received at once; more are rejected")
+	flags.StringVar(&cfg.statsPath, "stats", "", "file the counters are written to (JSON)")
+	flags.StringVar(&cfg.cgroupRoot, "cgroup-root", "", "the host's cgroup2 mount (default: found under /sys/fs/cgroup)")
+	flags.BoolVar(&cfg.claimPattern, "claim-pattern", false, "point kernel.core_pattern at the socket once listening")
+	flags.StringVar(&cfg.fallback, "fallback", "", "core_pattern to write on SIGTERM if it still names the socket")
+	if err := flags.Parse(args); err != nil {
+		return cfg, err
+	}
+	// The size, floor and deadline are parsed exactly as the pipe receiver parses them.
+	pipeArgs := []string{"-m", *maxSize, "-f", *free, "-t", fmt.Sprint(*seconds), "/", "1", "0", "0", "0", "0", "h", "e"}
+	_, lim, err := parseArgs(pipeArgs)
+	if err != nil {
+		return cfg, err
+	}
+	cfg.lim = lim
+	if cfg.cgroupRoot == "" {
+		cfg.cgroupRoot = findCgroup2()
+	}
+	if flags.NArg() != 1 || !strings.HasPrefix(flags.Arg(0), "/") {
+		return cfg, errors.New("expected one absolute DIR")
+	}
+	cfg.dir = flags.Arg(0)
+	if !strings.HasPrefix(cfg.socket, "/") || len(cfg.socket) > 100 {
+		return cfg, fmt.Errorf("-socket: need an absolute path of at most 100 bytes, got %q", cfg.socket)
+	}
+	if len(socketPattern(cfg.socket)) > 127 {
+		return cfg, errors.New("-socket: core_pattern would pass 127 bytes")
+	}
+	if cfg.maxClients < 1 {
+		return cfg, errors.New("-max-clients: must be at least 1")
+	}
+	return cfg, nil
+}
+
+func socketPattern(path string) string { return "@@" + path }
+
+func serveMain(args []string) int {
+	cfg, err := parseServeArgs(args)
+	if err != nil {
+		logf("serve: bad arguments (%v)", err)
+		return exitUsage
+	}
+	// A server that dumped core into its own socket would wait for itself for ever.
+	if _, _, errno := syscall.RawSyscall(syscall.SYS_PRCTL, prSetDumpable, 0, 0); errno != 0 {
+		logf("serve: prctl(PR_SET_DUMPABLE, 0): %v", errno)
+		return exitFailed
+	}
+	listener, err := listenReplacing(cfg.socket)
+	if err != nil {
+		logf("serve: %v", err)
+		return exitFailed
+	}
+	srv := &server{cfg: cfg, slots: make(chan struct{}, cfg.maxClients), stats: serveStats{Rejected: map[string]int{}}}
+	var st syscall.Stat_t
+	if err := syscall.Lstat(cfg.socket, &st); err == nil {
+		srv.socketIno, srv.socketDev = st.Ino, st.Dev
+	}
+	srv.writeStats()
+	if cfg.claimPattern {
+		if err := os.WriteFile(corePatternPath, []byte(socketPattern(cfg.socket)+"\n"), 0); err != nil {
+			logf("serve: cannot set kernel.core_pattern: %v", err)
+			listener.Close()
+			return exitFailed
+		}
+	}
+	logf("serve: listening on %s for %s (kernel.core_pattern %q)", cfg.socket, cfg.dir, readPattern())
+
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
+	accepted := make(chan struct{})
+	go func() {
+		srv.acceptUntilClosed(listener)
+		close(accepted)
+	}()
+	<-stop
+	srv.handOver(listener)
+	<-accepted
+	srv.wg.Wait()
+	logf("serve: stopped")
+	return exitOK
+}
+
+// listenReplacing binds a fresh socket next to path and renames it over path: the kernel finds a
+// listening socket at path at every moment, the old server's or this one's.
+func listenReplacing(path string) (*net.UnixListener, error) {
+	fresh := fmt.Sprintf("%s.%d.new", path, os.Getpid())
+	_ = os.Remove(fresh)
+	listener, err := net.ListenUnix("unix", &net.UnixAddr{Name: fresh, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %v", fresh, err)
+	}
+	listener.SetUnlinkOnClose(false)
+	// Only the kernel (and root) connects: it resolves the path with kernel credentials.
+	if err := os.Chmod(fresh, 0o600); err == nil {
+		err = os.Rename(fresh, path)
+		if err == nil {
+			return listener, nil
+		}
+	}
+	listener.Close()
+	_ = os.Remove(fresh)
+	return nil, fmt.Errorf("install socket %s: %v", path, err)
+}
+
+func readPattern() string {
+	data, _ := os.ReadFile(corePatternPath)
+	return strings.TrimRight(string(data), "\n")
+}
+
+// handOver stops taking crashes without dropping one: first the kernel is pointed elsewhere (if
+// asked), then the backlog is drained, and the socket is removed only if it is still this server's.
+func (s *server) handOver(listener *net.UnixListener) {
+	if s.cfg.fallback != "" && readPattern() == socketPattern(s.cfg.socket) {
+		if err := os.WriteFile(corePatternPath, []byte(s.cfg.fallback+"\n"), 0); err != nil {
+			logf("serve: cannot write the fallback core_pattern: %v", err)
+		} else {
+			logf("serve: kernel.core_pattern handed back to %q", s.cfg.fallback)
+		}
+	}
+	// A newer server may have renamed its socket over ours: that one stays.
+	var now syscall.Stat_t
+	if syscall.Lstat(s.cfg.socket, &now) == nil && now.Ino == s.socketIno && now.Dev == s.socketDev {
+		_ = os.Remove(s.cfg.socket)
+	}
+	s.mu.Lock()
+	s.stopping = true
+	s.mu.Unlock()
+	_ = listener.SetDeadline(time.Now().Add(drainQuiet))
+}
+
+func (s *server) acceptUntilClosed(listener *net.UnixListener) {
+	defer listener.Close()
+	for {
+		conn, err := listener.AcceptUnix()
+		if err != nil {
+			var timeout net.Error
+			if errors.As(err, &timeout) && timeout.Timeout() {
+				return // draining after SIGTERM, and quiet for drainQuiet
+			}
+			logf("serve: accept: %v", err)
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		if deadline, ok := s.draining(listener); ok {
+			_ = listener.SetDeadline(deadline)
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.handle(conn)
+		}()
+	}
+}
+
+// draining extends the drain window after each connection that arrives once SIGTERM did.
+func (s *server) draining(listener *net.UnixListener) (time.Time, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return time.Now().Add(drainQuiet), s.stopping
+}
+
+func (s *server) count(update func(*serveStats)) {
+	s.mu.Lock()
+	update(&s.stats)
+	s.mu.Unlock()
+	s.writeStats()
+}
+
+func (s *server) writeStats() {
+	if s.cfg.statsPath == "" {
+		return
+	}
+	s.mu.Lock()
+	data, _ := json.Marshal(s.stats)
+	s.mu.Unlock()
+	tmp := fmt.Sprintf("%s.%d.tmp", s.cfg.statsPath, os.Getpid())
+	if err := os.WriteFile(tmp, append(data, '\n'), 0o644); err == nil {
+		_ = os.Rename(tmp, s.cfg.statsPath)
+	}
+}
+
+// policy says whether this crash may be stored: "" yes, otherwise the reason it is rejected.
+func (s *server) policy() string {
+	dirfd, err := syscall.Open(s.cfg.dir, syscall.O_RDONLY|syscall.O_DIRECTORY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return "no-directory"
+	}
+	defer syscall.Close(dirfd)
+	// The pipe receiver's own floor: below it, it would store an empty core cut short (keep-free).
+	guard := &spaceGuard{fd: dirfd, lim: s.cfg.lim}
+	if !guard.allow(factsSpace) {
+		return "keep-free"
+	}
+	return ""
+}
+
+func (s *server) handle(conn *net.UnixConn) {
+	start := time.Now()
+	deadline := start.Add(s.cfg.lim.Deadline)
+	s.count(func(st *serveStats) { st.Connections++ })
+	pidfd := -1
+	if raw, err := conn.SyscallConn(); err == nil {
+		_ = raw.Control(func(fd uintptr) { pidfd, err = peerPidfd(int(fd)) })
+		if err != nil {
+			logf("serve: %v", err)
+		}
+	}
+	file, err := conn.File()
+	conn.Close()
+	if err != nil {
+		logf("serve: connection: %v", err)
+		s.count(func(st *serveStats) { st.Failed++ })
+		return
+	}
+	// Closing the connection is what lets the crashed task finish (COREDUMP_WAIT).
+	defer file.Close()
+	_ = file.SetDeadline(deadline)
+	if pidfd < 0 {
+		s.count(func(st *serveStats) { st.Failed++ })
+		return
+	}
+	defer syscall.Close(pidfd)
+	who, err := identify(pidfd, s.cfg.cgroupRoot)
+	if err != nil {
+		logf("serve: crash without identity: %v", err)
+		s.count(func(st *serveStats) { st.Failed++ })
+		return
+	}
+	req, err := readRequest(file)
+	if err != nil {
+		logf("serve: pid %d (%s): %v", who.pid, who.comm, err)
+		s.count(func(st *serveStats) { st.Failed++ })
+		return
+	}
+	reason := ""
+	select {
+	case s.slots <- struct{}{}:
+		defer func() { <-s.slots }()
+		reason = s.policy()
+	default:
+		reason = "busy"
+	}
+	ack, err := answer(req, reason == "")
+	if err == nil {
+		_, err = file.Write(ack.encode())
+	}
+	if err == nil {
+		err = readMark(file)
+	}
+	if err != nil {
+		logf("serve: pid %d (%s): %v", who.pid, who.comm, err)
+		s.count(func(st *serveStats) { st.Failed++ })
+		return
+	}
+	if reason != "" {
+		logf("serve: pid %d (%s): core rejected (%s)", who.pid, who.comm, reason)
+		s.count(func(st *serveStats) { st.Rejected[reason]++ })
+		return
+	}
+	c := crash{Dir: s.cfg.dir, GlobalPID: who.pid, UID: who.uid, GID: who.gid, Signal: who.signal,
+		Time: start.Unix(), Hostname: who.hostname, Comm: who.comm}
+	lim := s.cfg.lim
+	lim.Deadline = time.Until(deadline)
+	if lim.Deadline <= 0 {
+		lim.Deadline = time.Millisecond
+	}
+	result, err := receive(c, lim, who.proc, file)
+	if err != nil {
+		logf("serve: pid %d (%s): core not stored: %v", who.pid, who.comm, err)
+		s.count(func(st *serveStats) { st.Failed++ })
+		return
+	}
+	if result.Truncated != "" {
+		logf("serve: pid %d (%s): core cut short at %d bytes (%s): stored as %s", who.pid, who.comm, result.Size, result.Truncated, result.Name)
+		s.count(func(st *serveStats) { st.Stored++; st.Truncated++ })
+		return
+	}
+	s.count(func(st *serveStats) { st.Stored++ })
+}
+
+// findCgroup2 is the unified hierarchy: /sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid hosts.
+func findCgroup2() string {
+	for _, path := range []string{"/sys/fs/cgroup", "/sys/fs/cgroup/unified"} {
+		var fs syscall.Statfs_t
+		if syscall.Statfs(path, &fs) == nil && fs.Type == cgroup2Magic {
+			return path
+		}
+	}
+	return "/sys/fs/cgroup"
+}
