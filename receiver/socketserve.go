@@ -188,17 +188,20 @@ func readPattern() string {
 // handOver stops taking crashes without dropping one: first the kernel is pointed elsewhere (if
 // asked), then the backlog is drained, and the socket is removed only if it is still this server's.
 func (s *server) handOver(listener *net.UnixListener) {
-	if s.cfg.fallback != "" && readPattern() == socketPattern(s.cfg.socket) {
+	// A newer server that renamed its socket over ours owns the path and the pattern now: both stay.
+	var now syscall.Stat_t
+	ours := syscall.Lstat(s.cfg.socket, &now) == nil && now.Ino == s.socketIno && now.Dev == s.socketDev
+	if ours && s.cfg.fallback != "" && readPattern() == socketPattern(s.cfg.socket) {
 		if err := os.WriteFile(corePatternPath, []byte(s.cfg.fallback+"\n"), 0); err != nil {
 			logf("serve: cannot write the fallback core_pattern: %v", err)
 		} else {
 			logf("serve: kernel.core_pattern handed back to %q", s.cfg.fallback)
 		}
 	}
-	// A newer server may have renamed its socket over ours: that one stays.
-	var now syscall.Stat_t
-	if syscall.Lstat(s.cfg.socket, &now) == nil && now.Ino == s.socketIno && now.Dev == s.socketDev {
+	if ours {
 		_ = os.Remove(s.cfg.socket)
+	} else {
+		logf("serve: %s belongs to a newer server: leaving it and kernel.core_pattern alone", s.cfg.socket)
 	}
 	s.mu.Lock()
 	s.stopping = true
