@@ -4,6 +4,10 @@ package main
 //
 //	coredump-receive serve -socket PATH [-m SIZE] [-f FREE] [-t SECONDS] [-max-clients N]
 //	                       [-stats FILE] [-cgroup-root DIR] [-claim-pattern] [-fallback LINE] DIR
+//	coredump-receive serve -socket PATH -fallback-file FILE [-claim-pattern] [-when-supported] ...
+//
+// With -fallback-file (what node setup writes: the pipe line of this very receiver), DIR and the
+// limits are read from that line by the pipe receiver's own parser, so both paths apply one policy.
 //
 // It binds PATH (a new socket renamed over any old one, so a restarted server takes over without a
 // moment where the path is missing), answers each crash's request after reading the crashing task's
@@ -45,10 +49,13 @@ type serveConfig struct {
 	cgroupRoot   string
 	claimPattern bool
 	fallback     string
+	// whenSupported: on a kernel without the coredump socket, wait for SIGTERM and touch nothing.
+	whenSupported bool
 }
 
 // serveStats are the server's counters, written as JSON to -stats after every crash.
 type serveStats struct {
+	Receiver    string         `json:"receiver"` // the version, for doctor
 	Connections int            `json:"connections"`
 	Stored      int            `json:"stored"`
 	Truncated   int            `json:"truncated"`
@@ -81,16 +88,32 @@ func parseServeArgs(args []string) (serveConfig, error) {
 	flags.StringVar(&cfg.cgroupRoot, "cgroup-root", "", "the host's cgroup2 mount (default: found under /sys/fs/cgroup)")
 	flags.BoolVar(&cfg.claimPattern, "claim-pattern", false, "point kernel.core_pattern at the socket once listening")
 	flags.StringVar(&cfg.fallback, "fallback", "", "core_pattern to write on SIGTERM if it still names the socket")
+	fallbackFile := flags.String("fallback-file", "", "file holding the pipe line: -fallback, DIR and limits from it")
+	flags.BoolVar(&cfg.whenSupported, "when-supported", false, "idle (pipe capture stays) when the kernel has no coredump socket")
 	if err := flags.Parse(args); err != nil {
 		return cfg, err
 	}
 	// The size, floor and deadline are parsed exactly as the pipe receiver parses them.
 	pipeArgs := []string{"-m", *maxSize, "-f", *free, "-t", fmt.Sprint(*seconds), "/", "1", "0", "0", "0", "0", "h", "e"}
-	_, lim, err := parseArgs(pipeArgs)
+	if *fallbackFile != "" {
+		data, err := os.ReadFile(*fallbackFile)
+		if err != nil {
+			return cfg, fmt.Errorf("-fallback-file: %v", err)
+		}
+		cfg.fallback = strings.TrimSpace(string(data))
+		if pipeArgs, err = pipeLineArgs(cfg.fallback); err != nil {
+			return cfg, fmt.Errorf("-fallback-file: %v", err)
+		}
+	}
+	c, lim, err := parseArgs(pipeArgs)
 	if err != nil {
 		return cfg, err
 	}
 	cfg.lim = lim
+	if *fallbackFile != "" && flags.NArg() == 0 {
+		cfg.dir = c.Dir
+		return cfg, checkServeConfig(cfg)
+	}
 	if cfg.cgroupRoot == "" {
 		cfg.cgroupRoot = findCgroup2()
 	}
@@ -98,16 +121,34 @@ func parseServeArgs(args []string) (serveConfig, error) {
 		return cfg, errors.New("expected one absolute DIR")
 	}
 	cfg.dir = flags.Arg(0)
-	if !strings.HasPrefix(cfg.socket, "/") || len(cfg.socket) > 100 {
-		return cfg, fmt.Errorf("-socket: need an absolute path of at most 100 bytes, got %q", cfg.socket)
+	return cfg, checkServeConfig(cfg)
+}
+
+// pipeLineArgs turns "|HELPER ARGS... DIR %P %u ..." into the arguments the kernel would pass,
+// with a stand-in for every specifier: what parseArgs needs to read DIR and the limits.
+func pipeLineArgs(line string) ([]string, error) {
+	words := strings.Fields(line)
+	if len(words) < 2 || !strings.HasPrefix(words[0], "|") {
+		return nil, fmt.Errorf("not a pipe core_pattern: %q", line)
 	}
-	if len(socketPattern(cfg.socket)) > 127 {
-		return cfg, errors.New("-socket: core_pattern would pass 127 bytes")
+	args := make([]string, 0, len(words)-1)
+	for _, word := range words[1:] {
+		if len(word) == 2 && word[0] == '%' && word[1] != '%' {
+			word = "1"
+		}
+		args = append(args, strings.ReplaceAll(word, "%%", "%"))
+	}
+	return args, nil
+}
+
+func checkServeConfig(cfg serveConfig) error {
+	if !strings.HasPrefix(cfg.socket, "/") || len(cfg.socket) > 100 {
+		return fmt.Errorf("-socket: need an absolute path of at most 100 bytes, got %q", cfg.socket)
 	}
 	if cfg.maxClients < 1 {
-		return cfg, errors.New("-max-clients: must be at least 1")
+		return errors.New("-max-clients: must be at least 1")
 	}
-	return cfg, nil
+	return nil
 }
 
 func socketPattern(path string) string { return "@@" + path }
@@ -117,6 +158,15 @@ func serveMain(args []string) int {
 	if err != nil {
 		logf("serve: bad arguments (%v)", err)
 		return exitUsage
+	}
+	if !kernelHasSocket() {
+		if !cfg.whenSupported {
+			logf("serve: this kernel has no coredump socket (Linux 6.17+; /proc/sys/kernel/core_modes)")
+			return exitFailed
+		}
+		logf("serve: this kernel has no coredump socket: pipe capture stays (kernel.core_pattern %q)", readPattern())
+		waitForStop()
+		return exitOK
 	}
 	// A server that dumped core into its own socket would wait for itself for ever.
 	if _, _, errno := syscall.RawSyscall(syscall.SYS_PRCTL, prSetDumpable, 0, 0); errno != 0 {
@@ -128,7 +178,7 @@ func serveMain(args []string) int {
 		logf("serve: %v", err)
 		return exitFailed
 	}
-	srv := &server{cfg: cfg, slots: make(chan struct{}, cfg.maxClients), stats: serveStats{Rejected: map[string]int{}}}
+	srv := &server{cfg: cfg, slots: make(chan struct{}, cfg.maxClients), stats: serveStats{Receiver: version, Rejected: map[string]int{}}}
 	var st syscall.Stat_t
 	if err := syscall.Lstat(cfg.socket, &st); err == nil {
 		srv.socketIno, srv.socketDev = st.Ino, st.Dev
@@ -143,14 +193,12 @@ func serveMain(args []string) int {
 	}
 	logf("serve: listening on %s for %s (kernel.core_pattern %q)", cfg.socket, cfg.dir, readPattern())
 
-	stop := make(chan os.Signal, 1)
-	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
 	accepted := make(chan struct{})
 	go func() {
 		srv.acceptUntilClosed(listener)
 		close(accepted)
 	}()
-	<-stop
+	waitForStop()
 	srv.handOver(listener)
 	<-accepted
 	srv.wg.Wait()
@@ -368,4 +416,24 @@ func findCgroup2() string {
 		}
 	}
 	return "/sys/fs/cgroup"
+}
+
+func waitForStop() {
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
+	<-stop
+}
+
+// kernelHasSocket: /proc/sys/kernel/core_modes (Linux 6.17+) lists "socket".
+func kernelHasSocket() bool {
+	data, err := os.ReadFile("/proc/sys/kernel/core_modes")
+	if err != nil {
+		return false
+	}
+	for _, mode := range strings.Fields(string(data)) {
+		if mode == "socket" {
+			return true
+		}
+	}
+	return false
 }

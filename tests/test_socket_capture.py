@@ -203,7 +203,9 @@ def test_a_restart_hands_core_pattern_over_and_loses_no_core(base_dir: Path) -> 
     receiver = build_receiver()
     watch, sock = _dirs(base_dir)
     fallback = pipe_line(str(receiver), str(watch), 1 << 30, DiskLimit(percent=1), 60)
-    options = ("-claim-pattern", "-fallback", fallback)
+    saved = base_dir / "run" / "pipe-core_pattern"  # as node setup leaves it for the chart's server
+    saved.write_text(fallback + "\n")
+    options = ("-claim-pattern", "-fallback-file", str(saved))
     with kernel_core_pattern("core"):
         old = Server(sock, watch, *options).start()
         assert current_pattern() == f"@@{sock}"
