@@ -7,7 +7,7 @@
 #
 # CAPTURE_MODE=socket|auto (socket capture, docs/socket-capture.md): install does all of the above
 # (the pipe line stays the fallback whenever the socket server is down), leaves the line in
-# RECEIVER_DIR/pipe-core_pattern for the server and makes the socket's directory (root, 0700).
+# RECEIVER_DIR/pipe-core_pattern for the server and makes the socket's directory (root, 0755).
 # auto picks socket where kernel.core_modes lists it, pipe elsewhere, and logs the choice.
 #
 # install: saves the node's current kernel.core_pattern and kernel.core_pipe_limit (unless they are
@@ -55,7 +55,8 @@ install_receiver() {
   echo "kernel.core_pattern = $(cat "$SYSCTL/core_pattern")"
   echo "kernel.core_pipe_limit = $(cat "$SYSCTL/core_pipe_limit")"
   echo "previous values saved in $STATE (undo: sh $STATE/coredump-node-setup restore)"
-  if [ "$mode" = socket ]; then prepare_socket "$line"; fi
+  if [ "${CAPTURE_MODE:-pipe}" != pipe ]; then leave_line "$line"; fi  # auto: also for a later kernel
+  if [ "$mode" = socket ]; then prepare_socket; fi
   echo "capture mode: $mode"
 }
 
@@ -78,12 +79,17 @@ capture_mode() {  # pipe or socket, from CAPTURE_MODE and what this kernel suppo
 
 # The server container (coredump-receive serve -fallback-file ...) reads the pipe line for its
 # directory and limits, claims core_pattern once it listens and writes the line back when it stops.
-prepare_socket() {  # prepare_socket LINE
+leave_line() {  # leave_line LINE
   printf '%s\n' "$1" > "$STATE/.pipe-core_pattern.tmp"
   mv -f "$STATE/.pipe-core_pattern.tmp" "$STATE/pipe-core_pattern"
+}
+
+# The socket's directory: root's, readable so that doctor (the shipper's uid) can see the socket
+# and the server's counters; only root may connect (the kernel connects with its own credentials).
+prepare_socket() {
   mkdir -p "$(dirname "$SOCKET")"
   chown 0:0 "$(dirname "$SOCKET")"
-  chmod 0700 "$(dirname "$SOCKET")"
+  chmod 0755 "$(dirname "$SOCKET")"
   echo "socket capture: the server claims kernel.core_pattern (@@$SOCKET) once it listens; while it is down the pipe line above takes the cores"
 }
 

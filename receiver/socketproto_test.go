@@ -171,7 +171,7 @@ func TestPidfdInfoAndCgroupPathOnThisKernel(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("open_by_handle_at needs root")
 	}
-	root := findCgroup2()
+	root := findCgroup2("/sys/fs/cgroup")
 	dir := filepath.Join(root, "cds-socket-test.slice", "kubepods-burstable-pod"+uidU+".slice", "cri-containerd-"+cid+".scope")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Skipf("cannot make a cgroup: %v", err)

@@ -85,7 +85,7 @@ func parseServeArgs(args []string) (serveConfig, error) {
 	seconds := flags.Int("t", 600, "deadline in seconds for one crash, from connect to close")
 	flags.IntVar(&cfg.maxClients, "max-clients", cfg.maxClients, "crashes received at once; more are rejected")
 	flags.StringVar(&cfg.statsPath, "stats", "", "file the counters are written to (JSON)")
-	flags.StringVar(&cfg.cgroupRoot, "cgroup-root", "", "the host's cgroup2 mount (default: found under /sys/fs/cgroup)")
+	flags.StringVar(&cfg.cgroupRoot, "cgroup-root", "/sys/fs/cgroup", "the host's cgroup2 mount, or the directory holding it as unified/")
 	flags.BoolVar(&cfg.claimPattern, "claim-pattern", false, "point kernel.core_pattern at the socket once listening")
 	flags.StringVar(&cfg.fallback, "fallback", "", "core_pattern to write on SIGTERM if it still names the socket")
 	fallbackFile := flags.String("fallback-file", "", "file holding the pipe line: -fallback, DIR and limits from it")
@@ -114,9 +114,7 @@ func parseServeArgs(args []string) (serveConfig, error) {
 		cfg.dir = c.Dir
 		return cfg, checkServeConfig(cfg)
 	}
-	if cfg.cgroupRoot == "" {
-		cfg.cgroupRoot = findCgroup2()
-	}
+	cfg.cgroupRoot = findCgroup2(cfg.cgroupRoot)
 	if flags.NArg() != 1 || !strings.HasPrefix(flags.Arg(0), "/") {
 		return cfg, errors.New("expected one absolute DIR")
 	}
@@ -407,15 +405,15 @@ func (s *server) handle(conn *net.UnixConn) {
 	s.count(func(st *serveStats) { st.Stored++ })
 }
 
-// findCgroup2 is the unified hierarchy: /sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid hosts.
-func findCgroup2() string {
-	for _, path := range []string{"/sys/fs/cgroup", "/sys/fs/cgroup/unified"} {
+// findCgroup2 is the unified hierarchy: base itself, or base/unified on hybrid (v1 + v2) hosts.
+func findCgroup2(base string) string {
+	for _, path := range []string{base, base + "/unified"} {
 		var fs syscall.Statfs_t
 		if syscall.Statfs(path, &fs) == nil && fs.Type == cgroup2Magic {
 			return path
 		}
 	}
-	return "/sys/fs/cgroup"
+	return base
 }
 
 func waitForStop() {
