@@ -97,7 +97,7 @@ Consistency checks that a schema cannot express.
 {{- if le (int .Values.terminationGracePeriodSeconds) $timeout }}
 {{- fail (printf "terminationGracePeriodSeconds (%d) must be above config.shutdownTimeout (%ds): the kubelet kills the pod before in-flight uploads can finish" (int .Values.terminationGracePeriodSeconds) $timeout) }}
 {{- end }}
-{{- if and (eq .Values.capture.mode "pipe") (hasPrefix (printf "%s/" (clean .Values.coreDirectory.path)) (printf "%s/" (clean .Values.capture.receiverDirectory))) }}
+{{- if and (ne .Values.capture.mode "file") (hasPrefix (printf "%s/" (clean .Values.coreDirectory.path)) (printf "%s/" (clean .Values.capture.receiverDirectory))) }}
 {{- fail (printf "capture.receiverDirectory (%s) must not be inside coreDirectory.path (%s): the shipper's uid owns that directory and could replace what the kernel runs as root" .Values.capture.receiverDirectory .Values.coreDirectory.path) }}
 {{- end }}
 {{- if and .Values.nodeSetup.enabled (eq .Values.capture.mode "file") }}
@@ -166,4 +166,11 @@ A Prometheus duration for `seconds` x metrics.prometheusRule.timeScale, in the l
 */}}
 {{- define "coredump-shipper.ruleSeconds" -}}
 {{- mulf (index . 0) (index . 1).Values.metrics.prometheusRule.timeScale }}
+{{- end }}
+
+{{/*
+Socket capture (capture.mode socket or auto): the privileged socket-server container runs.
+*/}}
+{{- define "coredump-shipper.socketServer" -}}
+{{- and .Values.nodeSetup.enabled (has .Values.capture.mode (list "socket" "auto")) -}}
 {{- end }}
