@@ -12,8 +12,9 @@ VALUES = CHART / "ci" / "socket-capture-values.yaml"
 
 
 def _container(spec: dict[str, Any], name: str) -> dict[str, Any]:
-    (found,) = [c for c in spec["containers"] if c["name"] == name]
-    return found
+    found: list[dict[str, Any]] = [c for c in spec["containers"] if c["name"] == name]
+    assert len(found) == 1, [c["name"] for c in spec["containers"]]
+    return found[0]
 
 
 @pytest.mark.parametrize("mode", ["socket", "auto"])
