@@ -83,7 +83,7 @@ func parseServeArgs(args []string) (serveConfig, error) {
 	maxSize := flags.String("m", "0", "most bytes of a core to keep")
 	free := flags.String("f", "0", "free space to leave on the filesystem (bytes with unit, or N%)")
 	seconds := flags.Int("t", 600, "deadline in seconds for one crash, from connect to close")
-	flags.IntVar(&cfg.maxClients, "max-clients", cfg.maxClients, "crashes received at once; more are rejected")
+	flags.IntVar(&cfg.maxClients, "max-clients", cfg.maxClients, "crashes received at once; more wait for a slot until their deadline")
 	flags.StringVar(&cfg.statsPath, "stats", "", "file the counters are written to (JSON)")
 	flags.StringVar(&cfg.cgroupRoot, "cgroup-root", "/sys/fs/cgroup", "the host's cgroup2 mount, or the directory holding it as unified/")
 	flags.BoolVar(&cfg.claimPattern, "claim-pattern", false, "point kernel.core_pattern at the socket once listening")
@@ -359,14 +359,18 @@ func (s *server) handle(conn *net.UnixConn) {
 		s.count(func(st *serveStats) { st.Failed++ })
 		return
 	}
+	// A crash beyond -max-clients waits for a slot (the kernel holds the task meanwhile) rather
+	// than being dropped, as core_pipe_limit drops pipe crashes; only the deadline ends the wait.
 	reason := ""
+	wait := time.NewTimer(time.Until(deadline))
 	select {
 	case s.slots <- struct{}{}:
 		defer func() { <-s.slots }()
 		reason = s.policy()
-	default:
+	case <-wait.C:
 		reason = "busy"
 	}
+	wait.Stop()
 	ack, err := answer(req, reason == "")
 	if err == nil {
 		_, err = file.Write(ack.encode())

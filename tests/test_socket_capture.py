@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -222,3 +223,24 @@ def test_a_restart_hands_core_pattern_over_and_loses_no_core(base_dir: Path) -> 
     facts = _facts(watch)
     assert len(facts) == 3 and len(list(watch.glob("core.*"))) == 3
     assert all(f["signal"] == 11 and f["comm"] == "python3" and not f["truncated"] for f in facts)
+
+
+def test_crashes_beyond_max_clients_wait_for_a_slot_instead_of_being_dropped(base_dir: Path) -> None:
+    require_socket_capture()
+    build_receiver()
+    watch, sock = _dirs(base_dir)
+    # One slot and a slow server: the second crash arrives while the first is being received.
+    with (
+        slow_cgroup(5) as procs,
+        Server(sock, watch, "-max-clients", "1", "-t", "60") as server,
+        kernel_core_pattern(f"@@{sock}"),
+    ):
+        assert server.process is not None
+        procs.write_text(f"{server.process.pid}\n")
+        script = SEGFAULT.replace("bytearray(1024 * 1024)", "bytearray(os.urandom(32 * 1024 * 1024))")
+        with ThreadPoolExecutor(2) as pool:
+            results = list(pool.map(lambda _: crash(script), range(2)))
+    assert [(signo, dumped) for signo, dumped, _ in results] == [(signal.SIGSEGV, True)] * 2
+    assert len(_facts(watch)) == 2 and not any(f["truncated"] for f in _facts(watch))
+    stats = server.stats()
+    assert (stats["stored"], stats["rejected"]) == (2, {}), server.log
