@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import verify
+from bench.capture import CaptureResult, capture_bursts, capture_section
 from bench.contestants import AWS_LABEL, BUCKET, CONTESTANTS, REPO, Contestant, child_env
 from bench.daemon import DaemonResult, run_daemon_bench
 from bench.idle import IdleResult, run_idle_bench
@@ -95,6 +96,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--script-cores",
         default="50,10",
         help="1 MiB,64 MiB cores timed for the serial script (its rate does not depend on the count)",
+    )
+    parser.add_argument(
+        "--capture-burst",
+        default="50,8",
+        help="COUNT,MIB: crashes at once through pipe and socket capture (root, Linux 6.17+; 0: skip)",
     )
     parser.add_argument("--idle-s", type=float, default=150.0, help="idle window (0: skip)")
     parser.add_argument("--no-passes", action="store_true", help="skip timing each pass over the bytes")
@@ -236,6 +242,7 @@ class Extras:
     storms: list[StormResult] = field(default_factory=list)
     idle: IdleResult | None = None
     passes: str = ""  # Markdown: each pass over the bytes, and the helper thread's overlap
+    captures: list[CaptureResult] = field(default_factory=list)
 
 
 def races(
@@ -342,6 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 extras.storms = storms(args, https, work, logs)
             if args.idle_s > 0:
                 extras.idle = timed("idle daemon", lambda: run_idle_bench(https, work, logs, args.idle_s))
+        extras.captures = timed("crash burst", lambda: capture_bursts(args.capture_burst))
         if not args.no_passes:
             extras.passes = timed(
                 "passes over the bytes",
@@ -398,6 +406,7 @@ def report(
         sections += ["### Daemon (`coredump-shipper run`, HTTPS null sink)", daemon_table(extras.daemon)]
     if extras.storms:
         sections += ["### Core storm (HTTPS null sink)", storm_table(extras.storms)]
+    sections += capture_section(extras.captures)
     if extras.idle is not None:
         sections += [
             "### Idle daemon (HTTPS null sink, `/metrics` scraped every 15 s)",
@@ -417,6 +426,7 @@ def report(
         f"- {row.contestant} on {row.target}/{row.input_name}: {row.error}" for row in rows if row.error
     ]
     errors += [f"- storm, {s.contestant}: {s.error}" for s in extras.storms if s.error]
+    errors += [f"- crash burst, {c.mode}: {c.error}" for c in extras.captures if c.error]
     if extras.idle is not None and extras.idle.error:
         errors.append(f"- idle daemon: {extras.idle.error}")
     if errors:
@@ -435,6 +445,7 @@ def report(
         "daemon": asdict(extras.daemon),
         "storms": [asdict(s) | {"rate": s.rate, "cpu_per_core": s.cpu_per_core} for s in extras.storms],
         "idle": asdict(extras.idle) if extras.idle else None,
+        "captures": [asdict(c) | {"rate": c.rate} for c in extras.captures],
     }
     path = RESULTS / f"{stamp}.json"
     path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
