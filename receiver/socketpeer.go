@@ -73,9 +73,12 @@ func identify(pidfd int, cgroupRoot string) (peer, error) {
 		}
 	}
 	if info.Mask&pidfdInfoCgroupID != 0 {
+		// On hybrid (v1 + v2) hosts the unified cgroup may name no pod while a v1 line in /proc
+		// does: the cgroup id wins only when it names a pod or /proc named none.
 		if path, err := cgroupPath(cgroupRoot, info.CgroupID); err == nil {
-			uid, cid := podFromPath(path)
-			p.proc.pod = podIdentity{Cgroup: path, PodUID: uid, ContainerID: cid}
+			if uid, cid := podFromPath(path); uid != "" || p.proc.pod.PodUID == "" {
+				p.proc.pod = podIdentity{Cgroup: path, PodUID: uid, ContainerID: cid}
+			}
 		}
 	}
 	p.hostname, _ = utsHostname(pidfd)
