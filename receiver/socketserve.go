@@ -110,11 +110,11 @@ func parseServeArgs(args []string) (serveConfig, error) {
 		return cfg, err
 	}
 	cfg.lim = lim
+	cfg.cgroupRoot = findCgroup2(cfg.cgroupRoot)
 	if *fallbackFile != "" && flags.NArg() == 0 {
 		cfg.dir = c.Dir
 		return cfg, checkServeConfig(cfg)
 	}
-	cfg.cgroupRoot = findCgroup2(cfg.cgroupRoot)
 	if flags.NArg() != 1 || !strings.HasPrefix(flags.Arg(0), "/") {
 		return cfg, errors.New("expected one absolute DIR")
 	}
@@ -152,6 +152,9 @@ func checkServeConfig(cfg serveConfig) error {
 func socketPattern(path string) string { return "@@" + path }
 
 func serveMain(args []string) int {
+	// From the very start: a SIGTERM must never find the default action (death without hand-over).
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
 	cfg, err := parseServeArgs(args)
 	if err != nil {
 		logf("serve: bad arguments (%v)", err)
@@ -163,7 +166,7 @@ func serveMain(args []string) int {
 			return exitFailed
 		}
 		logf("serve: this kernel has no coredump socket: pipe capture stays (kernel.core_pattern %q)", readPattern())
-		waitForStop()
+		<-stop
 		return exitOK
 	}
 	// A server that dumped core into its own socket would wait for itself for ever.
@@ -196,7 +199,7 @@ func serveMain(args []string) int {
 		srv.acceptUntilClosed(listener)
 		close(accepted)
 	}()
-	waitForStop()
+	<-stop
 	srv.handOver(listener)
 	<-accepted
 	srv.wg.Wait()
@@ -215,9 +218,8 @@ func listenReplacing(path string) (*net.UnixListener, error) {
 	}
 	listener.SetUnlinkOnClose(false)
 	// Only the kernel (and root) connects: it resolves the path with kernel credentials.
-	if err := os.Chmod(fresh, 0o600); err == nil {
-		err = os.Rename(fresh, path)
-		if err == nil {
+	if err = os.Chmod(fresh, 0o600); err == nil {
+		if err = os.Rename(fresh, path); err == nil {
 			return listener, nil
 		}
 	}
@@ -418,12 +420,6 @@ func findCgroup2(base string) string {
 		}
 	}
 	return base
-}
-
-func waitForStop() {
-	stop := make(chan os.Signal, 1)
-	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
-	<-stop
 }
 
 // kernelHasSocket: /proc/sys/kernel/core_modes (Linux 6.17+) lists "socket".
