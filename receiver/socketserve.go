@@ -270,7 +270,7 @@ func (s *server) acceptUntilClosed(listener *net.UnixListener) {
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}
-		if deadline, ok := s.draining(listener); ok {
+		if deadline, ok := s.draining(); ok {
 			_ = listener.SetDeadline(deadline)
 		}
 		s.wg.Add(1)
@@ -282,7 +282,7 @@ func (s *server) acceptUntilClosed(listener *net.UnixListener) {
 }
 
 // draining extends the drain window after each connection that arrives once SIGTERM did.
-func (s *server) draining(listener *net.UnixListener) (time.Time, bool) {
+func (s *server) draining() (time.Time, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return time.Now().Add(drainQuiet), s.stopping
@@ -299,9 +299,10 @@ func (s *server) writeStats() {
 	if s.cfg.statsPath == "" {
 		return
 	}
+	// Under the lock: connections finish at once, and they share the temporary name.
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	data, _ := json.Marshal(s.stats)
-	s.mu.Unlock()
 	tmp := fmt.Sprintf("%s.%d.tmp", s.cfg.statsPath, os.Getpid())
 	if err := os.WriteFile(tmp, append(data, '\n'), 0o644); err == nil {
 		_ = os.Rename(tmp, s.cfg.statsPath)
