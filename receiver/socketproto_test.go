@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -172,7 +173,7 @@ func TestPidfdInfoAndCgroupPathOnThisKernel(t *testing.T) {
 		t.Skip("open_by_handle_at needs root")
 	}
 	root := findCgroup2("/sys/fs/cgroup")
-	dir := filepath.Join(root, "cds-socket-test.slice", "kubepods-burstable-pod"+uidU+".slice", "cri-containerd-"+cid+".scope")
+	dir := filepath.Join(root, fmt.Sprintf("cds-socket-test-%d.slice", os.Getpid()), "kubepods-burstable-pod"+uidU+".slice", "cri-containerd-"+cid+".scope")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Skipf("cannot make a cgroup: %v", err)
 	}
