@@ -25,6 +25,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -184,14 +185,14 @@ func serveMain(args []string) int {
 	if err := syscall.Lstat(cfg.socket, &st); err == nil {
 		srv.socketIno, srv.socketDev = st.Ino, st.Dev
 	}
-	srv.writeStats()
 	if cfg.claimPattern {
-		if err := os.WriteFile(corePatternPath, []byte(socketPattern(cfg.socket)+"\n"), 0); err != nil {
+		if err := writePattern(socketPattern(cfg.socket)); err != nil {
 			logf("serve: cannot set kernel.core_pattern: %v", err)
 			listener.Close()
 			return exitFailed
 		}
 	}
+	srv.writeStats() // the first counters also say "ready": listening, and the pattern claimed
 	logf("serve: listening on %s for %s (kernel.core_pattern %q)", cfg.socket, cfg.dir, readPattern())
 
 	accepted := make(chan struct{})
@@ -228,6 +229,45 @@ func listenReplacing(path string) (*net.UnixListener, error) {
 	return nil, fmt.Errorf("install socket %s: %v", path, err)
 }
 
+// writePattern writes kernel.core_pattern from the initial mount namespace: the kernel refuses a
+// socket pattern ("@...") written from any other (EINVAL), and a container has its own. A thread
+// of its own enters that namespace through a task that lives in it (the pod runs with hostPID: pid
+// 1, the host's init, or pid 2, kthreadd, whose namespaces are the kernel's own and which some
+// hosts let root open when they guard their init). It first stops sharing its filesystem context
+// with the other threads, which setns(CLONE_NEWNS) requires, and is never handed back to the Go
+// scheduler: it ends with its goroutine.
+func writePattern(line string) error {
+	done := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		done <- func() error {
+			if err := syscall.Unshare(syscall.CLONE_FS); err != nil {
+				return fmt.Errorf("unshare(CLONE_FS): %v", err)
+			}
+			var last error
+			for _, task := range []string{"/proc/1/ns/mnt", "/proc/2/ns/mnt"} {
+				if last = enterMountNamespace(task); last == nil {
+					return os.WriteFile(corePatternPath, []byte(line+"\n"), 0)
+				}
+			}
+			return last
+		}()
+	}()
+	return <-done
+}
+
+func enterMountNamespace(path string) error {
+	ns, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open %s: %v", path, err)
+	}
+	defer syscall.Close(ns)
+	if _, _, errno := syscall.Syscall(sysSetns, uintptr(ns), syscall.CLONE_NEWNS, 0); errno != 0 {
+		return fmt.Errorf("enter %s: %v", path, errno)
+	}
+	return nil
+}
+
 func readPattern() string {
 	data, _ := os.ReadFile(corePatternPath)
 	return strings.TrimRight(string(data), "\n")
@@ -240,7 +280,7 @@ func (s *server) handOver(listener *net.UnixListener) {
 	var now syscall.Stat_t
 	ours := syscall.Lstat(s.cfg.socket, &now) == nil && now.Ino == s.socketIno && now.Dev == s.socketDev
 	if ours && s.cfg.fallback != "" && readPattern() == socketPattern(s.cfg.socket) {
-		if err := os.WriteFile(corePatternPath, []byte(s.cfg.fallback+"\n"), 0); err != nil {
+		if err := writePattern(s.cfg.fallback); err != nil {
 			logf("serve: cannot write the fallback core_pattern: %v", err)
 		} else {
 			logf("serve: kernel.core_pattern handed back to %q", s.cfg.fallback)

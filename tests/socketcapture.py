@@ -56,10 +56,14 @@ def current_pattern() -> str:
 class Server:
     """`coredump-receive serve` as the chart's container runs it, stopped with SIGTERM."""
 
-    def __init__(self, socket: Path, directory: Path, *options: str, stats_name: str = "") -> None:
+    def __init__(
+        self, socket: Path, directory: Path, *options: str, stats_name: str = "", own_mounts: bool = False
+    ) -> None:
         self.socket = socket
         self.stats_path = socket.parent / (stats_name or f"{socket.name}.{uuid.uuid4().hex[:6]}.stats.json")
-        self.args = [str(RECEIVER), "serve", "-socket", str(socket), "-stats", str(self.stats_path)]
+        # own_mounts: in a mount namespace of its own, as in a container (gone with the process).
+        prefix = ["unshare", "--mount", "--propagation", "private"] if own_mounts else []
+        self.args = [*prefix, str(RECEIVER), "serve", "-socket", str(socket), "-stats", str(self.stats_path)]
         self.args += [*options, str(directory)]
         self.process: subprocess.Popen[bytes] | None = None
         self.log = ""

@@ -208,7 +208,9 @@ def test_a_restart_hands_core_pattern_over_and_loses_no_core(base_dir: Path) -> 
     saved.write_text(fallback + "\n")
     options = ("-claim-pattern", "-fallback-file", str(saved))
     with kernel_core_pattern("core"):
-        old = Server(sock, watch, *options).start()
+        # The old server in a mount namespace of its own, as in its container: the kernel takes a
+        # socket pattern only from the initial mount namespace, which the server enters to write it.
+        old = Server(sock, watch, *options, own_mounts=True).start()
         assert current_pattern() == f"@@{sock}"
         crash(SEGFAULT)
         new = Server(sock, watch, *options).start()
