@@ -94,6 +94,10 @@ class Server:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop it if it runs (a test that failed half-way leaves none behind)."""
         if self.process is not None and self.process.returncode is None:
             self.stop()
 

@@ -207,19 +207,25 @@ def test_a_restart_hands_core_pattern_over_and_loses_no_core(base_dir: Path) -> 
     saved = base_dir / "run" / "pipe-core_pattern"  # as node setup leaves it for the chart's server
     saved.write_text(fallback + "\n")
     options = ("-claim-pattern", "-fallback-file", str(saved))
-    with kernel_core_pattern("core"):
-        # The old server in a mount namespace of its own, as in its container: the kernel takes a
-        # socket pattern only from the initial mount namespace, which the server enters to write it.
-        old = Server(sock, watch, *options, own_mounts=True).start()
-        assert current_pattern() == f"@@{sock}"
-        crash(SEGFAULT)
-        new = Server(sock, watch, *options).start()
-        assert old.stop() == 0
-        assert current_pattern() == f"@@{sock}" and sock.is_socket(), old.log
-        crash(SEGFAULT)
-        assert new.stop() == 0
-        assert current_pattern() == fallback and not sock.exists(), new.log
-        crash(SEGFAULT)
+    # The old server in a mount namespace of its own, as in its container: the kernel takes a
+    # socket pattern only from the initial mount namespace, which the server enters to write it.
+    old = Server(sock, watch, *options, own_mounts=True)
+    new = Server(sock, watch, *options)
+    try:
+        with kernel_core_pattern("core"):
+            old.start()
+            assert current_pattern() == f"@@{sock}"
+            crash(SEGFAULT)
+            new.start()
+            assert old.stop() == 0
+            assert current_pattern() == f"@@{sock}" and sock.is_socket(), old.log
+            crash(SEGFAULT)
+            assert new.stop() == 0
+            assert current_pattern() == fallback and not sock.exists(), new.log
+            crash(SEGFAULT)
+    finally:
+        old.close()
+        new.close()
     assert (old.stats()["stored"], new.stats()["stored"]) == (1, 1)
     assert "handed back" in new.log and "handed back" not in old.log
     facts = _facts(watch)
