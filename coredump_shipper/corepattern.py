@@ -20,6 +20,9 @@ DEFAULT_HELPER = f"/var/lib/coredump-shipper/{HELPER_NAME}"
 # The receiver's arguments after DIR: %e last, so a comm split on spaces by old kernels is joined.
 SPECIFIERS = "%P %u %g %s %t %h %e"
 RECEIVER_DEFAULT_TIMEOUT = 600
+# The receiver stores nothing once the shipper's heartbeat (heartbeat.py, every minute) is older than
+# this: a shipper down for an hour, or gone with a node left piping to the receiver.
+ALIVE_WINDOW = "1h"
 
 
 def _size(count: int) -> str:
@@ -39,7 +42,14 @@ def _plain_path(setting: str, path: str) -> None:
         )
 
 
-def pipe_line(helper: str, watch_dir: str, max_core_size: int, keep_free: DiskLimit, timeout: float) -> str:
+def pipe_line(
+    helper: str,
+    watch_dir: str,
+    max_core_size: int,
+    keep_free: DiskLimit,
+    timeout: float,
+    alive_window: str | None = None,
+) -> str:
     """The core_pattern value; ConfigError when it cannot be written as such."""
     _plain_path("--helper", helper)
     _plain_path("--watch-dir", watch_dir)
@@ -53,6 +63,8 @@ def pipe_line(helper: str, watch_dir: str, max_core_size: int, keep_free: DiskLi
     seconds = math.ceil(timeout)
     if seconds != RECEIVER_DEFAULT_TIMEOUT:
         words += ["-t", str(seconds)]
+    if alive_window:
+        words += ["-a", alive_window]
     line = " ".join([*words, str(PurePosixPath(watch_dir)), SPECIFIERS])
     length = len(line.encode())
     if length > KERNEL_LIMIT:
@@ -80,6 +92,6 @@ def parse_pipe_line(pattern: str) -> ReceiverLine | None:
     if not words or PurePosixPath(words[0]).name != HELPER_NAME:
         return None
     rest = words[1:]
-    while len(rest) >= 2 and rest[0] in {"-m", "-f", "-t"}:
+    while len(rest) >= 2 and rest[0] in {"-m", "-f", "-t", "-a"}:
         rest = rest[2:]
     return ReceiverLine(words[0], rest[0] if rest and rest[0].startswith("/") else None)

@@ -3,7 +3,7 @@
 // The kernel runs it as root, in the host's initial namespaces, for every crash, with the core on
 // standard input:
 //
-//	|/var/lib/coredump-shipper/coredump-receive [-m SIZE] [-f FREE] [-t SECONDS] DIR %P %u %g %s %t %h %e
+//	|/var/lib/coredump-shipper/coredump-receive [-m SIZE] [-f FREE] [-t SECONDS] [-a WINDOW] DIR %P %u %g %s %t %h %e
 //
 // It reads the crashed process's cgroup (pod UID, container ID) while /proc/<pid> still exists,
 // streams the core into a temporary dot-file in DIR (sparse, bounded by -m, the free-space floor -f
@@ -117,6 +117,7 @@ func parseArgs(args []string) (crash, limits, error) {
 	maxSize := flags.String("m", "0", "most bytes of a core to keep (K, M, G, T units; 0: no cap)")
 	free := flags.String("f", "0", "free space to leave on the filesystem (bytes with unit, or N%)")
 	seconds := flags.Int("t", 600, "deadline in seconds: the crashed process stays a zombie until we exit")
+	registerAliveFlag(flags) // -a (alive.go)
 	if err := flags.Parse(args); err != nil {
 		return c, lim, err
 	}
@@ -176,9 +177,10 @@ func main() {
 	}
 	c, lim, err := parseArgs(os.Args[1:])
 	if err != nil {
-		logf("bad arguments (%v); usage: coredump-receive [-m SIZE] [-f FREE] [-t SECONDS] DIR %%P %%u %%g %%s %%t %%h %%e", err)
+		logf("bad arguments (%v); usage: coredump-receive [-m SIZE] [-f FREE] [-t SECONDS] [-a WINDOW] DIR %%P %%u %%g %%s %%t %%h %%e", err)
 		os.Exit(exitUsage)
 	}
+	dropIfOrphaned(c) // -a (alive.go): no shipper alive, nothing stored
 	proc := readProc(c.GlobalPID)
 	stdin, err := pollableStdin()
 	if err != nil {

@@ -25,6 +25,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -52,6 +53,8 @@ type serveConfig struct {
 	fallback     string
 	// whenSupported: on a kernel without the coredump socket, wait for SIGTERM and touch nothing.
 	whenSupported bool
+	// heartbeat is the shipper's (alive.go), next to the fallback line in the receiver's directory.
+	heartbeat string
 }
 
 // serveStats are the server's counters, written as JSON to -stats after every crash.
@@ -112,6 +115,10 @@ func parseServeArgs(args []string) (serveConfig, error) {
 	}
 	cfg.lim = lim
 	cfg.cgroupRoot = findCgroup2(cfg.cgroupRoot)
+	cfg.heartbeat = heartbeatPath
+	if *fallbackFile != "" {
+		cfg.heartbeat = filepath.Join(filepath.Dir(*fallbackFile), heartbeatPath)
+	}
 	if *fallbackFile != "" && flags.NArg() == 0 {
 		cfg.dir = c.Dir
 		return cfg, checkServeConfig(cfg)
@@ -360,6 +367,12 @@ func (s *server) policy() string {
 	guard := &spaceGuard{fd: dirfd, lim: s.cfg.lim}
 	if !guard.allow(factsSpace) {
 		return "keep-free"
+	}
+	// The pipe receiver's -a (alive.go, set by the pipe line): no shipper alive, nothing stored.
+	if aliveWindow > 0 {
+		if alive, _ := shipperAlive(s.cfg.dir, s.cfg.heartbeat, aliveWindow, time.Now()); !alive {
+			return "no-shipper"
+		}
 	}
 	return ""
 }

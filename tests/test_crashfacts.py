@@ -254,8 +254,8 @@ def test_core_pattern_command() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert (
-        done.stdout
-        == "|/var/lib/coredump-shipper/coredump-receive -m 1G -f 5%% -t 120 /cores %P %u %g %s %t %h %e\n"
+        done.stdout == "|/var/lib/coredump-shipper/coredump-receive -m 1G -f 15%% -t 120 -a 1h"
+        " /cores %P %u %g %s %t %h %e\n"
     )
     too_long = subprocess.run(
         [*command, "--helper", "/" + "x" * 120], env=env, capture_output=True, text=True, check=False

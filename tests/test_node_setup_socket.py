@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_node_setup import node as stand_in_sysctl
 from tests.test_node_setup import run
 
 SOCKET_MODES = "file\npipe\nsocket\n"
@@ -20,9 +21,7 @@ PIPE_MODES = "file\npipe\n"
 @pytest.fixture
 def node() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="cds-ns-", dir="/tmp"))  # short: the line has 127 bytes
-    (path / "sysctl").mkdir()
-    (path / "sysctl/core_pattern").write_text("|/usr/share/apport/apport %p %s\n")
-    (path / "sysctl/core_pipe_limit").write_text("0\n")
+    stand_in_sysctl(path, "|/usr/share/apport/apport %p %s")
     try:
         yield path
     finally:
@@ -31,7 +30,7 @@ def node() -> Iterator[Path]:
 
 def _install(node: Path, mode: str, core_modes: str | None) -> tuple[int, str, str]:
     if core_modes is not None:
-        (node / "sysctl/core_modes").write_text(core_modes)
+        (node / "sysctl/kernel/core_modes").write_text(core_modes)
     done = run(node, "install", CAPTURE_MODE=mode, SOCKET_PATH=str(node / "run/coredump.sock"))
     return done.returncode, done.stdout, done.stderr
 
@@ -42,7 +41,7 @@ def test_socket_mode_installs_the_pipe_fallback_and_leaves_it_for_the_server(
 ) -> None:
     status, out, err = _install(node, mode, core_modes)
     assert status == 0, err
-    line = (node / "sysctl/core_pattern").read_text()
+    line = (node / "sysctl/kernel/core_pattern").read_text()
     assert line.startswith(f"|{node}/lib/coredump-receive ")
     assert (node / "lib/pipe-core_pattern").read_text() == line
     assert (node / "lib/saved-core_pattern").read_text() == "|/usr/share/apport/apport %p %s\n"
@@ -50,7 +49,7 @@ def test_socket_mode_installs_the_pipe_fallback_and_leaves_it_for_the_server(
     assert "capture mode: socket" in out
 
     # The server has claimed the pattern; a re-install (the next rollout) must not save it.
-    (node / "sysctl/core_pattern").write_text(f"@@{node}/run/coredump.sock\n")
+    (node / "sysctl/kernel/core_pattern").write_text(f"@@{node}/run/coredump.sock\n")
     status, _, err = _install(node, mode, core_modes)
     assert status == 0, err
     assert (node / "lib/saved-core_pattern").read_text() == "|/usr/share/apport/apport %p %s\n"
@@ -63,7 +62,7 @@ def test_auto_is_pipe_on_a_kernel_without_the_socket(node: Path, core_modes: str
     assert "capture mode: pipe" in out
     assert not (node / "run").exists()
     # Left for the server, which idles on this kernel (-when-supported) and needs the line to start.
-    assert (node / "lib/pipe-core_pattern").read_text() == (node / "sysctl/core_pattern").read_text()
+    assert (node / "lib/pipe-core_pattern").read_text() == (node / "sysctl/kernel/core_pattern").read_text()
 
 
 @pytest.mark.parametrize("core_modes", [PIPE_MODES, None])
@@ -72,7 +71,7 @@ def test_socket_mode_on_an_older_kernel_stops_before_changing_anything(
 ) -> None:
     status, _, err = _install(node, "socket", core_modes)
     assert status == 2 and "Linux 6.17" in err and err.count("\n") == 1, err
-    assert (node / "sysctl/core_pattern").read_text() == "|/usr/share/apport/apport %p %s\n"
+    assert (node / "sysctl/kernel/core_pattern").read_text() == "|/usr/share/apport/apport %p %s\n"
     assert not (node / "lib").exists()
 
 

@@ -252,3 +252,23 @@ def test_crashes_beyond_max_clients_wait_for_a_slot_instead_of_being_dropped(bas
     assert len(_facts(watch)) == 2 and not any(f["truncated"] for f in _facts(watch))
     stats = server.stats()
     assert (stats["stored"], stats["rejected"]) == (2, {}), server.log
+
+
+def test_with_no_shipper_alive_the_server_refuses_as_the_pipe_receiver_does(base_dir: Path) -> None:
+    """The pipe line's -a (no heartbeat from the shipper within the window: nothing stored) holds for
+    the socket server too, read from the same line and the same heartbeat file."""
+    require_socket_capture()
+    receiver = build_receiver()
+    watch, sock = _dirs(base_dir)
+    saved = base_dir / "run" / "pipe-core_pattern"
+    saved.write_text(pipe_line(str(receiver), str(watch), 0, DiskLimit(), 60, "1h") + "\n")
+    heartbeat = base_dir / "run" / "alive" / "heartbeat"
+    with Server(sock, watch, "-fallback-file", str(saved)) as server, kernel_core_pattern(f"@@{sock}"):
+        refused = crash(SEGFAULT)
+        heartbeat.parent.mkdir()
+        heartbeat.touch()  # owned by root, the directory's owner here: a shipper alive
+        stored = crash(SEGFAULT)
+    assert (refused[:2], stored[:2]) == ((signal.SIGSEGV, False), (signal.SIGSEGV, True))
+    stats = server.stats()
+    assert (stats["rejected"], stats["stored"]) == ({"no-shipper": 1}, 1), server.log
+    assert len(_facts(watch)) == 1
