@@ -285,6 +285,7 @@ ALL_ALERTS = (
     "CoredumpShipperRestarting",
     "CoredumpShipperCoresDropped",
     "CoredumpShipperCoreStorm",
+    "CoredumpShipperCaptureNotConfigured",
     "CoredumpShipperDown",
     "CoredumpShipperAbsent",
     "CoredumpShipperNotOnAllNodes",
