@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import verify
+from bench.capture import CaptureResult, capture_bursts, capture_section
 from bench.contestants import AWS_LABEL, BUCKET, CONTESTANTS, REPO, Contestant, child_env
 from bench.daemon import DaemonResult, run_daemon_bench
 from bench.idle import IdleResult, run_idle_bench
@@ -98,6 +99,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--script-cores",
         default="50,10",
         help="1 MiB,64 MiB cores timed for the serial script (its rate does not depend on the count)",
+    )
+    parser.add_argument(
+        "--capture-burst",
+        default="50,8",
+        help="COUNT,MIB: crashes at once through pipe and socket capture (root, Linux 6.17+; 0: skip)",
     )
     parser.add_argument("--idle-s", type=float, default=150.0, help="idle window (0: skip)")
     parser.add_argument("--no-passes", action="store_true", help="skip timing each pass over the bytes")
@@ -240,6 +246,7 @@ class Extras:
     idle: IdleResult | None = None
     mixed: MixedResult | None = None
     passes: str = ""  # Markdown: each pass over the bytes, and the helper thread's overlap
+    captures: list[CaptureResult] = field(default_factory=list)
 
 
 def races(
@@ -355,6 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with run_nullsink(logs) as sink, https_target(HTTPS, sink, work) as https:
             runs += races(args, https, plain_target(PLAIN, sink), inputs, work, logs)
             daemon_rows(args, https, realistic.path, work, logs, extras)
+        extras.captures = timed("crash burst", lambda: capture_bursts(args.capture_burst))
         if not args.no_passes:
             extras.passes = timed(
                 "passes over the bytes",
@@ -424,6 +432,7 @@ def report(
     if moto_rows:
         sections += ["### Upload to moto server mode (realism)", upload_table(moto_rows, False)]
     sections += daemon_sections(extras, args)
+    sections += capture_section(extras.captures)
     if extras.passes:
         sections += [
             f"### Passes over the bytes of the {args.size_mib} MiB realistic core (in the harness process)",
@@ -438,6 +447,7 @@ def report(
         f"- {row.contestant} on {row.target}/{row.input_name}: {row.error}" for row in rows if row.error
     ]
     errors += [f"- storm, {s.contestant}: {s.error}" for s in extras.storms if s.error]
+    errors += [f"- crash burst, {c.mode}: {c.error}" for c in extras.captures if c.error]
     if extras.idle is not None and extras.idle.error:
         errors.append(f"- idle daemon: {extras.idle.error}")
     if errors:
@@ -456,6 +466,7 @@ def report(
         "daemon": asdict(extras.daemon),
         "storms": [asdict(s) | {"rate": s.rate, "cpu_per_core": s.cpu_per_core} for s in extras.storms],
         "idle": asdict(extras.idle) if extras.idle else None,
+        "captures": [asdict(c) | {"rate": c.rate} for c in extras.captures],
     }
     path = RESULTS / f"{stamp}.json"
     path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")

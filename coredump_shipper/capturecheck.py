@@ -10,8 +10,10 @@ reads the settings again every minute (and `doctor` once) and compares them with
   kernel; 0, and the receiver may not read the pod before the process is gone), and fs.suid_dumpable
   2 as node setup sets it (else processes that changed credentials no longer dump);
 - `--capture-mode file`: a file pattern that writes into the watched directory;
-- `auto`: either, the pipe line recognised by its receiver and directory rather than word for word
-  (or systemd-coredump's pipe when the shipper watches systemd-coredump's directory);
+- `socket` (docs/socket-capture.md): `@@PATH`, the socket server's, or the pipe line it hands the
+  kernel back while it is down (a restart), recognised as in auto;
+- `auto`: any of these, the pipe line recognised by its receiver and directory rather than word for
+  word (or systemd-coredump's pipe when the shipper watches systemd-coredump's directory);
 - `off`: not checked (another tool captures, or the shipper only ships what others put there).
 
 In the other modes fs.suid_dumpable is only reported: what it should be is the node's choice.
@@ -53,7 +55,7 @@ class CaptureState:
 class Expectation:
     """What the node must say; built once from the settings."""
 
-    mode: str  # auto, pipe, file (off is never checked)
+    mode: str  # auto, pipe, file, socket (off is never checked)
     watch_dir: str
     pipe_line: str | None  # the exact line for pipe mode, None when the settings cannot make one
     pipe_limit: int
@@ -141,6 +143,15 @@ def _pipe_problem(expect: Expectation, pattern: str, limit: int | None, suid: in
     return problem
 
 
+def _socket_problem(expect: Expectation, pattern: str) -> str | None:
+    """core_pattern sends cores to a socket: why that is not this shipper's socket server, or None."""
+    if expect.mode in {"pipe", "file"}:
+        return f"core_pattern sends cores to a socket ({pattern}) but --capture-mode is {expect.mode}"
+    if not pattern.startswith("@@/"):
+        return "core_pattern uses the plain socket protocol (@): coredump-receive serve speaks @@"
+    return None
+
+
 def _file_problem(expect: Expectation, pattern: str) -> str | None:
     if not pattern.startswith("/"):
         return "core_pattern is relative: cores go to each crashing process's working directory"
@@ -159,6 +170,8 @@ def check(expect: Expectation, sysctl_dir: Path | None = None) -> CaptureState:
     problem: str | None
     if pattern is None:
         problem = f"{root / 'kernel/core_pattern'} cannot be read"
+    elif pattern.startswith("@"):
+        problem = _socket_problem(expect, pattern)
     elif pattern.startswith("|"):
         problem = (
             "core_pattern pipes cores but --capture-mode is file"
@@ -167,6 +180,10 @@ def check(expect: Expectation, sysctl_dir: Path | None = None) -> CaptureState:
         )
     elif expect.mode == "pipe":
         problem = "core_pattern does not pipe cores to coredump-receive (--capture-mode pipe)"
+    elif expect.mode == "socket":
+        problem = (
+            "core_pattern neither names the socket server nor pipes to its fallback (--capture-mode socket)"
+        )
     else:
         problem = _file_problem(expect, pattern)
     return CaptureState(problem is None, pattern, limit, suid, problem)

@@ -416,11 +416,12 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "capture-mode",
-        _choice("auto", "pipe", "file", "off"),
+        _choice("auto", "pipe", "file", "socket", "off"),
         "auto",
         "what core_pattern must say, checked every minute (coredump_shipper_capture_configured):"
         " pipe: the core-pattern line for these settings; file: a pattern writing into --watch-dir;"
-        " auto: either; off: not checked",
+        " socket: the socket server's @@ pattern, or the pipe line it falls back to while it is down;"
+        " auto: any of them; off: not checked",
         commands=_DAEMON,
     ),
     Setting(

@@ -26,6 +26,7 @@ from coredump_shipper.kubecheck import kube_checks
 from coredump_shipper.metrics import Metrics
 from coredump_shipper.pipecheck import other_uids_check, receiver_checks
 from coredump_shipper.s3checks import s3_checks
+from coredump_shipper.socketcheck import socket_checks
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -134,6 +135,8 @@ def core_pattern_checks(config: Config, proc_root: Path) -> list[Check]:
     uses_pid = _read(proc_root / "sys/kernel/core_uses_pid")
     if pattern is None:
         return [Check("kernel.core_pattern", "WARN", "cannot read /proc/sys/kernel/core_pattern")]
+    if pattern.startswith("@"):  # socket capture (docs/socket-capture.md)
+        return socket_checks(config, pattern, proc_root)
     receiver = parse_pipe_line(pattern)
     if receiver is not None:  # pipe capture: the receiver names cores and records their facts
         return receiver_checks(config, receiver, proc_root)

@@ -14,11 +14,17 @@
 #
 # restore: writes the saved values back (never one of our own lines), then removes the receiver, the
 # saved values and this script from RECEIVER_DIR. Run twice, the second run changes nothing.
+#
+# CAPTURE_MODE=socket|auto (socket capture, docs/socket-capture.md): install does all of the above
+# (the pipe line stays the fallback whenever the socket server is down), leaves the line in
+# RECEIVER_DIR/pipe-core_pattern for the server and makes the socket's directory (root, 0755).
+# auto picks socket where kernel.core_modes lists it, pipe elsewhere, and logs the choice.
 set -eu
 STATE=${RECEIVER_DIR:-/var/lib/coredump-shipper}
 HELPER=$STATE/coredump-receive
 SYSCTL=${SYSCTL_ROOT:-/proc/sys}
 SOURCE=${RECEIVER_SOURCE:-/usr/local/lib/coredump-shipper/coredump-receive}
+SOCKET=${SOCKET_PATH:-/run/coredump-shipper/coredump.sock}
 OS_RELEASE=${HOST_OS_RELEASE:-/host/etc/os-release}
 # Every sysctl install changes, in the order restore writes them back (the pattern last: it is what
 # makes the kernel run a helper). The saved copies are STATE/saved-<name> (the name after the slash).
@@ -29,6 +35,7 @@ FILE_SHAPE='/*/core.%h.%e.sig%s.%p.%t'
 ours() {  # ours PATTERN: true for every core_pattern this chart sets or ever set
   case "$1" in
     "|"*/coredump-receive | "|"*"/coredump-receive "*) return 0 ;;  # pipe mode, any receiverDirectory
+    "@@$SOCKET" | "@@"*/coredump.sock) return 0 ;;  # socket mode (claimed by the chart's server)
   esac
   # File mode: the chart's pattern (FILE_PATTERN is nodeSetup.corePattern), or its default shape.
   if [ -n "${FILE_PATTERN:-}" ] && [ "$1" = "$FILE_PATTERN" ]; then return 0; fi
@@ -113,6 +120,7 @@ install_receiver() {
   : "${CORE_DIR:?CORE_DIR is required}" "${DIR_UID:?DIR_UID is required}" "${DIR_GID:?DIR_GID is required}"
   # First, before anything changes: a line the kernel cannot take stops here (exit 2, one line).
   line=$(coredump-shipper core-pattern --helper "$HELPER" --watch-dir "$CORE_DIR")
+  mode=$(capture_mode)
   check_directory
   chown 0:0 "$STATE"
   chmod 0755 "$STATE"
@@ -142,6 +150,42 @@ install_receiver() {
   echo 2 > "$SYSCTL/fs/suid_dumpable"
   for setting in $SETTINGS; do echo "$setting = $(cat "$SYSCTL/$setting")"; done
   echo "previous values saved in $STATE (undo: sh $STATE/coredump-node-setup restore)"
+  if [ "${CAPTURE_MODE:-pipe}" != pipe ]; then leave_line "$line"; fi  # auto: also for a later kernel
+  if [ "$mode" = socket ]; then prepare_socket; fi
+  echo "capture mode: $mode"
+}
+
+# Socket capture ------------------------------------------------------------------------------------
+kernel_has_socket() { grep -qw socket "$SYSCTL/kernel/core_modes" 2>/dev/null; }
+
+capture_mode() {  # pipe or socket, from CAPTURE_MODE and what this kernel supports; exit 2 if neither
+  case "${CAPTURE_MODE:-pipe}" in
+    pipe) echo pipe ;;
+    auto) if kernel_has_socket; then echo socket; else echo pipe; fi ;;
+    socket)
+      if ! kernel_has_socket; then
+        echo "capture.mode=socket needs Linux 6.17+ (kernel.core_modes lists: $(cat "$SYSCTL/kernel/core_modes" 2>/dev/null | tr '\n' ' ')); use auto or pipe" >&2
+        exit 2
+      fi
+      echo socket ;;
+    *) echo "CAPTURE_MODE must be pipe, socket or auto, not '$CAPTURE_MODE'" >&2; exit 2 ;;
+  esac
+}
+
+# The server container (coredump-receive serve -fallback-file ...) reads the pipe line for its
+# directory and limits, claims core_pattern once it listens and writes the line back when it stops.
+leave_line() {  # leave_line LINE
+  printf '%s\n' "$1" > "$STATE/.pipe-core_pattern.tmp"
+  mv -f "$STATE/.pipe-core_pattern.tmp" "$STATE/pipe-core_pattern"
+}
+
+# The socket's directory: root's, readable so that doctor (the shipper's uid) can see the socket
+# and the server's counters; only root may connect (the kernel connects with its own credentials).
+prepare_socket() {
+  mkdir -p "$(dirname "$SOCKET")"
+  chown 0:0 "$(dirname "$SOCKET")"
+  chmod 0755 "$(dirname "$SOCKET")"
+  echo "socket capture: the server claims kernel.core_pattern (@@$SOCKET) once it listens; while it is down the pipe line above takes the cores"
 }
 
 restore() {
@@ -161,7 +205,7 @@ restore() {
     echo "core_pattern is not this chart's: left as it is"
   fi
   rm -f "$HELPER" "$STATE"/saved-* "$STATE"/.saved-*.tmp "$STATE"/.coredump-receive.new \
-    "$STATE"/.coredump-node-setup.new "$STATE/coredump-node-setup"
+    "$STATE"/.coredump-node-setup.new "$STATE/coredump-node-setup" "$STATE/pipe-core_pattern"
   rm -rf "$STATE/alive"  # the shipper's heartbeat (rm -r never follows a link inside it)
   # The directory itself goes too unless it is a mount point (the hook's hostPath) or holds more.
   rmdir "$STATE" 2>/dev/null || true

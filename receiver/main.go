@@ -172,6 +172,9 @@ func main() {
 		fmt.Println("coredump-receive", version)
 		return
 	}
+	if len(os.Args) > 1 && os.Args[1] == "serve" { // the coredump socket server: socketserve.go
+		os.Exit(serveMain(os.Args[2:]))
+	}
 	c, lim, err := parseArgs(os.Args[1:])
 	if err != nil {
 		logf("bad arguments (%v); usage: coredump-receive [-m SIZE] [-f FREE] [-t SECONDS] [-a WINDOW] DIR %%P %%u %%g %%s %%t %%h %%e", err)

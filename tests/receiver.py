@@ -107,11 +107,12 @@ def pipe_core_pattern(line: str, pipe_limit: int = 16) -> Iterator[None]:
 
 
 def repair_core_pattern() -> str | None:
-    """Put back `core` if a killed run left the pattern piping into one of its temporary directories."""
+    """Put back `core` if a killed run left the pattern piping (or connecting) into one of its
+    temporary directories."""
     try:
         with core_pattern_lock():
             pattern = CORE_PATTERN.read_text().strip()
-            if pattern.startswith("|") and TEMP_PREFIX in pattern:
+            if pattern.startswith(("|", "@")) and TEMP_PREFIX in pattern:  # pipe or socket
                 CORE_PATTERN.write_text("core\n")
                 PIPE_LIMIT.write_text("0\n")
                 return pattern

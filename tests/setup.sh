@@ -21,6 +21,7 @@ ROOT=$PWD
 parts() {
   #    name           present when                set up by                   what needs it
   part go             "have go"                   "apt golang-go"             "the Go pipe receiver (make receiver): test_receiver, test_pipe_capture"
+  part qemu           "have qemu-aarch64-static"  "apt qemu-user-static"     "the arm64 receiver's tests under emulation: test_receiver"
   part util-linux     "have unshare setpriv"      "apt util-linux"            "the pipe capture test's namespaces and uid changes"
   part gdb            "have gdb gcore"            "apt gdb"                   "gcore cores and the gdb walkthrough: test_elfcore, test_browse, test_walkthrough"
   part prometheus     "have promtool prometheus"  "apt prometheus"            "the chart's alert rules: test_alerts (promtool), test_alerts_live (server)"

@@ -116,7 +116,7 @@ never a system directory (exactly), nor anything inside the ones the OS owns who
 {{- if and .Values.nodeSetup.enabled (ne (toString .Values.nodeSetup.directoryUid) (toString $podUid)) }}
 {{- fail (printf "nodeSetup.directoryUid (%v) must be the shipper's runAsUser (%v): node setup gives the core directory (mode 0700 in pipe mode) to that uid, and a shipper of another uid could not read or delete the cores" .Values.nodeSetup.directoryUid $podUid) }}
 {{- end }}
-{{- if and (eq .Values.capture.mode "pipe") (hasPrefix (printf "%s/" (clean .Values.coreDirectory.path)) (printf "%s/" (clean .Values.capture.receiverDirectory))) }}
+{{- if and (ne .Values.capture.mode "file") (hasPrefix (printf "%s/" (clean .Values.coreDirectory.path)) (printf "%s/" (clean .Values.capture.receiverDirectory))) }}
 {{- fail (printf "capture.receiverDirectory (%s) must not be inside coreDirectory.path (%s): the shipper's uid owns that directory and could replace what the kernel runs as root" .Values.capture.receiverDirectory .Values.coreDirectory.path) }}
 {{- end }}
 {{- if and .Values.nodeSetup.enabled (eq .Values.capture.mode "file") }}
@@ -191,4 +191,11 @@ A Prometheus duration for `seconds` x metrics.prometheusRule.timeScale, in the l
 */}}
 {{- define "coredump-shipper.ruleSeconds" -}}
 {{- mulf (index . 0) (index . 1).Values.metrics.prometheusRule.timeScale }}
+{{- end }}
+
+{{/*
+Socket capture (capture.mode socket or auto): the privileged socket-server container runs.
+*/}}
+{{- define "coredump-shipper.socketServer" -}}
+{{- and .Values.nodeSetup.enabled (has .Values.capture.mode (list "socket" "auto")) -}}
 {{- end }}

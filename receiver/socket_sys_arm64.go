@@ -1,0 +1,6 @@
+package main
+
+const (
+	sysOpenByHandleAt = 265
+	sysSetns          = 268
+)
