@@ -59,10 +59,18 @@ def receive(
     signal: int = 11,
     when: int = 1_700_000_000,
     timeout: float = 60,
+    scope: str | None = "all",
+    dump_mode: int | None = 1,
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run the receiver with `data` on stdin, with the arguments the kernel would pass."""
+    """Run the receiver with `data` on stdin, with the arguments the kernel would pass.
+
+    By default as for an ordinary dump (`-d 1`) with every process in scope (`-s all`): the test
+    process is in no pod. None leaves the option out (the receiver's own default).
+    """
+    defaults = [*(["-s", scope] if scope else []), *(["-d", str(dump_mode)] if dump_mode is not None else [])]
     args = [
         str(RECEIVER),
+        *defaults,
         *options,
         str(directory),
         str(pid if pid is not None else os.getpid()),
