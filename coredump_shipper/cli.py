@@ -218,6 +218,8 @@ async def _core_pattern(config: Config, args: argparse.Namespace) -> int:
             config.max_core_size,
             config.keep_free,
             config.receive_timeout,
+            max_use=config.max_use,
+            scope=config.capture_scope,
         )
     )
     return EXIT_OK

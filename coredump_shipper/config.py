@@ -367,8 +367,9 @@ SETTINGS: tuple[Setting, ...] = (
         "max-use",
         parse_disk_limit,
         "10%",
-        "most space cores may take in the watched directory (bytes or % of its filesystem; 0 = no cap)",
-        commands=_DAEMON,
+        "most space cores may take in the watched directory (bytes or % of its filesystem; 0 = no cap);"
+        " the pipe receiver stops writing there too",
+        commands=_DAEMON | _PIPE,
     ),
     Setting(
         "keep-free",
@@ -382,6 +383,16 @@ SETTINGS: tuple[Setting, ...] = (
         parse_size,
         "32GiB",
         "pipe capture: the receiver keeps at most this much of a core and marks it cut short (0 = no cap)",
+        commands=_PIPE,
+    ),
+    Setting(
+        "capture-scope",
+        _choice("pod", "all"),
+        "pod",
+        "pipe capture: whose cores the receiver stores. pod: only processes in a Kubernetes pod (by"
+        ' cgroup); the rest are dropped, counted in capture_failures_total{reason="scope"}. all: host'
+        " processes too. RISK: kubelet's, containerd's and login sessions' memory (node credentials,"
+        " every pod's service-account tokens) then goes to the bucket (docs/security.md)",
         commands=_PIPE,
     ),
     Setting(
@@ -499,6 +510,7 @@ class Config:
     max_use: DiskLimit
     keep_free: DiskLimit
     max_core_size: int
+    capture_scope: str
     receive_timeout: float
     storm_limit: int
     storm_window: float

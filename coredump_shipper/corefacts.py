@@ -41,6 +41,7 @@ class CoreFacts:
     metadata: dict[str, str]  # header-safe x-amz-meta-* values
     info: CoreInfo
     program: str  # what the storm limiter counts: the executable when the name gives it
+    by_uid_only: bool = False  # crash facts exist: the pod is found by UID, never by host name
 
 
 def gather(core: CoreFile, pattern: CoreNamePattern, cluster: str, node: str, compression: str) -> CoreFacts:
@@ -80,6 +81,9 @@ def gather(core: CoreFile, pattern: CoreNamePattern, cluster: str, node: str, co
         "container_id": received.container_id if received else None,
         "crash_time": crash_time,
     }
+    # The receiver read the cgroup: the pod is its UID or none. %h is chosen by the crashing process
+    # (`unshare -u; hostname victim-pod`) and never names a pod then (identity.py).
+    by_uid_only = received is not None
     # Most useful first: if S3's 2 KiB metadata budget runs out, the long tail goes first.
     described: dict[str, Any] = {
         name: value for name, value in values.items() if value is not None and name != "exe_path"
@@ -92,7 +96,9 @@ def gather(core: CoreFile, pattern: CoreNamePattern, cluster: str, node: str, co
     }
     extra = {**named.as_dict(), **info.as_dict()}
     if received is not None:
-        described |= {"capture": "pipe", "cut-short": received.cut_short}
+        # dump-mode 2: a suid-safe dump (the process changed credentials); its memory may hold what
+        # the privileged part of the process read (docs/security.md).
+        described |= {"capture": "pipe", "cut-short": received.cut_short, "dump-mode": received.dump_mode}
         if received.cut_short:
             described["truncated"] = "true"
     described |= {n: v for n, v in extra.items() if n not in described and n not in {"matched", "args"}}
@@ -101,7 +107,7 @@ def gather(core: CoreFile, pattern: CoreNamePattern, cluster: str, node: str, co
     if received is not None and received.cgroup:
         described["cgroup"] = received.cgroup[-LONG_VALUE_LIMIT:]  # the end names pod and container
     program = named.exe if (named.matched or received) and named.exe else core.name
-    return CoreFacts(values, metadata(described, reserve=SHA256_RESERVE), info, program)
+    return CoreFacts(values, metadata(described, reserve=SHA256_RESERVE), info, program, by_uid_only)
 
 
 def truncation_hint(info: CoreInfo) -> str:

@@ -19,7 +19,13 @@ HELPER_NAME = "coredump-receive"
 DEFAULT_HELPER = f"/var/lib/coredump-shipper/{HELPER_NAME}"
 # The receiver's arguments after DIR: %e last, so a comm split on spaces by old kernels is joined.
 SPECIFIERS = "%P %u %g %s %t %h %e"
+# The dump mode is an option, so a receiver started by an older line (during an upgrade) still runs.
+DUMP_MODE = "-d %d"
 RECEIVER_DEFAULT_TIMEOUT = 600
+# --capture-scope: the receiver's default is "pod", written only when it is "all".
+SCOPES = ("pod", "all")
+NO_LIMIT = DiskLimit()
+_OPTIONS = frozenset({"-m", "-f", "-x", "-s", "-t", "-d"})
 
 
 def _size(count: int) -> str:
@@ -39,21 +45,42 @@ def _plain_path(setting: str, path: str) -> None:
         )
 
 
-def pipe_line(helper: str, watch_dir: str, max_core_size: int, keep_free: DiskLimit, timeout: float) -> str:
-    """The core_pattern value; ConfigError when it cannot be written as such."""
+def _disk_limit(limit: DiskLimit) -> str | None:
+    if limit.percent:
+        return f"{limit.percent:g}%%"  # the kernel expands "%%" to "%"
+    return _size(limit.bytes) if limit.bytes else None
+
+
+def pipe_line(
+    helper: str,
+    watch_dir: str,
+    max_core_size: int,
+    keep_free: DiskLimit,
+    timeout: float,
+    *,
+    max_use: DiskLimit = NO_LIMIT,
+    scope: str = "pod",
+) -> str:
+    """The core_pattern value; ConfigError when it cannot be written as such.
+
+    `|HELPER [-m SIZE] [-f FREE] [-x MAXUSE] [-s all] [-t SECONDS] -d %d DIR %P %u %g %s %t %h %e`
+    """
     _plain_path("--helper", helper)
     _plain_path("--watch-dir", watch_dir)
+    if scope not in SCOPES:
+        raise ConfigError("--capture-scope", f"{scope!r} is neither pod nor all")
     words = [f"|{helper}"]
     if max_core_size:
         words += ["-m", _size(max_core_size)]
-    if keep_free.percent:
-        words += ["-f", f"{keep_free.percent:g}%%"]  # the kernel expands "%%" to "%"
-    elif keep_free.bytes:
-        words += ["-f", _size(keep_free.bytes)]
+    for option, limit in (("-f", keep_free), ("-x", max_use)):
+        if (value := _disk_limit(limit)) is not None:
+            words += [option, value]
+    if scope != "pod":
+        words += ["-s", scope]
     seconds = math.ceil(timeout)
     if seconds != RECEIVER_DEFAULT_TIMEOUT:
         words += ["-t", str(seconds)]
-    line = " ".join([*words, str(PurePosixPath(watch_dir)), SPECIFIERS])
+    line = " ".join([*words, DUMP_MODE, str(PurePosixPath(watch_dir)), SPECIFIERS])
     length = len(line.encode())
     if length > KERNEL_LIMIT:
         raise ConfigError(
@@ -80,6 +107,6 @@ def parse_pipe_line(pattern: str) -> ReceiverLine | None:
     if not words or PurePosixPath(words[0]).name != HELPER_NAME:
         return None
     rest = words[1:]
-    while len(rest) >= 2 and rest[0] in {"-m", "-f", "-t"}:
+    while len(rest) >= 2 and rest[0] in _OPTIONS:
         rest = rest[2:]
     return ReceiverLine(words[0], rest[0] if rest and rest[0].startswith("/") else None)

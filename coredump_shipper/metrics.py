@@ -17,6 +17,7 @@ from prometheus_client import (
 )
 
 from coredump_shipper import __version__
+from coredump_shipper.capturefailures import REASONS as CAPTURE_FAILURE_REASONS
 
 PREFIX = "coredump_shipper"
 # Core uploads take from tens of milliseconds (1 MiB on a LAN) to many minutes (10 GiB over a WAN).
@@ -90,6 +91,12 @@ class Metrics:
         self.dropped = Counter(
             name("dropped"),
             "Cores deleted or not shipped to protect the node, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.capture_failures = Counter(
+            name("capture_failures"),
+            "Cores the pipe receiver did not store, or stored cut short, by reason.",
             ["reason"],
             registry=r,
         )
@@ -187,3 +194,5 @@ class Metrics:
             self.skipped_files.labels(reason)
         for reason in DROP_REASONS:
             self.dropped.labels(reason)
+        for reason in CAPTURE_FAILURE_REASONS:
+            self.capture_failures.labels(reason)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from coredump_shipper import afterupload, crashfacts, http
+from coredump_shipper import afterupload, capturefailures, crashfacts, http
 from coredump_shipper.budget import DiskBudget
 from coredump_shipper.checkrow import Check
 from coredump_shipper.config import Config
@@ -42,6 +42,7 @@ else:
 log = logging.getLogger(__name__)
 S3_CHECK_INTERVAL = 15.0
 BUDGET_INTERVAL = 5.0
+CAPTURE_FAILURES_INTERVAL = 5.0
 S3_READY_WINDOW = 60.0
 
 
@@ -120,6 +121,7 @@ class Service:
             asyncio.create_task(self._check_s3(), name="s3-check"),
             asyncio.create_task(self._clean_stale_uploads(), name="stale-uploads"),
             asyncio.create_task(self._keep_disk_budget(), name="disk-budget"),
+            asyncio.create_task(self._count_capture_failures(), name="capture-failures"),
         ]
         if config.self_test:
             self._tasks.append(asyncio.create_task(self._self_test(client), name="self-test"))
@@ -269,6 +271,17 @@ class Service:
             return False  # for the whole run
 
         await repeat_until(enforce, lambda attempt: BUDGET_INTERVAL)
+
+    async def _count_capture_failures(self) -> None:
+        """The pipe receiver's records of cores it lost or cut short, into the metrics."""
+
+        async def count(attempt: int) -> bool:
+            counts = await asyncio.to_thread(capturefailures.collect, self.config.watch_dir)
+            for reason, number in counts.items():
+                self.metrics.capture_failures.labels(reason).inc(number)
+            return False  # for the whole run
+
+        await repeat_until(count, lambda attempt: CAPTURE_FAILURES_INTERVAL)
 
     async def _clean_stale_uploads(self) -> None:
         """Abort this node's multipart uploads left by a killed process; retried until S3 answers."""

@@ -219,14 +219,19 @@ def test_pipe_line_is_exact_and_escapes_percent() -> None:
     line = pipe_line(
         "/var/lib/coredump-shipper/coredump-receive", "/var/coredump", 32 << 30, DiskLimit(percent=5), 600
     )
+    helper = "|/var/lib/coredump-shipper/coredump-receive"
+    assert line == f"{helper} -m 32G -f 5%% -d %d /var/coredump %P %u %g %s %t %h %e"
     assert (
-        line == "|/var/lib/coredump-shipper/coredump-receive -m 32G -f 5%% /var/coredump %P %u %g %s %t %h %e"
+        pipe_line("/r", "/d/", 0, DiskLimit(bytes=3 << 20), 61.5)
+        == "|/r -f 3M -t 62 -d %d /d %P %u %g %s %t %h %e"
     )
-    assert (
-        pipe_line("/r", "/d/", 0, DiskLimit(bytes=3 << 20), 61.5) == "|/r -f 3M -t 62 /d %P %u %g %s %t %h %e"
+    every = pipe_line(
+        "/r", "/d", 0, DiskLimit(percent=15), 600, max_use=DiskLimit(bytes=64 << 30), scope="all"
     )
-    parsed = parse_pipe_line(line)
-    assert parsed is not None and parsed.directory == "/var/coredump"
+    assert every == "|/r -f 15%% -x 64G -s all -d %d /d %P %u %g %s %t %h %e"
+    for written in (line, every):
+        parsed = parse_pipe_line(written)
+        assert parsed is not None and parsed.directory == ("/var/coredump" if written == line else "/d")
     assert parse_pipe_line("|/usr/lib/systemd/systemd-coredump %P") is None
 
 
@@ -253,10 +258,8 @@ def test_core_pattern_command() -> None:
         [*command, "--watch-dir", "/cores"], env=env, capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, done.stderr
-    assert (
-        done.stdout
-        == "|/var/lib/coredump-shipper/coredump-receive -m 1G -f 5%% -t 120 /cores %P %u %g %s %t %h %e\n"
-    )
+    helper = "|/var/lib/coredump-shipper/coredump-receive"
+    assert done.stdout == f"{helper} -m 1G -f 5%% -x 10%% -t 120 -d %d /cores %P %u %g %s %t %h %e\n"
     too_long = subprocess.run(
         [*command, "--helper", "/" + "x" * 120], env=env, capture_output=True, text=True, check=False
     )

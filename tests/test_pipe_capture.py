@@ -9,7 +9,6 @@ back in a finally; a killed run is repaired at the next session start, see tests
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -29,7 +28,14 @@ import pytest
 from coredump_shipper.corepattern import pipe_line
 from coredump_shipper.disklimit import DiskLimit
 from tests.conftest import Bucket, daemon_args, wait_until_sync
-from tests.receiver import CORE_PATTERN, TEMP_PREFIX, build_receiver, pipe_core_pattern, unavailable
+from tests.receiver import (
+    CORE_PATTERN,
+    TEMP_PREFIX,
+    build_receiver,
+    pipe_core_pattern,
+    pod_cgroup,
+    unavailable,
+)
 
 SHIPPER_UID = 65534  # nobody: owns the core directory, nothing else
 OTHER_UID = 4242
@@ -52,38 +58,6 @@ def base_dir() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
-
-
-def _cgroup2_root() -> Path | None:
-    for line in Path("/proc/self/mounts").read_text().splitlines():
-        fields = line.split()
-        if len(fields) > 2 and fields[2] == "cgroup2":
-            return Path(fields[1])
-    return None
-
-
-@contextlib.contextmanager
-def pod_cgroup(pod_uid: str, container_id: str) -> Iterator[Path]:
-    """A real cgroup named the way the kubelet's systemd driver and containerd name a container."""
-    root = _cgroup2_root()
-    if root is None:
-        unavailable("no cgroup2 hierarchy mounted")
-    top = root / f"{TEMP_PREFIX}{uuid.uuid4().hex[:8]}.slice"
-    leaf = (
-        top
-        / f"kubepods-burstable-pod{pod_uid.replace('-', '_')}.slice"
-        / f"cri-containerd-{container_id}.scope"
-    )
-    try:
-        leaf.mkdir(parents=True)
-    except OSError as error:
-        unavailable(f"cannot create a cgroup under {root}: {error}")
-    try:
-        yield leaf / "cgroup.procs"
-    finally:
-        for path in (leaf, leaf.parent, top):
-            with contextlib.suppress(OSError):
-                path.rmdir()
 
 
 def _crash_as_root(hidden: Path, procs: Path) -> int:
