@@ -180,3 +180,15 @@ def pod_cgroup(pod_uid: str, container_id: str, layout: str = "systemd-container
                 path.rmdir()
             if path == top:
                 break
+
+
+@contextlib.contextmanager
+def sleeping_in(procs: Path) -> Iterator[int]:
+    """A process that waits in the cgroup of `procs` (as a pod's container would); its pid."""
+    sleeper = subprocess.Popen(["sleep", "300"])
+    try:
+        procs.write_text(f"{sleeper.pid}\n")
+        yield sleeper.pid
+    finally:
+        sleeper.kill()
+        sleeper.wait()

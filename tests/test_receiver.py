@@ -218,7 +218,21 @@ def test_truncated_stdin_is_stored_and_shipped_as_truncated(core_dir: Path, tmp_
 
 def test_slow_writer_hits_the_deadline(core_dir: Path) -> None:
     pid = os.getpid()
-    args = [str(RECEIVER), "-s", "all", "-d", "1", "-t", "1", str(core_dir), str(pid), "0", "0", "6", "1700000000"]
+    args = [
+        str(RECEIVER),
+        "-s",
+        "all",
+        "-d",
+        "1",
+        "-t",
+        "1",
+        str(core_dir),
+        str(pid),
+        "0",
+        "0",
+        "6",
+        "1700000000",
+    ]
     args += ["h", "slow"]
     started = time.monotonic()
     with subprocess.Popen(args, stdin=subprocess.PIPE, stderr=subprocess.PIPE) as child:
