@@ -1,7 +1,9 @@
-"""Pipe capture end to end with the real kernel: core_pattern pipes to coredump-receive, two
-processes crash with no change to them (a root one with RLIMIT_CORE=0 inside a pod's cgroup, and
-one of another uid in a mount namespace that cannot see the core directory), and a shipper
-running as an unprivileged uid ships both cores, complete, with their crash facts.
+"""Pipe capture end to end with the real kernel: core_pattern pipes to coredump-receive, processes
+crash with no change to them (a root one with RLIMIT_CORE=0 inside a pod's cgroup, one of another
+uid in another pod's cgroup and a mount namespace that cannot see the core directory, and one that
+dropped root to uid 101 as nginx's workers do, with fs.suid_dumpable=2), and a shipper running as an
+unprivileged uid ships the three cores, complete, with their crash facts. A host process (in no
+pod) crashes too: the receiver drops it (the default capture scope) and the shipper counts it.
 
 The machine's core_pattern is changed only inside `pipe_core_pattern` (under the shared lock, put
 back in a finally; a killed run is repaired at the next session start, see tests/receiver.py).
@@ -39,12 +41,15 @@ from tests.receiver import (
 
 SHIPPER_UID = 65534  # nobody: owns the core directory, nothing else
 OTHER_UID = 4242
+DROPPED_UID = 101  # nginx's workers on Debian
 CRASH = (
     "import os, signal, sys\n"
     "hidden = sys.argv[1]\n"
     "if os.path.exists(hidden): sys.exit(3)  # the directory must be out of sight\n"
     "data = bytearray(2 * 1024 * 1024)\n"
     "for i in range(0, len(data), 4096): data[i] = 7\n"
+    "if len(sys.argv) > 2:  # drop root without exec, as nginx's master does for its workers\n"
+    "    uid = int(sys.argv[2]); os.setgroups([]); os.setresgid(uid, uid, uid); os.setresuid(uid, uid, uid)\n"
     "os.kill(os.getpid(), signal.SIGSEGV)\n"
 )
 
@@ -60,19 +65,23 @@ def base_dir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _crash_as_root(hidden: Path, procs: Path) -> int:
+def _crash_as_root(hidden: Path, procs: Path | None, *drop_to: str) -> int:
     def setup() -> None:
         resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
-        procs.write_text(f"{os.getpid()}\n")
+        if procs is not None:
+            procs.write_text(f"{os.getpid()}\n")
 
     child = subprocess.run(
-        [sys.executable, "-c", CRASH, "/nonexistent"], preexec_fn=setup, check=False, capture_output=True
+        [sys.executable, "-c", CRASH, "/nonexistent", *drop_to],
+        preexec_fn=setup,
+        check=False,
+        capture_output=True,
     )
     assert child.returncode == -signal.SIGSEGV, child.stderr
     return child.returncode
 
 
-def _crash_as_other_uid_unseen(base: Path, watch: Path) -> None:
+def _crash_as_other_uid_unseen(base: Path, watch: Path, procs: Path) -> None:
     # A private mount namespace with a tmpfs over the base: the watch directory does not exist there.
     script = (
         f'mount -t tmpfs hidden "{base}" && exec setpriv --reuid {OTHER_UID} --regid {OTHER_UID} '
@@ -80,6 +89,7 @@ def _crash_as_other_uid_unseen(base: Path, watch: Path) -> None:
     )
     child = subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, CRASH, str(watch)],
+        preexec_fn=lambda: procs.write_text(f"{os.getpid()}\n"),
         check=False,
         capture_output=True,
     )
@@ -129,6 +139,13 @@ def _run_as(uid: int, view: Path) -> tuple[list[str], dict[str, str]]:
     }
 
 
+def _capture_failures(port: int, reason: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    wanted = f'coredump_shipper_capture_failures_total{{reason="{reason}"}} '
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(wanted))
+
+
 def _ready(port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as answer:
@@ -149,6 +166,7 @@ def test_cores_of_any_uid_reach_s3_through_the_pipe(bucket: Bucket, base_dir: Pa
     watch.mkdir(mode=0o700)
     os.chown(watch, SHIPPER_UID, SHIPPER_UID)
     pod_uid, container_id = str(uuid.uuid4()), hashlib.sha256(os.urandom(8)).hexdigest()
+    other_pod, other_container = str(uuid.uuid4()), hashlib.sha256(os.urandom(8)).hexdigest()
 
     args = daemon_args(
         watch,
@@ -170,13 +188,22 @@ def test_cores_of_any_uid_reach_s3_through_the_pipe(bucket: Bucket, base_dir: Pa
         wait_until_sync(lambda: _ready(port) or daemon.poll() is not None, timeout=30)
         assert daemon.poll() is None, "the shipper exited"
         line = pipe_line(str(receiver), str(watch), 1 << 30, DiskLimit(percent=1), 60)
-        with pod_cgroup(pod_uid, container_id) as procs, pipe_core_pattern(line):
+        with (
+            pod_cgroup(pod_uid, container_id) as procs,
+            pod_cgroup(other_pod, other_container, "cgroupfs-crio") as other_procs,
+            pipe_core_pattern(line, suid_dumpable=2),
+        ):
             _crash_as_root(base_dir / "none", procs)
-            _crash_as_other_uid_unseen(base_dir, watch)
+            _crash_as_other_uid_unseen(base_dir, watch, other_procs)
+            _crash_as_root(base_dir / "none", procs, str(DROPPED_UID))
+            _crash_as_root(base_dir / "none", None)  # a host process: not stored
         assert CORE_PATTERN.read_text().strip() != line
-        wait_until_sync(lambda: len(bucket.core_keys()) == 2, timeout=60)
-        # Delete mode: each core and its crash facts leave the node once shipped.
-        wait_until_sync(lambda: os.listdir(watch) == [], timeout=20)
+        wait_until_sync(lambda: len(bucket.core_keys()) == 3, timeout=60)
+        wait_until_sync(lambda: _capture_failures(port, "scope") == 1, timeout=20)
+        # Delete mode: each core and its crash facts leave the node once shipped; the failure record
+        # is gone once counted (its spool directory stays).
+        spool = ".coredump-receive.failures"
+        wait_until_sync(lambda: os.listdir(watch) == [spool] and os.listdir(watch / spool) == [], timeout=20)
     finally:
         daemon.send_signal(signal.SIGTERM)
         _, log = daemon.communicate(timeout=30)
@@ -194,13 +221,17 @@ def test_cores_of_any_uid_reach_s3_through_the_pipe(bucket: Bucket, base_dir: Pa
         assert meta["signal"] == "11" and meta["exe"] == "python3"
         assert meta["pid"].isdigit() and meta["global-pid"].isdigit()
         by_uid[meta["uid"]] = (key, meta, manifest)
-    assert set(by_uid) == {"0", str(OTHER_UID)}
+    assert set(by_uid) == {"0", str(OTHER_UID), str(DROPPED_UID)}
     key, meta, manifest = by_uid["0"]
     assert (meta["pod-uid"], meta["container-id"]) == (pod_uid, container_id)
     assert manifest["pod-uid"] == pod_uid and manifest["cgroup"].endswith(
         f"cri-containerd-{container_id}.scope"
     )
     assert key.startswith(f"test/node-1/{pod_uid}/{container_id}/core.")
+    assert meta["dump-mode"] == "1"
     key, meta, _ = by_uid[str(OTHER_UID)]
-    assert meta["gid"] == str(OTHER_UID) and "pod-uid" not in meta
-    assert key.startswith("test/node-1/unknown/unknown/core.")
+    assert meta["gid"] == str(OTHER_UID) and meta["dump-mode"] == "1"
+    assert key.startswith(f"test/node-1/{other_pod}/{other_container}/core.")
+    # The worker that dropped root: shipped, marked as a suid-safe dump (docs/security.md).
+    key, meta, manifest = by_uid[str(DROPPED_UID)]
+    assert (meta["dump-mode"], manifest["dump-mode"], meta["pod-uid"]) == ("2", "2", pod_uid)
