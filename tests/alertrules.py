@@ -213,6 +213,7 @@ ALL_ALERTS = (
     "CoredumpShipperRestarting",
     "CoredumpShipperCoresDropped",
     "CoredumpShipperCoreStorm",
+    "CoredumpShipperCaptureFailures",
     "CoredumpShipperDown",
     "CoredumpShipperAbsent",
     "CoredumpShipperNotOnAllNodes",
