@@ -94,6 +94,10 @@ def test_valid_facts_are_read() -> None:
         {"hostname": ["a"]},
         {"cgroup": "c" * 1025},
         {"truncated_reason": "because"},
+        {"dump_mode": 0},
+        {"dump_mode": 3},
+        {"dump_mode": "2"},
+        {"dump_mode": True},
     ],
 )
 def test_hostile_facts_are_refused(changes: dict[str, Any]) -> None:
@@ -167,6 +171,16 @@ def test_facts_of_another_file_are_not_used(tmp_path: Path) -> None:
     assert facts.template_values["pod_uid"] is None and "capture" not in facts.metadata
 
 
+def test_suid_safe_dump_is_marked_in_metadata(tmp_path: Path) -> None:
+    core = plant(tmp_path, "core.b", b"core", dump_mode=2)
+    with CoreFile(core) as opened:
+        facts = gather(opened, PATTERN, "prod", "node-1", "zstd")
+    assert facts.metadata["dump-mode"] == "2" and facts.by_uid_only
+    older = plant(tmp_path, "core.c", b"core")  # facts of a line without -d
+    with CoreFile(older) as opened:
+        assert "dump-mode" not in gather(opened, PATTERN, "prod", "node-1", "zstd").metadata
+
+
 def test_cut_short_core_is_marked_truncated(tmp_path: Path) -> None:
     core = plant(tmp_path, "core.a", b"core", truncated=True, truncated_reason="keep-free")
     with CoreFile(core) as opened:
@@ -226,9 +240,15 @@ def test_pipe_line_is_exact_and_escapes_percent() -> None:
         == "|/r -f 3M -t 62 -d %d /d %P %u %g %s %t %h %e"
     )
     every = pipe_line(
-        "/r", "/d", 0, DiskLimit(percent=15), 600, max_use=DiskLimit(bytes=64 << 30), scope="all"
+        "/opt/bin/coredump-receive",
+        "/d",
+        0,
+        DiskLimit(percent=15),
+        600,
+        max_use=DiskLimit(bytes=64 << 30),
+        scope="all",
     )
-    assert every == "|/r -f 15%% -x 64G -s all -d %d /d %P %u %g %s %t %h %e"
+    assert every == "|/opt/bin/coredump-receive -f 15%% -x 64G -s all -d %d /d %P %u %g %s %t %h %e"
     for written in (line, every):
         parsed = parse_pipe_line(written)
         assert parsed is not None and parsed.directory == ("/var/coredump" if written == line else "/d")

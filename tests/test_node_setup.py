@@ -60,7 +60,14 @@ def test_install_saves_installs_and_restore_puts_back(short_tmp: Path) -> None:
     assert done.returncode == 0, done.stderr
     lib = tmp_path / "lib"
     helper = lib / "coredump-receive"
-    line = pipe_line(str(helper), str(tmp_path / "cores"), 32 << 30, DiskLimit(percent=10), 600)
+    line = pipe_line(
+        str(helper),
+        str(tmp_path / "cores"),
+        32 << 30,
+        DiskLimit(percent=10),
+        600,
+        max_use=DiskLimit(percent=10),
+    )
     assert (sysctl / "core_pattern").read_text() == line + "\n"
     assert (sysctl / "core_pipe_limit").read_text() == "16\n"
     assert (lib / "saved-core_pattern").read_text() == "|/usr/share/apport/apport %p %s\n"
