@@ -1,7 +1,11 @@
 package main
 
 import (
+	"bytes"
+	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -195,5 +199,34 @@ func TestDropReason(t *testing.T) {
 		if _, reason := dropReason(tc.c, tc.lim, tc.proc, tc.owner); reason != tc.reason {
 			t.Errorf("%s: got %q want %q", tc.name, reason, tc.reason)
 		}
+	}
+}
+
+func TestDirectoryUseCountsFilesNotLinks(t *testing.T) {
+	dir, outside := t.TempDir(), t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "core.a"), bytes.Repeat([]byte{7}, 64<<10), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	big := filepath.Join(outside, "big")
+	if err := os.WriteFile(big, bytes.Repeat([]byte{7}, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(big, filepath.Join(dir, "link")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(dir, failuresDir), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	fd, err := syscall.Open(dir, syscall.O_RDONLY|syscall.O_DIRECTORY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(fd)
+	used, err := directoryUse(fd)
+	if err != nil || used < 64<<10 || used >= 1<<20 {
+		t.Fatalf("directoryUse = %d, %v: the file's blocks only", used, err)
+	}
+	if n, err := countEntries(fd, 10); err != nil || n != 3 {
+		t.Fatalf("countEntries = %d, %v", n, err)
 	}
 }
