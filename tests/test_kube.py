@@ -573,7 +573,13 @@ async def test_pipe_capture_never_takes_the_pod_from_a_host_name(
             # A host process (in no pod: this test's own) and the pod's, both named as the victim.
             for pid, comm in ((os.getpid(), "host"), (in_pod, "inpod")):
                 done = await asyncio.to_thread(
-                    receive, watch_dir, b"core", pid=pid, hostname=victim_name, comm=comm
+                    receive,
+                    watch_dir,
+                    b"core",
+                    pid=pid,
+                    hostname=victim_name,
+                    comm=comm,
+                    when=int(time.time()),
                 )
                 assert done.returncode == 0, done.stderr
             await wait_until(lambda: shipped(bucket) == 2)
