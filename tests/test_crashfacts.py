@@ -181,11 +181,12 @@ def test_suid_safe_dump_is_marked_in_metadata(tmp_path: Path) -> None:
         assert "dump-mode" not in gather(opened, PATTERN, "prod", "node-1", "zstd").metadata
 
 
-def test_cut_short_core_is_marked_truncated(tmp_path: Path) -> None:
-    core = plant(tmp_path, "core.a", b"core", truncated=True, truncated_reason="keep-free")
+@pytest.mark.parametrize("reason", ["keep-free", "max-use", "write-error", "deadline"])
+def test_cut_short_core_is_marked_truncated(tmp_path: Path, reason: str) -> None:
+    core = plant(tmp_path, "core.a", b"core", truncated=True, truncated_reason=reason)
     with CoreFile(core) as opened:
         facts = gather(opened, PATTERN, "prod", "node-1", "zstd")
-    assert facts.metadata["truncated"] == "true" and facts.metadata["cut-short"] == "keep-free"
+    assert facts.metadata["truncated"] == "true" and facts.metadata["cut-short"] == reason
 
 
 async def test_delete_mode_removes_core_and_facts(
