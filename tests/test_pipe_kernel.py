@@ -3,7 +3,9 @@ and container the receiver reports for cgroup v2 layouts of every driver and run
 scope, a process that dropped root (a suid-safe dump) and a burst of crashes at once.
 
 Each test changes kernel.core_pattern (and core_pipe_limit, fs.suid_dumpable) only inside
-`pipe_core_pattern`: under the shared lock, put back in a finally.
+`pipe_core_pattern`: under the shared lock, put back in a finally. The pattern is global: any other
+process crashing on the machine meanwhile reaches this receiver too, so each test looks only at the
+cores and records of the processes it crashed (by their global pid).
 """
 
 from __future__ import annotations
@@ -71,8 +73,8 @@ def line(directory: Path, scope: str = "pod") -> str:
     return pipe_line(str(build_receiver()), str(directory), 1 << 30, DiskLimit(), 60, scope=scope)
 
 
-def crash_all(count: int, mib: int, procs: Path | None = None, drop_to: int | None = None) -> None:
-    """`count` processes crash at the same moment (their shared standard input closes)."""
+def crash_all(count: int, mib: int, procs: Path | None = None, drop_to: int | None = None) -> set[int]:
+    """`count` processes crash at the same moment (their shared standard input closes); their pids."""
     read_end, write_end = os.pipe()
     extra = [str(drop_to)] if drop_to is not None else []
     children = []
@@ -97,10 +99,14 @@ def crash_all(count: int, mib: int, procs: Path | None = None, drop_to: int | No
             if child.stdout is not None:
                 child.stdout.close()
     assert codes == [-signal.SIGSEGV] * count
+    return {child.pid for child in children}
 
 
-def cores(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.iterdir() if p.name.startswith("core."))
+def cores(directory: Path, pids: set[int]) -> list[Path]:
+    """The cores of these processes (the receiver names them core.<h>.<e>.sig<s>.<pid>.<t>)."""
+    return sorted(
+        p for p in directory.iterdir() if p.name.startswith("core.") and int(p.name.split(".")[-2]) in pids
+    )
 
 
 def facts(core: Path) -> dict[str, object]:
@@ -108,10 +114,12 @@ def facts(core: Path) -> dict[str, object]:
     return loaded
 
 
-def failures(directory: Path) -> list[str]:
+def failures(directory: Path, pids: set[int]) -> list[str]:
     spool = directory / SPOOL
-    names = os.listdir(spool) if spool.exists() else []
-    return sorted(json.loads((spool / name).read_bytes())["reason"] for name in names)
+    records = [
+        json.loads((spool / name).read_bytes()) for name in (os.listdir(spool) if spool.exists() else [])
+    ]
+    return sorted(record["reason"] for record in records if record["global_pid"] in pids)
 
 
 @pytest.mark.parametrize("layout", sorted(POD_CGROUP_LAYOUTS))
@@ -120,27 +128,27 @@ def test_cgroup_v2_layouts_name_the_pod_and_container(watch: Path, layout: str) 
     receiver reports that pod UID and container ID, and stores it with the default scope."""
     pod_uid, container_id = str(uuid.uuid4()), hashlib.sha256(os.urandom(8)).hexdigest()
     with pod_cgroup(pod_uid, container_id, layout) as procs, pipe_core_pattern(line(watch)):
-        crash_all(1, 1, procs)
-    (core,) = cores(watch)
+        pids = crash_all(1, 1, procs)
+    (core,) = cores(watch, pids)
     found = facts(core)
     assert (found["pod_uid"], found["container_id"]) == (pod_uid, container_id)
     expected = POD_CGROUP_LAYOUTS[layout].format(
         uid=pod_uid, uid_=pod_uid.replace("-", "_"), cid=container_id
     )
     assert str(found["cgroup"]).endswith(expected)
-    assert found["dump_mode"] == 1 and failures(watch) == []
+    assert found["dump_mode"] == 1 and failures(watch, pids) == []
     st = core.stat()
     assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (SHIPPER_UID, 0o600)
 
 
 def test_host_process_is_dropped_by_default_and_stored_with_scope_all(watch: Path) -> None:
     with pipe_core_pattern(line(watch)):
-        crash_all(1, 1)
-    assert cores(watch) == [] and failures(watch) == ["scope"]
+        dropped = crash_all(1, 1)
+    assert cores(watch, dropped) == [] and failures(watch, dropped) == ["scope"]
     with pipe_core_pattern(line(watch, scope="all")):
-        crash_all(1, 1)
-    (core,) = cores(watch)
-    assert "pod_uid" not in facts(core) and failures(watch) == ["scope"]
+        stored = crash_all(1, 1)
+    (core,) = cores(watch, stored)
+    assert "pod_uid" not in facts(core) and failures(watch, stored) == []
 
 
 def test_root_process_that_dropped_to_uid_101_is_shipped_as_a_suid_safe_dump(watch: Path) -> None:
@@ -149,11 +157,11 @@ def test_root_process_that_dropped_to_uid_101_is_shipped_as_a_suid_safe_dump(wat
     pod_uid, container_id = str(uuid.uuid4()), hashlib.sha256(os.urandom(8)).hexdigest()
     with pod_cgroup(pod_uid, container_id) as procs:
         with pipe_core_pattern(line(watch), suid_dumpable=0):  # the kernel's default: no core at all
-            crash_all(1, 1, procs, drop_to=DROPPED_UID)
-        assert cores(watch) == []
+            undumpable = crash_all(1, 1, procs, drop_to=DROPPED_UID)
+        assert cores(watch, undumpable) == [] and failures(watch, undumpable) == []
         with pipe_core_pattern(line(watch), suid_dumpable=2):
-            crash_all(1, 1, procs, drop_to=DROPPED_UID)
-    (core,) = cores(watch)
+            pids = crash_all(1, 1, procs, drop_to=DROPPED_UID)
+    (core,) = cores(watch, pids)
     found = facts(core)
     assert (found["dump_mode"], found["uid"], found["pod_uid"]) == (2, DROPPED_UID, pod_uid)
     st = core.stat()
@@ -175,8 +183,8 @@ def test_burst_of_crashes_is_received_in_full_with_the_chart_pipe_limit(watch: P
     limit = chart_pipe_limit()
     assert limit >= burst
     with pipe_core_pattern(line(watch, scope="all"), pipe_limit=limit):
-        crash_all(burst, 8)
-    received = cores(watch)
+        pids = crash_all(burst, 8)
+    received = cores(watch, pids)
     assert len(received) == burst, f"{len(received)} of {burst} cores: the kernel skipped the rest"
     assert all(core.stat().st_size > 8 * 1024 * 1024 for core in received)
-    assert failures(watch) == []
+    assert failures(watch, pids) == []
