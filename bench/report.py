@@ -14,6 +14,7 @@ from bench.daemon import DaemonResult
 from bench.idle import IdleResult
 from bench.inputs import GiB, MiB
 from bench.measure import Measurement, median, percentile
+from bench.mixed import AFTER_S, MixedResult
 from bench.storm import DAEMON_LABEL, SCRIPT_LABEL, StormResult
 
 
@@ -228,6 +229,20 @@ def idle_table(result: IdleResult) -> str:
         f"| CPU seconds per hour (per-minute figure x 60, extrapolated) | "
         f"{_num(per_minute * 60 if per_minute is not None else None, 1)} |",
         f"| RSS at the end / peak RSS | {_num(result.rss_mib, 0)} / {_num(result.peak_rss_mib, 0)} MiB |",
+    ]
+    return "\n".join(lines)
+
+
+def mixed_table(result: MixedResult) -> str:
+    lines = ["| Mixed load figure | Value |", "|---|---|"]
+    if result.error:
+        lines.append(f"| FAILED | {result.error} |")
+        return "\n".join(lines)
+    lines += [
+        f"| 5 cores at once (1 KiB, 5 MiB odd name, 20 MiB, 150 MiB, sparse 1 GiB): all shipped in | "
+        f"{_num(result.drain_s)} s |",
+        f"| RSS idle before / peak / {AFTER_S:.0f} s after the last core | {_num(result.idle_rss_mib, 0)} / "
+        f"{_num(result.peak_rss_mib, 0)} / {_num(result.after_rss_mib, 0)} MiB |",
     ]
     return "\n".join(lines)
 

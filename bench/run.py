@@ -32,6 +32,7 @@ from bench.inputs import (
     warm_page_cache,
 )
 from bench.measure import run_measured
+from bench.mixed import MixedResult, run_mixed_bench
 from bench.passes import overlap_table, passes_table
 from bench.report import (
     Run,
@@ -42,6 +43,7 @@ from bench.report import (
     link_table,
     machine,
     machine_line,
+    mixed_table,
     storm_table,
     upload_table,
 )
@@ -89,6 +91,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--slow-link-mib", type=int, default=256, help="realistic core size on the 100 Mbit/s link"
     )
     parser.add_argument("--no-storm", action="store_true", help="skip the core storms")
+    parser.add_argument("--no-mixed", action="store_true", help="skip the mixed-load memory row")
     parser.add_argument("--storm-small", type=int, default=1000, help="1 MiB cores in the storm")
     parser.add_argument("--storm-large", type=int, default=100, help="64 MiB cores in the storm")
     parser.add_argument(
@@ -235,6 +238,7 @@ class Extras:
     daemon: DaemonResult = field(default_factory=DaemonResult)
     storms: list[StormResult] = field(default_factory=list)
     idle: IdleResult | None = None
+    mixed: MixedResult | None = None
     passes: str = ""  # Markdown: each pass over the bytes, and the helper thread's overlap
 
 
@@ -303,6 +307,27 @@ def _storm_brief(result: StormResult) -> str:
     )
 
 
+def daemon_rows(
+    args: argparse.Namespace, https: Target, realistic: Path, work: Path, logs: Path, extras: Extras
+) -> None:
+    """The running daemon's rows: one core at a time, storms, idle, mixed load."""
+    if not args.no_daemon:
+        big = [(f"{args.size_mib / 1024:g} GiB realistic core", realistic)]
+        if args.big:
+            path = timed("4 GiB core", lambda: make_realistic_core(work / "core.big", 4 * GiB))
+            big.append(("4 GiB realistic core", path))
+        extras.daemon = timed(
+            "daemon",
+            lambda: run_daemon_bench(https, work, logs, args.starts, args.latency_cores, big),
+        )
+    if not args.no_storm:
+        extras.storms = storms(args, https, work, logs)
+    if args.idle_s > 0:
+        extras.idle = timed("idle daemon", lambda: run_idle_bench(https, work, logs, args.idle_s))
+    if not args.no_mixed:
+        extras.mixed = timed("mixed load", lambda: run_mixed_bench(https, work, logs))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.time()
@@ -329,19 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs: list[Run] = []
         with run_nullsink(logs) as sink, https_target(HTTPS, sink, work) as https:
             runs += races(args, https, plain_target(PLAIN, sink), inputs, work, logs)
-            if not args.no_daemon:
-                big = [(f"{args.size_mib / 1024:g} GiB realistic core", realistic.path)]
-                if args.big:
-                    path = timed("4 GiB core", lambda: make_realistic_core(work / "core.big", 4 * GiB))
-                    big.append(("4 GiB realistic core", path))
-                extras.daemon = timed(
-                    "daemon",
-                    lambda: run_daemon_bench(https, work, logs, args.starts, args.latency_cores, big),
-                )
-            if not args.no_storm:
-                extras.storms = storms(args, https, work, logs)
-            if args.idle_s > 0:
-                extras.idle = timed("idle daemon", lambda: run_idle_bench(https, work, logs, args.idle_s))
+            daemon_rows(args, https, realistic.path, work, logs, extras)
         if not args.no_passes:
             extras.passes = timed(
                 "passes over the bytes",
@@ -361,6 +374,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             say(f"logs in {logs}")
     report(runs, extras, inputs_info, args, started, load)
     return 0
+
+
+def daemon_sections(extras: Extras, args: argparse.Namespace) -> list[str]:
+    sections = []
+    if not args.no_daemon:
+        sections += ["### Daemon (`coredump-shipper run`, HTTPS null sink)", daemon_table(extras.daemon)]
+    if extras.storms:
+        sections += ["### Core storm (HTTPS null sink)", storm_table(extras.storms)]
+    if extras.idle is not None:
+        sections += [
+            "### Idle daemon (HTTPS null sink, `/metrics` scraped every 15 s)",
+            idle_table(extras.idle),
+        ]
+    if extras.mixed is not None:
+        sections += ["### Mixed load, then a minute idle (HTTPS null sink)", mixed_table(extras.mixed)]
+    return sections
 
 
 def report(
@@ -394,15 +423,7 @@ def report(
     moto_rows = [row for row in rows if row.target == "moto"]
     if moto_rows:
         sections += ["### Upload to moto server mode (realism)", upload_table(moto_rows, False)]
-    if not args.no_daemon:
-        sections += ["### Daemon (`coredump-shipper run`, HTTPS null sink)", daemon_table(extras.daemon)]
-    if extras.storms:
-        sections += ["### Core storm (HTTPS null sink)", storm_table(extras.storms)]
-    if extras.idle is not None:
-        sections += [
-            "### Idle daemon (HTTPS null sink, `/metrics` scraped every 15 s)",
-            idle_table(extras.idle),
-        ]
+    sections += daemon_sections(extras, args)
     if extras.passes:
         sections += [
             f"### Passes over the bytes of the {args.size_mib} MiB realistic core (in the harness process)",

@@ -28,6 +28,16 @@ class PartBuffers:
         self._free.append(buffer)
         self._slots.release()
 
+    @property
+    def kept_bytes(self) -> int:
+        """Bytes of buffers kept for the next part (not held by any part)."""
+        return sum(len(buffer) for buffer in self._free)
+
+    def drop_spares(self) -> None:
+        """Let go of the buffers no part holds: called when the daemon has been idle for a while,
+        so that an idle node does not keep a storm's worth of part memory for ever."""
+        self._free.clear()
+
     def discard(self) -> None:
         """Give the slot back but not the buffer (something may still write into it)."""
         self._slots.release()

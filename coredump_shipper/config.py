@@ -215,6 +215,15 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("cluster-name", _text, "unknown", "cluster name for keys and metadata", ("CLUSTER_NAME",)),
     Setting(
+        "namespace",
+        _optional_text,
+        "",
+        "the pod's namespace: a label of every metric, with the node name, so the chart's alerts match"
+        " however Prometheus scrapes (the chart sets it)",
+        ("POD_NAMESPACE",),
+        commands=frozenset({"run"}),
+    ),
+    Setting(
         "endpoint-url",
         _optional_text,
         "",
@@ -473,6 +482,7 @@ class Config:
     bucket: str
     node_name: str
     cluster_name: str
+    namespace: str | None
     endpoint_url: str | None
     region: str | None
     addressing_style: str

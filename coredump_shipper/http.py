@@ -1,7 +1,10 @@
 """The operations endpoints: /healthz (liveness), /readyz (readiness), /metrics (Prometheus).
 
-Liveness never depends on S3: restarting the pod does not fix S3, and it would lose the work in
-progress. Readiness does: a node whose shipper cannot reach S3 should show as not ready.
+Neither probe depends on S3 being reachable. Liveness: restarting the pod does not fix S3, and it
+would lose the work in progress. Readiness: a DaemonSet pod takes no Service traffic, so readiness
+only says this node's pod is set up (watching, the start-up self-test not failed); it is what rolling
+updates and kube-state-metrics' availability count, and an S3 outage is not a scheduling problem.
+S3 reachability has its own metric (coredump_shipper_s3_reachable) and alert, and /readyz reports it.
 """
 
 from __future__ import annotations
@@ -11,12 +14,13 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
 
 Probe = Callable[[], tuple[bool, dict[str, Any]]]
 HEALTH: web.AppKey[Probe] = web.AppKey("health")
 READY: web.AppKey[Probe] = web.AppKey("ready")
-REGISTRY = web.AppKey("registry", CollectorRegistry)
+REGISTRY = web.AppKey("registry", Collector)
 
 
 async def _probe(request: web.Request, key: web.AppKey[Probe]) -> web.Response:
@@ -40,7 +44,7 @@ async def metrics(request: web.Request) -> web.Response:
     return response
 
 
-def make_app(health: Probe, ready: Probe, registry: CollectorRegistry) -> web.Application:
+def make_app(health: Probe, ready: Probe, registry: Collector) -> web.Application:
     app = web.Application()
     app[HEALTH] = health
     app[READY] = ready

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+from collections.abc import Iterator, Mapping
 
 from prometheus_client import (
     CollectorRegistry,
@@ -15,6 +16,8 @@ from prometheus_client import (
     platform_collector,
     process_collector,
 )
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from coredump_shipper import __version__
 from coredump_shipper.capturefailures import REASONS as CAPTURE_FAILURE_REASONS
@@ -134,6 +137,23 @@ class Metrics:
         self.storm_window = Gauge(
             name("storm_window_seconds"), "The window of the per-program rate limit.", registry=r
         )
+        # Read when scraped (set_function), from the shipper's periodic S3 check.
+        self.s3_reachable = Gauge(
+            name("s3_reachable"),
+            "1 while S3 answers: the last periodic check (HeadBucket every 15 s) succeeded and an S3 call"
+            " succeeded in the last minute; 0 otherwise, also before the first answer.",
+            registry=r,
+        )
+        self.s3_last_success = Gauge(
+            name("s3_last_success_timestamp_seconds"),
+            "Unix time of the last S3 call that succeeded (the periodic check or an upload); 0: none yet.",
+            registry=r,
+        )
+        self.start_time = Gauge(
+            name("start_time_seconds"),
+            "Unix time this shipper process started (a change means a restart).",
+            registry=r,
+        )
         self.self_test = Gauge(
             name("self_test_success"),
             "1 if the start-up S3 self-test passed, 0 if it failed, -1 before it ran or when it is off.",
@@ -196,3 +216,24 @@ class Metrics:
             self.dropped.labels(reason)
         for reason in CAPTURE_FAILURE_REASONS:
             self.capture_failures.labels(reason)
+
+
+class Labelled(Collector):
+    """A registry as scraped: every sample also carries `labels` (the node and the pod's namespace).
+
+    The alert rules find each node's series by these labels, so they match whether Prometheus scrapes
+    the pod through the Operator's monitors, annotations or a plain scrape config, whatever target
+    labels that gives. Where a scrape sets the same label, both values are the pod's own.
+    """
+
+    def __init__(self, registry: CollectorRegistry, labels: Mapping[str, str]) -> None:
+        self.registry = registry
+        self.labels = dict(labels)
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.registry.collect():
+            labelled = Metric(family.name, family.documentation, family.type, family.unit)
+            labelled.samples = [
+                sample._replace(labels={**self.labels, **sample.labels}) for sample in family.samples
+            ]
+            yield labelled

@@ -60,6 +60,19 @@ def _give_compressor(level: int, compressor: zstandard.ZstdCompressor) -> None:
             spares.append(compressor)
 
 
+def kept_bytes() -> int:
+    """Bytes of read buffers kept for the next file (compressors not counted: zstd owns them)."""
+    with _spare_lock:
+        return sum(len(buffer) for buffer in _spare_read_buffers)
+
+
+def drop_spares() -> None:
+    """Let go of the read buffers and compressors kept for the next file (see `heap`)."""
+    with _spare_lock:
+        _spare_read_buffers.clear()
+        _spare_compressors.clear()
+
+
 def _give_back(buffers: list[bytearray]) -> None:
     with _spare_lock:
         room = KEEP_READ_BUFFERS - len(_spare_read_buffers)

@@ -71,6 +71,7 @@ class Pipeline:
         self._tasks: list[asyncio.Task[None]] = []
         self._retries: set[asyncio.Task[None]] = set()
         self._accepting = True
+        self.finished = 0  # files a worker is done with (shipped, skipped or failed): idle-time work
         metrics.oldest_pending_age.set_function(self.oldest_pending_age)
 
     async def __aenter__(self) -> Pipeline:
@@ -97,6 +98,11 @@ class Pipeline:
         if not self._pending:
             return 0.0
         return max(0.0, time.time() - min(mtime for _, mtime in self._pending.values()))
+
+    @property
+    def idle(self) -> bool:
+        """No worker busy and nothing queued (files waiting for a retry may still be pending)."""
+        return self.queue.empty() and all(worker.busy_since is None for worker in self.workers)
 
     def dead_workers(self) -> list[int]:
         return [w.number for w, task in zip(self.workers, self._tasks, strict=True) if task.done()]
@@ -148,6 +154,7 @@ class Pipeline:
                 await self._ship(name)
             finally:
                 worker.current = None
+                self.finished += 1
                 self.claims.release(name)
                 self.queue.task_done()
 

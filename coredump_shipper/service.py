@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from coredump_shipper import afterupload, capturefailures, crashfacts, http
+from coredump_shipper import afterupload, capturefailures, crashfacts, heap, http
 from coredump_shipper.budget import DiskBudget
 from coredump_shipper.checkrow import Check
 from coredump_shipper.config import Config
 from coredump_shipper.errors import S3Error
 from coredump_shipper.kube import kube_features
-from coredump_shipper.metrics import Metrics
+from coredump_shipper.metrics import Labelled, Metrics
 from coredump_shipper.pipeline import Pipeline
 from coredump_shipper.retry import repeat_until
 from coredump_shipper.s3checks import self_test
@@ -43,7 +43,11 @@ log = logging.getLogger(__name__)
 S3_CHECK_INTERVAL = 15.0
 BUDGET_INTERVAL = 5.0
 CAPTURE_FAILURES_INTERVAL = 5.0
-S3_READY_WINDOW = 60.0
+# How often an idle pipeline's kept buffers and free heap pages are given back (see `heap`).
+MEMORY_RELEASE_INTERVAL = 10.0
+# S3 counts as reachable while the last periodic check succeeded and some call succeeded this recently
+# (a check that hangs until its deadline must not leave an old success standing).
+S3_REACHABLE_WINDOW = 60.0
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,7 @@ class Service:
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.self_test_failure: str | None = None
+        self.s3_check_ok = False
         # This node's keys, for the stale-upload clean-up (None: the template cannot set them apart).
         self.own_keys = config.keys.node_keys(config.cluster_name, config.node_name)
         self.store: S3Store
@@ -83,7 +88,8 @@ class Service:
 
     async def startup(self) -> None:
         config = self.config
-        app = http.make_app(self.health, self.readiness, self.metrics.registry)
+        identity = {"node": config.node_name} | ({"namespace": config.namespace} if config.namespace else {})
+        app = http.make_app(self.health, self.readiness, Labelled(self.metrics.registry, identity))
         await self._stack.enter_async_context(http.serve(app, *config.listen))
         client = await self._stack.enter_async_context(s3_client(client_settings(config)))
         self.store = S3Store(client, store_settings(config), self.metrics)
@@ -116,12 +122,16 @@ class Service:
         metrics.healthy.set_function(lambda: float(self._health().ok))
         metrics.workers_wedged.set_function(lambda: float(len(self._health().failing_workers)))
         metrics.watcher_running.set_function(lambda: float(self._health().watcher_running))
+        metrics.s3_reachable.set_function(lambda: float(self.s3_reachable()))
+        metrics.s3_last_success.set_function(self._s3_last_success_time)
+        metrics.start_time.set(self.started_at.timestamp())
         self._tasks = [
             self.watcher_task,
             asyncio.create_task(self._check_s3(), name="s3-check"),
             asyncio.create_task(self._clean_stale_uploads(), name="stale-uploads"),
             asyncio.create_task(self._keep_disk_budget(), name="disk-budget"),
             asyncio.create_task(self._count_capture_failures(), name="capture-failures"),
+            asyncio.create_task(self._give_back_memory_when_idle(), name="give-back-memory"),
         ]
         if config.self_test:
             self._tasks.append(asyncio.create_task(self._self_test(client), name="self-test"))
@@ -187,26 +197,38 @@ class Service:
             "workers": {"total": len(self.pipeline.workers), "wedged": state.wedged, "dead": state.dead},
         }
 
-    def readiness(self) -> tuple[bool, dict[str, Any]]:
-        watching = self.watcher.watching
+    def s3_reachable(self) -> bool:
         last = self.store.last_success
-        s3_ok = last is not None and time.monotonic() - last < S3_READY_WINDOW
+        return self.s3_check_ok and last is not None and time.monotonic() - last < S3_REACHABLE_WINDOW
+
+    def _s3_last_success_time(self) -> float:
+        last = self.store.last_success
+        return 0.0 if last is None else time.time() - (time.monotonic() - last)
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready once this node's pod can take cores: S3 is reported, not required (see http.py)."""
+        watching = self.watcher.watching
+        s3_ok = self.s3_reachable()
         reasons = []
         if not watching:
             reasons.append("watch not established")
-        if not s3_ok:
-            reasons.append(f"S3 not reachable: {self.store.last_error}")
         if self.self_test_failure:
             reasons.append(f"S3 self-test failed: {self.self_test_failure}")
-        body = {"watching": watching, "s3": "ok" if s3_ok else "failing", "reasons": reasons}
+        body: dict[str, Any] = {"watching": watching, "s3": "ok" if s3_ok else "failing", "reasons": reasons}
+        if not s3_ok:
+            body["s3_error"] = self.store.last_error
         return not reasons, body
 
     async def _check_s3(self) -> None:
-        """A cheap HeadBucket now and then keeps readiness current when no core is shipped."""
+        """A cheap HeadBucket now and then keeps coredump_shipper_s3_reachable current when idle."""
 
         async def check(attempt: int) -> bool:
-            with contextlib.suppress(S3Error):
+            try:
                 await self.store.head_bucket()
+            except S3Error:
+                self.s3_check_ok = False
+            else:
+                self.s3_check_ok = True
             return False  # for the whole run
 
         await repeat_until(check, lambda attempt: S3_CHECK_INTERVAL)
@@ -282,6 +304,23 @@ class Service:
             return False  # for the whole run
 
         await repeat_until(count, lambda attempt: CAPTURE_FAILURES_INTERVAL)
+
+    async def _give_back_memory_when_idle(self) -> None:
+        """Once the pipeline has stayed idle for an interval after work, return its memory."""
+        seen = self.pipeline.finished
+
+        async def release(attempt: int) -> bool:
+            nonlocal seen
+            finished = self.pipeline.finished
+            if finished != seen and self.pipeline.idle:
+                # Work ended since the last look and none is waiting: the burst is over. Between
+                # bursts nothing is released twice, and a busy pipeline keeps its buffers.
+                seen = finished
+                self.store.drop_spare_buffers()
+                heap.give_back_free_pages()
+            return False  # for the whole run
+
+        await repeat_until(release, lambda attempt: MEMORY_RELEASE_INTERVAL)
 
     async def _clean_stale_uploads(self) -> None:
         """Abort this node's multipart uploads left by a killed process; retried until S3 answers."""

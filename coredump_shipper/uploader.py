@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from coredump_shipper import parts
 from coredump_shipper.body import zero_copy_body
 from coredump_shipper.buffers import PartBuffers
 from coredump_shipper.errors import S3Error
@@ -96,6 +97,16 @@ class S3Store:
         # Set once a permanent error shows the store cannot list or abort multipart uploads: then
         # nothing cleans up an upload left behind but a bucket lifecycle rule.
         self.cleanup_unsupported: str | None = None
+
+    @property
+    def kept_buffer_bytes(self) -> int:
+        """Part and read buffers kept for the next core: what `drop_spare_buffers` lets go."""
+        return self._buffers.kept_bytes + parts.kept_bytes()
+
+    def drop_spare_buffers(self) -> None:
+        """Let go of the part and read buffers and compressors kept for the next core."""
+        self._buffers.drop_spares()
+        parts.drop_spares()
 
     async def _call(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
         def on_retry(attempt: int, error: BaseException) -> None:

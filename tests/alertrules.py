@@ -27,6 +27,44 @@ RELEASE_SELECTOR = {"job": "rel-coredump-shipper", "namespace": "coredumps"}
 NODE = {**RELEASE_SELECTOR, "node": "node-1", "instance": "10.0.0.1:9823", "pod": "rel-coredump-shipper-x1"}
 STALE = None  # a failed scrape: Prometheus marks the target's series stale
 
+
+@dataclass(frozen=True)
+class ScrapeStyle:
+    """One way Prometheus finds and scrapes the shipper, as the labels it stores: `target` are the
+    labels the scrape config gives the target (all that `up` has); the shipper adds its own node and
+    namespace to every series it exports, kept beside the target's under exported_* unless
+    `honor_labels`, as Prometheus does."""
+
+    name: str
+    target: Mapping[str, str]
+    honor_labels: bool
+
+    def exported(self, own: Mapping[str, str]) -> dict[str, str]:
+        """The labels of a series the shipper exports with the labels `own`, as Prometheus stores it."""
+        labels = dict(self.target)
+        for name, value in own.items():
+            labels[name if self.honor_labels or name not in self.target else f"exported_{name}"] = value
+        return labels
+
+
+POD = {"instance": "10.0.0.1:9823", "pod": "rel-coredump-shipper-x1"}
+STYLES = (
+    # The chart's ServiceMonitor/PodMonitor: job = the full name, node relabelled from the pod,
+    # honorLabels on.
+    ScrapeStyle(
+        "operator",
+        {**RELEASE_SELECTOR, "node": "node-1", **POD, "container": "shipper", "endpoint": "http"},
+        honor_labels=True,
+    ),
+    # prometheus.io/scrape annotations and Prometheus' example kubernetes-pods job: its own job name,
+    # namespace and pod relabelled, no node, honor_labels off.
+    ScrapeStyle(
+        "annotations", {"job": "kubernetes-pods", "namespace": "coredumps", **POD}, honor_labels=False
+    ),
+    # A plain static scrape config: a job name and the address, nothing from Kubernetes.
+    ScrapeStyle("static", {"job": "coredump-shipper", "instance": POD["instance"]}, honor_labels=False),
+)
+
 # A series' value at time t (seconds); STALE for a scrape that failed.
 Signal = Callable[[float], float | None]
 # A series that always has a value (counters and their building blocks).
@@ -170,8 +208,41 @@ def _checks(expect: Expect, rule: Mapping[str, Any], minutes: float) -> list[dic
     return checks
 
 
-def promtool_tests(scenario: Scenario, rules: Mapping[str, Any], rule_file: str) -> dict[str, Any]:
-    """A promtool test file for `scenario` against the rule file `rule_file`."""
+def _labels(series: str) -> tuple[str, dict[str, str]]:
+    name, _, labels = series.partition("{")
+    return name, dict(re.findall(r'(\w+)="([^"]*)"', labels))
+
+
+def _text(name: str, labels: Mapping[str, str]) -> str:
+    return name + "{" + ", ".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
+
+
+def scraped_as(series: Mapping[str, Signal], style: ScrapeStyle) -> dict[str, Signal]:
+    """`series` written as `selector` gives them (the chart's monitors), relabelled as `style` stores
+    them; series of other targets (kube-state-metrics, another release) are left as they are."""
+    out: dict[str, Signal] = {}
+    for text, signal in series.items():
+        name, labels = _labels(text)
+        if labels.get("job") != NODE["job"]:
+            out[text] = signal
+            continue
+        # This pod: its target labels in `style`, with this series' own pod and address.
+        target = {k: labels.get(k, v) if k in POD else v for k, v in style.target.items()}
+        if name == "up":
+            out[_text(name, target)] = signal
+            continue
+        own = {k: v for k, v in labels.items() if k not in NODE} | {
+            "namespace": labels["namespace"],
+            "node": labels["node"],
+        }
+        out[_text(name, ScrapeStyle(style.name, target, style.honor_labels).exported(own))] = signal
+    return out
+
+
+def promtool_tests(
+    scenario: Scenario, rules: Mapping[str, Any], rule_file: str, style: ScrapeStyle = STYLES[0]
+) -> dict[str, Any]:
+    """A promtool test file for `scenario`, its series scraped as `style`, against `rule_file`."""
     alerts = alerts_by_name(rules)
     checks = [
         c for expect in scenario.expect for c in _checks(expect, alerts[expect.alert], scenario.minutes)
@@ -185,7 +256,7 @@ def promtool_tests(scenario: Scenario, rules: Mapping[str, Any], rule_file: str)
                 "interval": f"{STEP}s",
                 "input_series": [
                     {"series": sel, "values": _series_text(signal, scenario.minutes)}
-                    for sel, signal in scenario.series.items()
+                    for sel, signal in scraped_as(scenario.series, style).items()
                 ],
                 "alert_rule_test": checks,
             }
@@ -209,6 +280,7 @@ ALL_ALERTS = (
     "CoredumpShipperCoreStuck",
     "CoredumpShipperBacklogStuck",
     "CoredumpShipperSelfTestFailed",
+    "CoredumpShipperS3Unreachable",
     "CoredumpShipperUnhealthy",
     "CoredumpShipperRestarting",
     "CoredumpShipperCoresDropped",

@@ -101,6 +101,7 @@ def _aws_env(monkeypatch: pytest.MonkeyPatch, s3_server: S3Endpoint) -> None:
             "S3_BUCKET",
             "NODE_NAME",
             "CLUSTER_NAME",
+            "POD_NAMESPACE",
             # The machine's own Kubernetes access must not turn pod look-ups on in tests.
             "KUBECONFIG",
             "KUBERNETES_SERVICE_HOST",

@@ -21,8 +21,10 @@ from tests.alertrules import (
     ALL_ALERTS,
     STALE,
     STEP,
+    STYLES,
     Expect,
     Scenario,
+    ScrapeStyle,
     Signal,
     Value,
     alerts_by_name,
@@ -34,6 +36,10 @@ from tests.alertrules import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
+# Where the runbook is published: the chart's home (Chart.yaml) + the file on the main branch.
+PUBLISHED_RUNBOOK = yaml.safe_load((ROOT / "charts/coredump-shipper/Chart.yaml").read_text())["home"] + (
+    "/blob/main/docs/alerts.md"
+)
 M = 60
 MiB = 1 << 20
 
@@ -62,7 +68,8 @@ def quiet(*alerts: str) -> list[Expect]:
 
 
 def shipper(**signals: Signal) -> dict[str, Signal]:
-    """A healthy idle shipper's series, with `signals` (metric name without prefix -> signal) replaced."""
+    """A healthy idle shipper's series, with `signals` (metric name without prefix -> signal) replaced.
+    A scrape that fails (`up` 0) leaves every series of the target stale, as Prometheus does."""
     series: dict[str, Signal] = {
         'uploads_total{result="success"}': const(5),
         'uploads_total{result="failure"}': const(0),
@@ -74,19 +81,26 @@ def shipper(**signals: Signal) -> dict[str, Signal]:
         "oldest_pending_age_seconds": const(0),
         "pending_failed_attempts_max": const(0),
         "self_test_success": const(1),
+        "s3_reachable": const(1),
         "healthy": const(1),
         "last_success_timestamp_seconds": const(1.7e9),
-        "process_start_time_seconds": const(1.7e9),
+        "start_time_seconds": const(1.7e9),
+        'build_info{version="0.1.0"}': const(1),
         "up": const(1),
     }
     series.update(signals)
+    up = series["up"]
     out = {}
     for name, signal in series.items():
         metric, _, labels = name.partition("{")
         extra = dict(re.findall(r'(\w+)="([^"]*)"', labels))
-        full = metric if metric in ("up", "process_start_time_seconds") else f"coredump_shipper_{metric}"
-        out[selector(full, **extra)] = signal
+        full = metric if metric == "up" else f"coredump_shipper_{metric}"
+        out[selector(full, **extra)] = signal if metric == "up" else answered_only(signal, up)
     return out
+
+
+def answered_only(signal: Signal, up: Signal) -> Signal:
+    return lambda t: STALE if up(t) == 0 else signal(t)
 
 
 def steady(per_min: float = 4, stop: float = float("inf")) -> dict[str, Signal]:
@@ -151,7 +165,7 @@ def stuck_core_restarting(t: float) -> float | None:
 
 
 def start_times(restarts: Sequence[float]) -> Signal:
-    """process_start_time_seconds: a new value after each restart."""
+    """coredump_shipper_start_time_seconds: a new value after each restart."""
 
     def value(t: float) -> float | None:
         if t in restarts:
@@ -171,16 +185,35 @@ def crash_loop_up(t: float) -> float:
 
 NEVER_SUCCEEDED_FAILURES = [330, 360, 390] + [450 + 60 * k for k in range(40)]
 
+# S3 goes away at 20 min: the shipper's next check (within 15 s) fails, so the scrape at 20.5 min
+# reads coredump_shipper_s3_reachable 0 (an S3 that hangs instead: 0 within 60 s, one scrape later).
+S3_GONE = piecewise((0, 1), (1230, 0))
+
 SCENARIOS = [
     Scenario(
-        "S3 gone on an idle node: noticed within 10 min of the first failure",
+        "S3 gone at 20 min on an idle node, no core at all: noticed within 10 min, back at 40 min",
+        minutes=50,
+        # Nothing to upload: no upload attempt, no failure, no waiting core; only the S3 check fails.
+        series=shipper(s3_reachable=piecewise((0, 1), (1230, 0), (2400, 1))),
+        # 0 from 20.5 min, for 5 min: fires at 25.5 min, 5.5 min after S3 went away.
+        expect=[
+            Expect("CoredumpShipperS3Unreachable", fires_at=1530, resolves_at=2400),
+            *quiet(*(a for a in ALL_ALERTS[:-2] if a != "CoredumpShipperS3Unreachable")),
+        ],
+    ),
+    Scenario(
+        "S3 gone at 20 min on an idle node, a core at 30 min: the outage first, then the failing uploads",
         minutes=45,
         series=shipper(
             **{'uploads_total{result="failure"}': events(IDLE_FAILURES)},
             pending_files=piecewise((0, 0), (1800, 1)),
+            s3_reachable=S3_GONE,
         ),
-        # Pending at the first failed upload (30.5 min), fires 3 min later with 5 failures counted.
-        expect=[Expect("CoredumpShipperUploadsFailing", fires_at=2010, value=5)],
+        # Uploads: pending at the first failed upload (30.5 min), fires 3 min later with 5 failures.
+        expect=[
+            Expect("CoredumpShipperS3Unreachable", fires_at=1530),
+            Expect("CoredumpShipperUploadsFailing", fires_at=2010, value=5),
+        ],
     ),
     Scenario(
         "S3 gone on a busy node: noticed within 15 min of the last success",
@@ -189,12 +222,26 @@ SCENARIOS = [
             **steady(4, stop=1800),
             **{'uploads_total{result="failure"}': counter(4, start=1800)},
             pending_files=piecewise((0, 0), (1800, 3)),
+            s3_reachable=piecewise((0, 1), (1830, 0)),
         ),
         # The last success is scraped at 30 min; fires at 43 min with 40 failures in the last 10 min.
         expect=[
+            Expect("CoredumpShipperS3Unreachable", fires_at=2130),
             Expect("CoredumpShipperUploadsFailing", fires_at=2580, value=40),
             Expect("CoredumpShipperCoreStuck", fires_at=None),
         ],
+    ),
+    Scenario(
+        "S3 fails one check in four, two pods on the node in a rolling update, one never reaches S3",
+        minutes=40,
+        series=shipper(s3_reachable=lambda t: 0.0 if t // STEP % 4 == 0 else 1.0)
+        | {
+            selector(
+                "coredump_shipper_s3_reachable", pod="rel-coredump-shipper-y2", instance="10.0.0.2:9823"
+            ): const(0)
+        },
+        # Never unreachable for 5 min in a row, and one pod of the node reaching S3 is enough.
+        expect=quiet("CoredumpShipperS3Unreachable"),
     ),
     Scenario(
         "steady healthy traffic with a transient failure every 7 min: quiet",
@@ -225,7 +272,7 @@ SCENARIOS = [
                 STALE if t == 1800 else counter(4)(t) if t < 1800 else 100 + counter(4, start=1830)(t)
             ),
             healthy=restarting(lambda age: 1.0, [1800]),
-            process_start_time_seconds=start_times([1800]),
+            start_time_seconds=start_times([1800]),
         ),
         expect=quiet(*ALL_ALERTS[:-2]),
     ),
@@ -265,7 +312,7 @@ SCENARIOS = [
         series=shipper(
             **steady(4),
             pending_failed_attempts_max=stuck_core_restarting,
-            process_start_time_seconds=start_times(RESTARTS_EVERY_5_MIN),
+            start_time_seconds=start_times(RESTARTS_EVERY_5_MIN),
             up=lambda t: 0.0 if t in RESTARTS_EVERY_5_MIN else 1.0,
         ),
         expect=[
@@ -286,9 +333,9 @@ SCENARIOS = [
             ),
         )
         | {
-            selector("coredump_shipper_self_test_success", pod="rel-coredump-shipper-y2"): (
-                lambda t: STALE if t < 1500 else 1.0
-            )
+            selector(
+                "coredump_shipper_self_test_success", pod="rel-coredump-shipper-y2", instance="10.0.0.2:9823"
+            ): (lambda t: STALE if t < 1500 else 1.0)
         },
         expect=[Expect("CoredumpShipperSelfTestFailed", fires_at=60, resolves_at=1500)],
     ),
@@ -323,10 +370,13 @@ SCENARIOS = [
             last_success_timestamp_seconds=const(0),
             pending_files=piecewise((0, 0), (300, 1)),
             oldest_pending_age_seconds=lambda t: max(0.0, t - 300),
+            s3_reachable=const(0),
+            s3_last_success_timestamp_seconds=const(0),
         ),
-        # Failing: 3 min after the first failure (5.5 min). Backlog: the core is older than 30 min
-        # at 35.5 min, for 5 min.
+        # Unreachable from the first scrape, for 5 min. Failing: 3 min after the first failure
+        # (5.5 min). Backlog: the core is older than 30 min at 35.5 min, for 5 min.
         expect=[
+            Expect("CoredumpShipperS3Unreachable", fires_at=300),
             Expect("CoredumpShipperUploadsFailing", fires_at=510, value=5),
             Expect("CoredumpShipperBacklogStuck", fires_at=2430, value=2130),
         ],
@@ -399,9 +449,7 @@ SCENARIOS = [
         series=shipper(
             up=crash_loop_up,
             # Only the scrapes that answer show a (new) process.
-            process_start_time_seconds=lambda t: (
-                (1.7e9 if t < 600 else 1.7e9 + t) if crash_loop_up(t) else STALE
-            ),
+            start_time_seconds=lambda t: (1.7e9 if t < 600 else 1.7e9 + t) if crash_loop_up(t) else STALE,
         ),
         # Under half the scrapes answer from 16.5 min; fires 5 min later, when 6 of 21 answered.
         expect=[
@@ -410,9 +458,12 @@ SCENARIOS = [
         ],
     ),
     Scenario(
-        "no shipper target is up anywhere",
+        "no shipper of this release is scraped anywhere (another namespace's is)",
         minutes=20,
-        series={'up{job="something-else", namespace="coredumps", node="node-1"}': const(1)},
+        series={
+            'up{job="something-else", instance="10.0.0.9:80"}': const(1),
+            'coredump_shipper_build_info{job="kubernetes-pods", namespace="other", node="node-1"}': const(1),
+        },
         expect=[Expect("CoredumpShipperAbsent", fires_at=900, labels={"namespace": "coredumps"})],
     ),
     Scenario(
@@ -457,10 +508,14 @@ def test_rules_pass_promtool_check(rule_file: Path) -> None:
     assert f"SUCCESS: {len(ALL_ALERTS)} rules found" in result.stdout
 
 
+@pytest.mark.parametrize("style", STYLES, ids=lambda s: s.name)
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)
-def test_alert_times(scenario: Scenario, rules: dict[str, Any], rule_file: Path, tmp_path: Path) -> None:
+def test_alert_times(
+    scenario: Scenario, style: ScrapeStyle, rules: dict[str, Any], rule_file: Path, tmp_path: Path
+) -> None:
+    """Each scenario with the shipper scraped each way: the alerts fire at the same times."""
     tests = tmp_path / "tests.yaml"
-    tests.write_text(yaml.safe_dump(promtool_tests(scenario, rules, str(rule_file)), sort_keys=False))
+    tests.write_text(yaml.safe_dump(promtool_tests(scenario, rules, str(rule_file), style), sort_keys=False))
     result = subprocess.run(
         [required_tool("promtool"), "test", "rules", str(tests)],
         capture_output=True,
@@ -481,7 +536,7 @@ def test_every_alert_names_its_node_and_namespace_and_links_its_runbook(rules: d
     runbook = (ROOT / "docs" / "alerts.md").read_text()
     sections = {h.lower() for h in re.findall(r"^### (\w+)$", runbook, flags=re.MULTILINE)}
     for name, rule in alerts_by_name(rules).items():
-        assert rule["annotations"]["runbook_url"] == f"docs/alerts.md#{name.lower()}"
+        assert rule["annotations"]["runbook_url"] == f"{PUBLISHED_RUNBOOK}#{name.lower()}"
         assert name.lower() in sections, f"docs/alerts.md has no section for {name}"
         if name == "CoredumpShipperAbsent":  # absent() of an expression keeps no label
             assert rule["labels"]["namespace"] == "coredumps"

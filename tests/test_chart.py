@@ -387,12 +387,16 @@ def test_alerts_use_real_metric_names_and_cover_the_failure_modes() -> None:
         assert alert["labels"]["severity"] in {"critical", "warning"}
         assert alert["labels"]["team"] == "platform"
         assert alert["annotations"]["summary"]
-    # The alerts select job=<fullname>; the ServiceMonitor must set exactly that job label.
-    monitor = one(manifests, "ServiceMonitor")
-    (endpoint,) = monitor["spec"]["endpoints"]
-    job = [r for r in endpoint["relabelings"] if r.get("targetLabel") == "job"]
-    assert job == [{"targetLabel": "job", "replacement": "rel-coredump-shipper"}]
-    assert 'job="rel-coredump-shipper"' in alerts["CoredumpShipperDown"]["expr"]
+    # The alerts select the release by the namespace label the shipper exports itself, not by a job
+    # only the chart's own monitors would set: the pod is told its namespace, the monitors keep it.
+    assert "job=" not in exprs
+    assert 'namespace="coredumps"' in alerts["CoredumpShipperUploadsFailing"]["expr"]
+    env = {
+        e["name"]: e for e in one(manifests, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["COREDUMP_SHIPPER_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    (endpoint,) = one(manifests, "ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["honorLabels"] is True
 
 
 def test_alerts_can_be_turned_off_one_by_one() -> None:
@@ -431,33 +435,58 @@ def test_every_value_is_documented_and_the_readme_table_is_fresh() -> None:
     assert result.returncode == 0, result.stderr
 
 
-def test_notes_render_for_every_values_file(tmp_path: Path) -> None:
-    """helm template leaves NOTES.txt out, so render a copy of it as an ordinary template."""
+def chart_with_notes(tmp_path: Path) -> Path:
+    """helm template leaves NOTES.txt out: a copy of the chart that renders it as an ordinary template."""
     chart = tmp_path / "coredump-shipper"
     shutil.copytree(CHART, chart)
     notes = (chart / "templates" / "NOTES.txt").read_text()
     (chart / "templates" / "notes-as-configmap.yaml").write_text(
         '{{- define "notes.body" }}' + notes + '{{- end }}\nnotes: {{ include "notes.body" . | quote }}\n'
     )
+    return chart
+
+
+def rendered_notes(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, result.stderr
+    docs = [d for d in yaml.safe_load_all(result.stdout) if d and "notes" in d]
+    notes: str = docs[0]["notes"]
+    return notes
+
+
+def test_notes_render_for_every_values_file(tmp_path: Path) -> None:
+    chart = chart_with_notes(tmp_path)
     for values in [None, *CI_VALUES]:
-        result = _helm_template(*([values] if values else []), chart=chart)
-        assert result.returncode == 0, result.stderr
-        docs = [d for d in yaml.safe_load_all(result.stdout) if d and "notes" in d]
-        text: str = docs[0]["notes"]
+        text = rendered_notes(_helm_template(*([values] if values else []), chart=chart))
         assert "coredump-shipper doctor" in text
         assert "/metrics" in text
         assert ("config.bucket is empty" in text) == (values is None)
+
+
+def test_notes_say_when_no_alert_rules_were_rendered_and_why(tmp_path: Path) -> None:
+    chart = chart_with_notes(tmp_path)
+    on = {"metrics.prometheusRule.enabled": "true"}
+    without_api = rendered_notes(_helm_template(chart=chart, sets=on))
+    assert (
+        "No alert rules were rendered: the PrometheusRule needs the monitoring.coreos.com/v1 API"
+        in without_api
+    )
+    assert "--show-only templates/prometheusrule.yaml" in without_api
+    assert "metrics.prometheusRule.enabled is false" in rendered_notes(_helm_template(chart=chart))
+    with_api = rendered_notes(_helm_template(chart=chart, sets=on, api_versions=(MONITORING_API,)))
+    assert "No alert rules" not in with_api
 
 
 def test_every_shipper_setting_can_be_set_from_the_chart() -> None:
     """A new flag without a values key would be reachable only through extraEnv."""
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     keys = {"COREDUMP_SHIPPER_" + re.sub(r"(?<!^)([A-Z])", r"_\1", key).upper() for key in values["config"]}
-    # Set by the chart itself (the hostPath, the node from the downward API, the probes' port), or
+    # Set by the chart itself (the hostPath, the node and namespace from the downward API, the probes'
+    # port), or
     # meaningful only for the one-shot `ship` command.
     not_keys = {
         "COREDUMP_SHIPPER_WATCH_DIR",
         "COREDUMP_SHIPPER_NODE_NAME",
+        "COREDUMP_SHIPPER_NAMESPACE",
         "COREDUMP_SHIPPER_LISTEN",
         "COREDUMP_SHIPPER_SHIP_ATTEMPTS",
     }

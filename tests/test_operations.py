@@ -10,7 +10,8 @@ import platform
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +38,20 @@ async def probe(config: Config, path: str) -> tuple[int, dict[str, Any]]:
     return status, json.loads(body)
 
 
+IDENTITY = ("namespace", "node")
+
+
 async def scrape(config: Config) -> dict[str, float]:
-    """Every sample of /metrics as 'name{label="v"}' -> value."""
+    """Every sample of /metrics as 'name{label="v"}' -> value, less the labels naming the pod's node
+    and namespace: every sample carries them (checked here), whatever its family."""
     status, body = await get(config, "/metrics")
     assert status == 200
+    expected = {"node": config.node_name} | ({"namespace": config.namespace} if config.namespace else {})
     samples = {}
     for family in text_string_to_metric_families(body):
         for sample in family.samples:
+            identity = {k: sample.labels.pop(k) for k in IDENTITY if k in sample.labels}
+            assert identity == expected, (sample.name, identity)
             labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
             samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
     return samples
@@ -70,6 +78,7 @@ async def test_ready_and_healthy_with_s3_up(make_config: ConfigFactory) -> None:
     config = make_config()
     async with running(config):
         await wait_until_async_status(config, "/readyz", 200)
+        await wait_until_async(lambda m: m["coredump_shipper_s3_reachable"] == 1, config)
         status, body = await probe(config, "/healthz")
         assert status == 200 and body["watcher"] == "running" and body["workers"]["wedged"] == []
         status, body = await probe(config, "/readyz")
@@ -84,24 +93,58 @@ async def wait_until_async_status(config: Config, path: str, status: int) -> Non
     raise AssertionError(f"{path} never answered {status}")
 
 
-async def test_not_ready_but_alive_while_s3_is_down(
+async def test_s3_outage_is_exported_and_keeps_the_pod_ready_and_alive(
     make_config: ConfigFactory, s3_server: S3Endpoint, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Readiness follows HeadBucket's answers: 503 while S3 fails them, 200 once one succeeds."""
+    """HeadBucket failing on an idle shipper: coredump_shipper_s3_reachable drops to 0 (its own alert),
+    /readyz reports it but stays 200 (a DaemonSet pod takes no traffic, and an outage is not a
+    scheduling problem), /healthz too; one successful check brings it back to 1."""
     monkeypatch.setattr(service_module, "S3_CHECK_INTERVAL", 0.1)
+    reachable, last = "coredump_shipper_s3_reachable", "coredump_shipper_s3_last_success_timestamp_seconds"
     async with FaultProxy(s3_server.url) as proxy:
-        failing = proxy.faults.fail(503, ops={"HeadBucket"})
-        config = make_config(endpoint_url=proxy.url, max_attempts=1)
+        config = make_config(endpoint_url=proxy.url, max_attempts=1, namespace="coredumps")
         async with running(config):
+            await wait_until_async(lambda m: m[reachable] == 1, config)
+            assert abs((await scrape(config))[last] - time.time()) < 5
+            failing = proxy.faults.fail(503, ops={"HeadBucket"})
             await wait_until(lambda: failing.injected >= 2)
+            samples = await scrape(config)
+            assert samples[reachable] == 0
+            failed_since = samples[last]
             status, body = await probe(config, "/readyz")
-            assert status == 503 and body["s3"] == "failing"
-            assert any("S3 not reachable" in reason for reason in body["reasons"]), body
+            assert status == 200 and body["s3"] == "failing" and body["reasons"] == [], body
+            assert "HeadBucket" in body["s3_error"], body
             status, body = await probe(config, "/healthz")
             assert status == 200, "liveness must not depend on S3"
             proxy.faults.remove(failing)
-            await wait_until_async_status(config, "/readyz", 200)
+            samples = await wait_until_async(lambda m: m[reachable] == 1, config)
+            assert samples[last] > failed_since
+            status, body = await probe(config, "/readyz")
+            assert status == 200 and body == {"status": "ok", "watching": True, "s3": "ok", "reasons": []}
         assert proxy.faults.stats().requests["HeadBucket"] > failing.injected
+
+
+async def test_s3_not_reachable_before_its_first_answer(make_config: ConfigFactory) -> None:
+    """An S3 endpoint that accepts and never answers: 0 from the start, not an old success."""
+    async with silent_server() as port:
+        config = make_config(endpoint_url=f"http://127.0.0.1:{port}", max_attempts=1)
+        async with running(config):
+            samples = await scrape(config)
+            assert samples["coredump_shipper_s3_reachable"] == 0
+            assert samples["coredump_shipper_s3_last_success_timestamp_seconds"] == 0
+            status, body = await probe(config, "/readyz")
+            assert status == 200 and body["s3"] == "failing", body
+
+
+async def wait_until_async(
+    predicate: Callable[[dict[str, float]], bool], config: Config, timeout: float = 10
+) -> dict[str, float]:
+    """Scrape until `predicate` holds for the samples; return them."""
+    deadline = time.monotonic() + timeout
+    while not predicate(samples := await scrape(config)):
+        assert time.monotonic() < deadline, f"condition not met within {timeout}s: {samples}"
+        await asyncio.sleep(0.05)
+    return samples
 
 
 async def test_not_ready_until_the_watch_is_established(make_config: ConfigFactory, watch_dir: Path) -> None:

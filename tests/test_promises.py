@@ -336,3 +336,19 @@ async def test_stale_upload_clean_up_spares_an_upload_whose_id_has_not_arrived_y
     assert requests.get("CreateMultipartUpload", 0) == 1, "shipped on the first try"
     assert bucket.content(key_for("core.early")) == data
     assert bucket.incomplete_uploads() == []
+
+
+async def test_an_idle_daemon_lets_go_of_the_buffers_a_burst_needed(
+    make_config: ConfigFactory, bucket: Bucket, watch_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a burst the part and read buffers are let go (and free heap pages trimmed), so an idle
+    node does not keep a burst's peak memory for ever."""
+    monkeypatch.setattr("coredump_shipper.service.MEMORY_RELEASE_INTERVAL", 0.2)
+    async with running(make_config(part_size="5MiB", compression="none")) as service:
+        for n in range(2):  # multipart cores: part buffers and read buffers are taken and kept
+            staged = watch_dir.parent / f"core.burst.{n}"
+            staged.write_bytes(os.urandom(11 * 1024 * 1024))
+            staged.rename(watch_dir / staged.name)
+        await wait_until(lambda: not any(watch_dir.glob("core.burst.*")), timeout=60)
+        await wait_until(lambda: service.store.kept_buffer_bytes == 0, timeout=10)
+        assert len(bucket.keys()) >= 2

@@ -37,6 +37,9 @@ for values in "${values_files[@]}"; do
       [[ ${PIPESTATUS[0]} -eq 0 ]] || { echo "invalid: $manifest (Kubernetes $version)" >&2; exit 1; }
     done
   done
-  echo "chart-lint: ${values:-default values}: ok ($(grep -c '^kind:' "$out/$name-monitoring.yaml") objects with the monitoring API)"
+  rules="PrometheusRule rendered only with the monitoring API"
+  grep -q '^kind: PrometheusRule' "$out/$name-monitoring.yaml" \
+    || rules="no alert rules: metrics.prometheusRule.enabled is false"
+  echo "chart-lint: ${values:-default values}: ok ($(grep -c '^kind:' "$out/$name-monitoring.yaml") objects with the monitoring API; $rules)"
 done
 echo "chart-lint: $((${#values_files[@]})) values files, Kubernetes $KUBE_VERSIONS, $(($(date +%s) - started)) s"

@@ -146,14 +146,19 @@ class Release:
             return error.code, error.read().decode()
 
     def metrics(self) -> dict[str, float]:
-        """Samples of the shipper now serving the port, as `name{label="v",...}` -> value."""
+        """Samples of the shipper now serving the port, as `name{label="v",...}` -> value, less the
+        node and namespace labels every sample carries (checked: the pod's own, from the chart)."""
         status, text = self.http("/metrics")
         assert status == 200, text
         samples: dict[str, float] = {}
+        identities = set()
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
+                identities.add((sample.labels.pop("namespace", None), sample.labels.pop("node", None)))
                 labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
                 samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+        ((namespace, node),) = identities
+        assert namespace == NAMESPACE and node, identities
         return samples
 
 

@@ -82,11 +82,14 @@ Whether the cluster serves the Prometheus Operator's API (or the caller says so 
 {{- end }}
 
 {{/*
-Label matchers that pick this release's series in PromQL. The ServiceMonitor and PodMonitor set the
-job label to the fullname, so both scrape styles give the same series.
+Label matchers that pick this release's coredump_shipper_* series in PromQL. The shipper labels every
+series it exports with its node and namespace itself (COREDUMP_SHIPPER_NAMESPACE), so the rules match
+whatever job and target labels the scrape gives: the Operator's monitors, annotation-based scraping
+or a plain scrape config. Series without the prefix (up) are tied to a shipper target by job and
+instance (see CoredumpShipperDown).
 */}}
 {{- define "coredump-shipper.promSelector" -}}
-job="{{ include "coredump-shipper.fullname" . }}", namespace="{{ .Release.Namespace }}"
+namespace="{{ .Release.Namespace }}"
 {{- end }}
 
 {{/*
