@@ -156,8 +156,11 @@ def _run_as(uid: int, view: Path) -> tuple[list[str], dict[str, str]]:
 def _capture_failures(port: int, reason: str) -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
         text = answer.read().decode()
-    wanted = f'coredump_shipper_capture_failures_total{{reason="{reason}"}} '
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(wanted))
+    return sum(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("coredump_shipper_capture_failures_total{") and f'reason="{reason}"' in line
+    )
 
 
 def _ready(port: int) -> bool:
