@@ -5,31 +5,39 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 STAMP := $(VENV)/.installed
 
-.PHONY: all install test lint format demo bench chart-lint image image-test clean lock receiver receiver-test
+.PHONY: all install test test-deps lint format demo bench chart-lint image image-test clean lock receiver receiver-test
 
 all: lint test
 
+# pip -qq: errors only (a fresh install is pages of output otherwise); the progress line says what runs.
 $(STAMP): pyproject.toml constraints.txt
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
-	touch $(STAMP)
+	@echo "make install: $(VENV) with coredump-shipper and its test tools, pinned by constraints.txt (1-3 min the first time)"
+	@$(PYTHON) -m venv $(VENV)
+	@$(BIN)/pip install -qq --disable-pip-version-check --upgrade pip
+	@$(BIN)/pip install -qq --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@touch $(STAMP)
 
 install: $(STAMP)
 
-test: $(STAMP)
+# Everything the suite needs beyond the venv (Debian packages, helm, the API server build, a plain
+# core_pattern): tests/setup.sh installs what is missing as root, says what to run otherwise, and
+# takes well under a second when all is there. One `part` line there per need.
+test-deps: $(STAMP)
+	@tests/setup.sh
+
+test: test-deps
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check coredump_shipper tests bench
-	$(BIN)/ruff format --check coredump_shipper tests bench
+	$(BIN)/ruff check coredump_shipper tests bench docker
+	$(BIN)/ruff format --check coredump_shipper tests bench docker
 	$(BIN)/ruff check e2e/tests
 	$(BIN)/ruff format --check e2e/tests
 	$(BIN)/mypy
 
 format: $(STAMP)
-	$(BIN)/ruff format coredump_shipper tests bench
-	$(BIN)/ruff check --fix coredump_shipper tests bench
+	$(BIN)/ruff format coredump_shipper tests bench docker
+	$(BIN)/ruff check --fix coredump_shipper tests bench docker
 	$(BIN)/ruff format e2e/tests
 	$(BIN)/ruff check --fix e2e/tests
 

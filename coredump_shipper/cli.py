@@ -1,4 +1,7 @@
-"""Command line: run, ship, check, doctor, ls, fetch. Exit codes are defined here only."""
+"""Command line: run, ship, check, doctor, ls, fetch, core-pattern, restore-wait.
+
+Exit codes are defined here only.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from coredump_shipper.config import (
     parse_duration,
     raw_value,
 )
-from coredump_shipper.corepattern import DEFAULT_HELPER, pipe_line
+from coredump_shipper.corepattern import ALIVE_WINDOW, DEFAULT_HELPER, pipe_line
 from coredump_shipper.errors import ConfigError, FileChanged, S3Error, ShipperError, SkipFile
 from coredump_shipper.logs import setup_logging
 
@@ -70,11 +73,20 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--limit", type=int, help="at most this many cores")
     ls.add_argument("--prefix", default="", help="only keys under this prefix (faster on big buckets)")
     ls.add_argument("--json", action="store_true", help="JSON for scripts")
+    ls.add_argument(
+        "--group", action="store_true", help="one row per crash signature: count, first/last seen, where"
+    )
+    ls.add_argument(
+        "--full",
+        action="store_true",
+        help="read every core's manifest (all fields; one request per core) instead of the fleet index",
+    )
     fetch = commands.add_parser("fetch", help="download, decompress and verify one core")
     fetch.add_argument("target", metavar="KEY|s3://BUCKET/KEY")
     fetch.add_argument("-o", "--output", type=Path, help="file or directory (default: original name here)")
     fetch.add_argument("--force", action="store_true", help="overwrite an existing file")
     fetch.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    fetch.add_argument("--gdb", action="store_true", help="then open it in gdb with the command printed")
     pattern = commands.add_parser(
         "core-pattern", help="print the kernel.core_pattern line that pipes cores to coredump-receive"
     )
@@ -83,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_HELPER,
         help=f"where the receiver is on the node (default {DEFAULT_HELPER})",
     )
+    wait = commands.add_parser(
+        "restore-wait", help="the chart's uninstall hook: wait until node setup's restore ran on every node"
+    )
+    wait.add_argument("--daemonset", required=True, help="the restore DaemonSet")
+    wait.add_argument("--namespace", required=True, help="its namespace")
+    wait.add_argument("--timeout", type=float, default=300.0, help="seconds before giving up (exit 1)")
+    wait.add_argument("--kubeconfig", help="a kubeconfig instead of the pod's service account")
     subcommands = (
         (run, "run"),
         (ship, "ship"),
@@ -111,6 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "check":
         return check_health(args)
+    if args.command == "restore-wait":
+        return restore_wait(args)
     values = vars(args)
     if args.command == "fetch" and args.target.startswith("s3://") and not values.get("bucket"):
         # The URL names the bucket; --bucket is not needed.
@@ -151,6 +172,16 @@ def check_health(args: argparse.Namespace) -> int:
     return EXIT_FAILED
 
 
+def restore_wait(args: argparse.Namespace) -> int:
+    from coredump_shipper.restorewait import restore_wait as wait
+
+    setup_logging("text", "info")
+    done = asyncio.run(
+        wait(os.environ, args.kubeconfig, args.namespace, args.daemonset, seconds=args.timeout)
+    )
+    return EXIT_OK if done else EXIT_FAILED
+
+
 # `ls` and `fetch` load nothing of the upload side, and the daemon none of the debugging side.
 
 
@@ -171,10 +202,11 @@ async def _doctor(config: Config, args: argparse.Namespace) -> int:
 
 
 async def _ls(config: Config, args: argparse.Namespace) -> int:
+    from coredump_shipper.grouping import group_cores
     from coredump_shipper.listing import list_cores
     from coredump_shipper.s3client import s3_client
     from coredump_shipper.settings import client_settings
-    from coredump_shipper.terminal import render_json, render_table
+    from coredump_shipper.terminal import render_groups, render_groups_json, render_json, render_table
 
     since = timedelta(seconds=parse_duration(args.since)) if args.since else None
     async with s3_client(client_settings(config)) as client:
@@ -189,9 +221,16 @@ async def _ls(config: Config, args: argparse.Namespace) -> int:
             namespace=args.filter_namespace,
             workload=args.filter_workload,
             since=since,
-            limit=args.limit,
+            limit=None if args.group else args.limit,
+            full=args.full,
         )
-    sys.stdout.write(render_json(entries) if args.json else render_table(entries))
+    if args.group:
+        groups = (
+            group_cores(entries)[: max(0, args.limit)] if args.limit is not None else group_cores(entries)
+        )
+        sys.stdout.write(render_groups_json(groups) if args.json else render_groups(groups))
+    else:
+        sys.stdout.write(render_json(entries) if args.json else render_table(entries))
     return EXIT_OK
 
 
@@ -207,7 +246,21 @@ async def _fetch(config: Config, args: argparse.Namespace) -> int:
             client, config.bucket, args.target, args.output, progress=progress, overwrite=args.force
         )
     sys.stdout.write(describe_fetch(result))
+    if args.gdb:
+        return _open_in_gdb(result.gdb_command)
     return EXIT_OK
+
+
+def _open_in_gdb(command: str) -> int:
+    import shlex
+    import shutil
+    import subprocess
+
+    if shutil.which("gdb") is None:
+        print("coredump-shipper: error: --gdb: gdb is not installed here", file=sys.stderr)
+        return EXIT_FAILED
+    sys.stdout.flush()
+    return subprocess.run(shlex.split(command), check=False).returncode
 
 
 async def _core_pattern(config: Config, args: argparse.Namespace) -> int:
@@ -218,6 +271,7 @@ async def _core_pattern(config: Config, args: argparse.Namespace) -> int:
             config.max_core_size,
             config.keep_free,
             config.receive_timeout,
+            ALIVE_WINDOW,
             max_use=config.max_use,
             scope=config.capture_scope,
         )

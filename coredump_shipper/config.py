@@ -314,7 +314,8 @@ SETTINGS: tuple[Setting, ...] = (
         (
             "object key template; fields: cluster, node, filename, pod, exe, exe_path, signal,"
             " signal_name, pid, global_pid, uid, gid, pod_uid, container_id, crash_time (takes a strftime"
-            " spec); from the Kubernetes API: namespace, container, image, image_id, workload_kind, workload,"
+            " spec), signature (the crash signature, docs/signatures.md); from the Kubernetes API:"
+            " namespace, container, image, image_id, workload_kind, workload,"
             " label_<name> for each of --pod-labels (e.g. label_app_kubernetes_io_name)"
         ),
     ),
@@ -383,8 +384,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "keep-free",
         parse_disk_limit,
-        "5%",
-        "space to keep free on the watched filesystem (bytes or %; 0 = no floor); the pipe receiver's too",
+        "15%",
+        "space to keep free on the watched filesystem (bytes or %; 0 = no floor); the pipe receiver's too. "
+        "15% (systemd-coredump's KeepFree) stays above the kubelet's hard eviction threshold "
+        "(nodefs.available<10%): cores never push the node into DiskPressure and evict pods",
         commands=_DAEMON | _PIPE,
     ),
     Setting(
@@ -403,6 +406,15 @@ SETTINGS: tuple[Setting, ...] = (
         " processes too. RISK: kubelet's, containerd's and login sessions' memory (node credentials,"
         " every pod's service-account tokens) then goes to the bucket (docs/security.md)",
         commands=_PIPE,
+    ),
+    Setting(
+        "heartbeat",
+        _optional_text,
+        "",
+        "pipe capture: a file the daemon touches every minute (node setup's <receiver directory>/alive/"
+        "heartbeat); without it for the receiver's window (1h) the receiver stores nothing, so a node "
+        "left without a shipper does not fill up with cores nobody ships (empty = off)",
+        commands=_DAEMON,
     ),
     Setting(
         "receive-timeout",
@@ -522,6 +534,7 @@ class Config:
     max_core_size: int
     capture_scope: str
     receive_timeout: float
+    heartbeat: str | None
     storm_limit: int
     storm_window: float
     kubernetes: str

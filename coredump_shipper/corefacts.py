@@ -9,7 +9,7 @@ over the file name; they alone know the pod UID and container ID.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from coredump_shipper.corefile import CoreFile
 from coredump_shipper.corename import CoreNamePattern
 from coredump_shipper.elfcore import CoreInfo, inspect_core
 from coredump_shipper.naming import metadata
+from coredump_shipper.signature import Signature, compute
 
 CORE_USES_PID = Path("/proc/sys/kernel/core_uses_pid")
 # x-amz-meta-* is limited to 2 KiB in all: long values are cut, and room is kept for the sha256
@@ -41,6 +42,8 @@ class CoreFacts:
     metadata: dict[str, str]  # header-safe x-amz-meta-* values
     info: CoreInfo
     program: str  # what the storm limiter counts: the executable when the name gives it
+    signature: Signature | None = None
+    details: dict[str, str] = field(default_factory=dict)  # for the manifest only: too long for headers
     by_uid_only: bool = False  # crash facts exist: the pod is found by UID, never by host name
 
 
@@ -64,6 +67,8 @@ def gather(core: CoreFile, pattern: CoreNamePattern, cluster: str, node: str, co
         )
     crash_time = named.crash_time or datetime.fromtimestamp(core.mtime, UTC)
     signal = info.signal if info.signal is not None else named.signal
+    program = named.exe if (named.matched or received) and named.exe else core.name
+    signature = compute(core.fd, core.size, named.exe or info.comm or program, info.exe_path)
     values: dict[str, Any] = {
         "cluster": cluster,
         "node": node,
@@ -80,6 +85,7 @@ def gather(core: CoreFile, pattern: CoreNamePattern, cluster: str, node: str, co
         "pod_uid": received.pod_uid if received else None,
         "container_id": received.container_id if received else None,
         "crash_time": crash_time,
+        "signature": signature.short,
     }
     # The receiver read the cgroup: the pod is its UID or none. %h is chosen by the crashing process
     # (`unshare -u; hostname victim-pod`) and never names a pod then (identity.py).
@@ -102,12 +108,20 @@ def gather(core: CoreFile, pattern: CoreNamePattern, cluster: str, node: str, co
         if received.cut_short:
             described["truncated"] = "true"
     described |= {n: v for n, v in extra.items() if n not in described and n not in {"matched", "args"}}
+    described |= signature.metadata()  # the frames; every frame and module are in the manifest
     described["exe_path"] = values["exe_path"]
     described["args"] = extra.get("args", "")[:LONG_VALUE_LIMIT]
     if received is not None and received.cgroup:
         described["cgroup"] = received.cgroup[-LONG_VALUE_LIMIT:]  # the end names pod and container
-    program = named.exe if (named.matched or received) and named.exe else core.name
-    return CoreFacts(values, metadata(described, reserve=SHA256_RESERVE), info, program, by_uid_only)
+    return CoreFacts(
+        values,
+        metadata(described, reserve=SHA256_RESERVE),
+        info,
+        program,
+        signature,
+        signature.details(),
+        by_uid_only,
+    )
 
 
 def truncation_hint(info: CoreInfo) -> str:

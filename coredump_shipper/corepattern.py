@@ -25,7 +25,10 @@ RECEIVER_DEFAULT_TIMEOUT = 600
 # --capture-scope: the receiver's default is "pod", written only when it is "all".
 SCOPES = ("pod", "all")
 NO_LIMIT = DiskLimit()
-_OPTIONS = frozenset({"-m", "-f", "-x", "-s", "-t", "-d"})
+_OPTIONS = frozenset({"-m", "-f", "-x", "-s", "-t", "-a", "-d"})
+# The receiver stores nothing once the shipper's heartbeat (heartbeat.py, every minute) is older than
+# this: a shipper down for an hour, or gone with a node left piping to the receiver.
+ALIVE_WINDOW = "1h"
 
 
 def _size(count: int) -> str:
@@ -57,13 +60,14 @@ def pipe_line(
     max_core_size: int,
     keep_free: DiskLimit,
     timeout: float,
+    alive_window: str | None = None,
     *,
     max_use: DiskLimit = NO_LIMIT,
     scope: str = "pod",
 ) -> str:
     """The core_pattern value; ConfigError when it cannot be written as such.
 
-    `|HELPER [-m SIZE] [-f FREE] [-x MAXUSE] [-s all] [-t SECONDS] -d %d DIR %P %u %g %s %t %h %e`
+    `|HELPER [-m SIZE] [-f FREE] [-x MAXUSE] [-s all] [-t SECONDS] [-a WINDOW] -d %d DIR %P %u %g %s %t %h %e`
     """
     _plain_path("--helper", helper)
     _plain_path("--watch-dir", watch_dir)
@@ -80,6 +84,8 @@ def pipe_line(
     seconds = math.ceil(timeout)
     if seconds != RECEIVER_DEFAULT_TIMEOUT:
         words += ["-t", str(seconds)]
+    if alive_window:
+        words += ["-a", alive_window]
     line = " ".join([*words, DUMP_MODE, str(PurePosixPath(watch_dir)), SPECIFIERS])
     length = len(line.encode())
     if length > KERNEL_LIMIT:

@@ -42,6 +42,8 @@ class CoreNotice:
     signal: str
     url: str
     metadata_only: bool
+    signature: str = ""
+    seen: str = ""  # "new on this cluster", "seen 41 times on this cluster"
 
 
 @dataclass
@@ -62,6 +64,9 @@ def note_for(notice: CoreNotice) -> str:
         )
     else:
         text = f"{notice.program}{container} dumped core ({notice.signal}); core: {notice.url}"
+    if notice.signature:
+        seen = f" ({notice.seen})" if notice.seen else ""
+        text += f"; signature {notice.signature}{seen}"
     return text.encode()[:NOTE_LIMIT].decode(errors="ignore")
 
 

@@ -267,9 +267,61 @@ def _shown_path(path: Path) -> str:
     return str(path)
 
 
-def gdb_command(core: Path, metadata: Mapping[str, str]) -> tuple[str, tuple[str, ...]]:
+MODULES_SHOWN: Final = 12
+
+
+def _build_ids(metadata: Mapping[str, str]) -> list[tuple[str, str]]:
+    """(build-id, path) of the modules the manifest lists (`modules`: one "BUILD-ID PATH" a line)."""
+    out = []
+    for line in metadata.get("modules", "").splitlines():
+        build_id, _, path = line.partition(" ")
+        if build_id and build_id != "-" and all(ch in "0123456789abcdef" for ch in build_id):
+            out.append((build_id, display(path)))
+    return out
+
+
+def _debugging_notes(metadata: Mapping[str, str], environ: Mapping[str, str]) -> tuple[list[str], list[str]]:
+    """gdb options and notes: the image to take the binaries from, the build-ids, debuginfod."""
+    options: list[str] = []
+    notes: list[str] = []
+    signature = display(metadata.get("signature", ""))
+    if signature:
+        frames = display(metadata.get("signature-frames", "")) or "no frames"
+        notes.append(f"signature {signature}: {frames} (`coredump-shipper ls --group` counts its cores)")
+    image = display(metadata.get("image", ""))
+    if image:
+        image_id = display(metadata.get("image-id", ""))
+        notes.append(
+            f"the program and its libraries are in the image {image}"
+            + (f" ({image_id})" if image_id else "")
+            + ": unpack it and add -iex 'set sysroot DIR'"
+        )
+    build_ids = _build_ids(metadata)
+    if build_ids:
+        shown = ", ".join(
+            f"{posixpath.basename(path) or path}={bid}" for bid, path in build_ids[:MODULES_SHOWN]
+        )
+        more = f" and {len(build_ids) - MODULES_SHOWN} more" if len(build_ids) > MODULES_SHOWN else ""
+        notes.append(f"build-ids (gdb checks them; debuginfod serves symbols by them): {shown}{more}")
+        if environ.get("DEBUGINFOD_URLS"):
+            options = ["-iex", "set debuginfod enabled on"]
+            notes.append(
+                f"gdb fetches debug symbols by build-id from DEBUGINFOD_URLS={environ['DEBUGINFOD_URLS']}"
+            )
+        else:
+            notes.append(
+                "set DEBUGINFOD_URLS to a debuginfod server of the image's distribution and gdb fetches "
+                "the debug symbols of these build-ids itself"
+            )
+    return options, notes
+
+
+def gdb_command(
+    core: Path, metadata: Mapping[str, str], environ: Mapping[str, str] | None = None
+) -> tuple[str, tuple[str, ...]]:
     """The gdb command line that opens `core`, and notes on what it needs."""
     path = program_path(metadata)
+    options, extra = _debugging_notes(metadata, os.environ if environ is None else environ)
     notes: list[str] = []
     if path.startswith("/"):
         program = path
@@ -290,4 +342,5 @@ def gdb_command(core: Path, metadata: Mapping[str, str]) -> tuple[str, tuple[str
             "this core is truncated (RLIMIT_CORE too small, disk full or the writer was killed): "
             "gdb will warn and some memory will be missing"
         )
-    return f"gdb {shlex.quote(program)} {shlex.quote(_shown_path(core))}", tuple(notes)
+    command = shlex.join(["gdb", program, _shown_path(core), *options])
+    return command, tuple(notes + extra)

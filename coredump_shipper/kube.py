@@ -25,6 +25,7 @@ from coredump_shipper.kubeaccess import resolve
 from coredump_shipper.kubeapi import KubeClient
 from coredump_shipper.metrics import Metrics
 from coredump_shipper.pods import Pod, PodCache
+from coredump_shipper.sightings import Sighting
 from coredump_shipper.stopping import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,15 @@ class Kube:
     async def enrich(self, facts: CoreFacts) -> tuple[CoreFacts, Pod | None]:
         return await self.identity.enrich(facts)
 
-    def core_shipped(self, pod: Pod | None, facts: CoreFacts, key: str, *, metadata_only: bool) -> None:
+    def core_shipped(
+        self,
+        pod: Pod | None,
+        facts: CoreFacts,
+        key: str,
+        *,
+        metadata_only: bool,
+        sighting: Sighting | None = None,
+    ) -> None:
         """Queue the pod's CoreDumped Event (never waits)."""
         if pod is None or self.events is None:
             return
@@ -55,6 +64,8 @@ class Kube:
                 signal=signal or "unknown signal",
                 url=f"s3://{self.bucket}/{key}",
                 metadata_only=metadata_only,
+                signature=facts.signature.short if facts.signature else "",
+                seen=sighting.text() if sighting else "",
             )
         )
 

@@ -42,6 +42,8 @@ class Resource:
 PODS = Resource("", "v1", "pods")
 EVENTS = Resource("events.k8s.io", "v1", "events")
 CORE_EVENTS = Resource("", "v1", "events")
+# Only the chart's uninstall hook reads one (coredump_shipper/restorewait.py), with a Role of its own.
+DAEMONSETS = Resource("apps", "v1", "daemonsets")
 
 
 class KubeError(Exception):

@@ -18,6 +18,8 @@ from datetime import UTC, datetime, timedelta
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
+from coredump_shipper.fleetindex import PREFIX as INDEX_PREFIX
+from coredump_shipper.fleetindex import cluster_prefix, is_index_key, parse_entry
 from coredump_shipper.manifest import Manifest, core_key, is_manifest_key
 from coredump_shipper.s3reads import CoreNotFound, NotAManifest, read_manifest, read_s3
 from coredump_shipper.terminal import display
@@ -68,7 +70,7 @@ class CoreEntry:
 # --- what a manifest says -----------------------------------------------------------------------
 
 
-def _text(fields: Mapping[str, str], *names: str) -> str:
+def field_text(fields: Mapping[str, str], *names: str) -> str:
     for name in names:
         if fields.get(name):
             return display(fields[name])
@@ -116,22 +118,26 @@ def program_path(fields: Mapping[str, str]) -> str:
 
 
 def program_name(fields: Mapping[str, str]) -> str:
-    return _text(fields, "exe", "comm", "exe-name") or posixpath.basename(program_path(fields))
+    return field_text(fields, "exe", "comm", "exe-name") or posixpath.basename(program_path(fields))
 
 
 def entry_from_manifest(manifest_key: str, manifest: Manifest) -> CoreEntry:
-    fields = manifest.fields
+    return entry_from_fields(core_key(manifest_key), manifest.fields, manifest.sha256)
+
+
+def entry_from_fields(key: str, fields: dict[str, str], sha256: str = "") -> CoreEntry:
+    """A core from its manifest's fields, or from the subset its fleet index entry carries."""
     return CoreEntry(
-        key=core_key(manifest_key),
+        key=key,
         crash_time=_time(fields),
-        cluster=_text(fields, "cluster"),
-        node=_text(fields, "node"),
-        pod=_text(fields, "pod"),
+        cluster=field_text(fields, "cluster"),
+        node=field_text(fields, "node"),
+        pod=field_text(fields, "pod"),
         exe=program_name(fields),
         signal=signal_text(fields),
         size=_int(fields, "size"),
         stored_bytes=_int(fields, "stored-bytes"),
-        sha256=manifest.sha256,
+        sha256=sha256 or fields.get("sha256", ""),
         fields=fields,
     )
 
@@ -155,8 +161,8 @@ class Filters:
             (self.cluster, (entry.cluster,)),
             (self.node, (entry.node,)),
             (self.pod, (entry.pod,)),
-            (self.namespace, (_text(entry.fields, "namespace"),)),
-            (self.workload, (_text(entry.fields, "workload"),)),
+            (self.namespace, (field_text(entry.fields, "namespace"),)),
+            (self.workload, (field_text(entry.fields, "workload"),)),
         )
         if any(wanted is not None and not _any_match(wanted, values) for wanted, values in checks):
             return False
@@ -168,8 +174,8 @@ def _programs(entry: CoreEntry) -> tuple[str, ...]:
     path = program_path(entry.fields)
     return (
         entry.exe,
-        _text(entry.fields, "comm"),
-        _text(entry.fields, "exe-name"),
+        field_text(entry.fields, "comm"),
+        field_text(entry.fields, "exe-name"),
         path,
         posixpath.basename(path),
     )
@@ -179,29 +185,80 @@ def _any_match(pattern: str, values: Iterable[str]) -> bool:
     return any(value and fnmatchcase(value, pattern) for value in values)
 
 
-async def _manifest_keys(
-    client: S3Client, bucket: str, prefix: str, stored_after: datetime | None
+async def _keys(
+    client: S3Client,
+    bucket: str,
+    prefix: str,
+    *,
+    start_after: str = "",
+    stop_at: str | None = None,
+    keep: Callable[[str, datetime | None], bool],
 ) -> list[str]:
+    """Keys under `prefix` (after `start_after`, before `stop_at`) that `keep` accepts, 1,000 a request."""
     keys: list[str] = []
     token: str | None = None
     while True:
         kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
         if token:
             kwargs["ContinuationToken"] = token
+        elif start_after:
+            kwargs["StartAfter"] = start_after
         page = await read_s3(
             "ListObjectsV2", bucket, prefix, functools.partial(client.list_objects_v2, **kwargs)
         )
         for obj in page.get("Contents", []):
             key = obj.get("Key", "")
-            modified = obj.get("LastModified")
-            if not is_manifest_key(key):
-                continue
-            if stored_after is not None and modified is not None and modified < stored_after:
-                continue
-            keys.append(key)
+            if stop_at is not None and key >= stop_at:
+                return keys
+            if keep(key, obj.get("LastModified")):
+                keys.append(key)
         token = page.get("NextContinuationToken")
         if not page.get("IsTruncated") or not token:
             return keys
+
+
+async def _manifest_keys(
+    client: S3Client, bucket: str, prefix: str, stored_after: datetime | None
+) -> list[str]:
+    """Every manifest under `prefix`. The fleet index's own keys are stepped over, not listed: a
+    listing by prefix cannot exclude them, so the keys before and after them are two listings."""
+
+    def keep(key: str, modified: datetime | None) -> bool:
+        if not is_manifest_key(key) or is_index_key(key):
+            return False
+        return stored_after is None or modified is None or modified >= stored_after
+
+    if prefix.startswith(INDEX_PREFIX):
+        return []
+    if not INDEX_PREFIX.startswith(prefix):
+        return await _keys(client, bucket, prefix, keep=keep)
+    # Every key that starts with INDEX_PREFIX sorts before INDEX_PREFIX with its last "/" raised by one.
+    past_index = INDEX_PREFIX[:-1] + chr(ord(INDEX_PREFIX[-1]) + 1)
+    before, after = await asyncio.gather(
+        _keys(client, bucket, prefix, stop_at=INDEX_PREFIX, keep=keep),
+        _keys(client, bucket, prefix, start_after=past_index, keep=keep),
+    )
+    return before + after
+
+
+async def _index_entries(client: S3Client, bucket: str, cluster: str | None) -> dict[str, dict[str, str]]:
+    """Core key -> its fields, from the fleet index (fleetindex.py), of one cluster when named exactly."""
+    exact = cluster is not None and not any(ch in cluster for ch in "*?[")
+    prefix = cluster_prefix(cluster) if exact and cluster is not None else INDEX_PREFIX
+    entries: dict[str, dict[str, str]] = {}
+
+    def keep(key: str, modified: datetime | None) -> bool:
+        fields = parse_entry(key)
+        if fields is not None:
+            entries[fields["key"]] = fields
+        return False
+
+    await _keys(client, bucket, prefix, keep=keep)
+    return entries
+
+
+async def _nothing() -> dict[str, dict[str, str]]:
+    return {}
 
 
 async def _bounded(items: Sequence[str], work: Callable[[str], Awaitable[T]], limit: int) -> list[T]:
@@ -239,13 +296,19 @@ async def list_cores(
     workload: str | None = None,
     now: datetime | None = None,
     concurrency: int = LIST_CONCURRENCY,
+    full: bool = False,
 ) -> list[CoreEntry]:
     """Shipped cores under `prefix` that pass the filters, newest crash first.
 
     Only cores with a manifest are listed: one without is still being uploaded (or its upload failed).
+    A core's fields come from its fleet index entry (the fields `ls` uses), or with `full` from its
+    manifest (every field, one read per core).
     """
     cutoff = (now or datetime.now(UTC)) - since if since is not None else None
-    keys = await _manifest_keys(store_client, bucket, prefix, cutoff - CLOCK_SLACK if cutoff else None)
+    keys, index = await asyncio.gather(
+        _manifest_keys(store_client, bucket, prefix, cutoff - CLOCK_SLACK if cutoff else None),
+        _index_entries(store_client, bucket, cluster) if not full else _nothing(),
+    )
 
     async def read(key: str) -> CoreEntry | None:
         try:
@@ -256,7 +319,18 @@ async def list_cores(
             log.warning("skipping %s: %s", key, error)
             return None
 
+    # A core's index entry stands for its manifest; only cores without one (shipped before the
+    # index, or whose entry was not written) cost a read. Entries without a manifest are not shown.
+    found: list[CoreEntry | None] = []
+    unindexed: list[str] = []
+    for key in keys:
+        fields = index.get(core_key(key))
+        if fields is None:
+            unindexed.append(key)
+        else:
+            found.append(entry_from_fields(core_key(key), fields))
+    found += await _bounded(unindexed, read, concurrency)
     filters = Filters(cluster, node, pod, exe, cutoff, namespace, workload)
-    entries = [e for e in await _bounded(keys, read, concurrency) if e is not None and filters.match(e)]
+    entries = [e for e in found if e is not None and filters.match(e)]
     entries.sort(key=lambda e: (e.crash_time or datetime.min.replace(tzinfo=UTC), e.key), reverse=True)
     return entries if limit is None else entries[: max(0, limit)]

@@ -35,6 +35,8 @@ TEMPLATE_FIELDS = (
     "pod_uid",
     "container_id",
     "crash_time",
+    # The crash signature (signature.py): the same crash gets the same short hash on every node.
+    "signature",
     # From the Kubernetes API (identity.py), for cores whose pod is found (pod_uid also comes from there).
     "namespace",
     "container",

@@ -9,10 +9,12 @@ from __future__ import annotations
 import contextlib
 import gc
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
+from botocore.utils import parse_timestamp
 
 from coredump_shipper.settings import ClientSettings
 
@@ -20,6 +22,20 @@ if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
 else:
     S3Client = Any
+
+
+def parse_time(text: str) -> datetime:
+    """S3's ISO 8601 times ('2026-12-07T04:49:27.000Z') parsed in C; any other form as botocore does.
+
+    botocore parses every timestamp with dateutil, about 0.3 ms each: for a listing of 1,000 keys,
+    0.3 s of the client's CPU, most of what `ls` over the fleet index costs.
+    """
+    try:
+        parsed = datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        fallback: datetime = parse_timestamp(text)
+        return fallback
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 @contextlib.asynccontextmanager
@@ -37,6 +53,7 @@ async def s3_client(settings: ClientSettings) -> AsyncIterator[S3Client]:
         response_checksum_validation=settings.checksum_mode,
     )
     session = get_session()
+    session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=parse_time)
     async with session.create_client(
         "s3",
         endpoint_url=settings.endpoint_url,

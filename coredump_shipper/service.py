@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from coredump_shipper import afterupload, capturefailures, crashfacts, heap, http
+from coredump_shipper import afterupload, capturefailures, crashfacts, heap, heartbeat, http
 from coredump_shipper.budget import DiskBudget
 from coredump_shipper.checkrow import Check
 from coredump_shipper.config import Config
@@ -133,6 +133,10 @@ class Service:
             asyncio.create_task(self._count_capture_failures(), name="capture-failures"),
             asyncio.create_task(self._give_back_memory_when_idle(), name="give-back-memory"),
         ]
+        if config.heartbeat:
+            self._tasks.append(
+                asyncio.create_task(heartbeat.keep_beating(config.heartbeat), name="heartbeat")
+            )
         if config.self_test:
             self._tasks.append(asyncio.create_task(self._self_test(client), name="self-test"))
         log.info(

@@ -12,15 +12,19 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from coredump_shipper.afterupload import AfterUpload
 from coredump_shipper.config import Config
 from coredump_shipper.corefacts import CoreFacts, core_uses_pid, gather, truncation_hint
 from coredump_shipper.corefile import CoreFile
+from coredump_shipper.errors import S3Error
+from coredump_shipper.fleetindex import entry_key
 from coredump_shipper.manifest import Manifest, manifest_key
 from coredump_shipper.metrics import Metrics
 from coredump_shipper.parts import choose_part_size
+from coredump_shipper.sightings import Sighting, Sightings
+from coredump_shipper.signature import describe as describe_signature
 from coredump_shipper.storm import StormLimiter
 from coredump_shipper.uploader import S3Store, UploadResult
 
@@ -61,6 +65,7 @@ class Shipper:
         self.pattern = config.core_names.with_uses_pid(core_uses_pid())
         self.storm = StormLimiter(config.storm_limit, config.storm_window)
         self.storage = config.storage
+        self.sightings = Sightings(store.client, store.bucket, config.cluster_name)
         metrics.storm_limit.set(config.storm_limit)
         metrics.storm_window.set(config.storm_window)
 
@@ -97,7 +102,8 @@ class Shipper:
                 await self._metadata_only(core, key, facts)
             if self.after_upload.removes_file:
                 await _close_deleted(core)
-            self._announce(pod, facts, key if admitted else manifest_key(key), metadata_only=not admitted)
+            shown = key if admitted else manifest_key(key)
+            await self._announce(pod, facts, shown, metadata_only=not admitted)
             if not admitted:
                 return None
         seconds = time.monotonic() - started
@@ -105,15 +111,18 @@ class Shipper:
         self.metrics.core_bytes.inc(core.size)
         self.metrics.upload_duration.observe(seconds)
         self.metrics.last_success.set(time.time())
+        signature = facts.signature
         log.info(
-            "[coredump] '%s' has been uploaded to 's3://%s/%s'",
+            "[coredump] '%s' has been uploaded to 's3://%s/%s' signature %s",
             path,
             self.store.bucket,
             key,
+            describe_signature(signature) if signature else "unknown",
             extra={
                 "event": "uploaded",
                 "file": str(path),
                 "key": key,
+                "signature": signature.short if signature else None,
                 "bytes": core.size,
                 "bytes_sent": result.bytes_sent,
                 "duration_seconds": round(seconds, 3),
@@ -129,9 +138,30 @@ class Shipper:
             return facts, None
         return await self.kube.enrich(facts)
 
-    def _announce(self, pod: Pod | None, facts: CoreFacts, key: str, *, metadata_only: bool) -> None:
-        if self.kube is not None:
-            self.kube.core_shipped(pod, facts, key, metadata_only=metadata_only)
+    async def _announce(self, pod: Pod | None, facts: CoreFacts, key: str, *, metadata_only: bool) -> None:
+        if self.kube is None or pod is None or self.kube.events is None:
+            return
+        sighting: Sighting | None = None
+        if facts.signature is not None:
+            sighting = await self.sightings.seen(facts.signature.short)
+        self.kube.core_shipped(pod, facts, key, metadata_only=metadata_only, sighting=sighting)
+
+    async def _write_manifest(self, manifest: Manifest, object_args: dict[str, Any]) -> None:
+        """The manifest, then the core's fleet index entry (fleetindex.py). The entry is a
+        convenience: if it cannot be written, `ls` reads the manifest instead, so shipping goes on."""
+        await self.store.put_json(manifest_key(manifest.key), manifest.to_json(), object_args)
+        entry = entry_key(manifest.fields)
+        if entry is None:
+            return
+        try:
+            await self.store.put_json(entry, {}, object_args)
+        except S3Error as error:
+            log.warning(
+                "fleet index entry for %r not written (ls reads its manifest instead): %s",
+                manifest.key,
+                error,
+                extra={"event": "index_failed", "key": manifest.key},
+            )
 
     async def _upload(self, core: CoreFile, key: str, facts: CoreFacts) -> UploadResult:
         part_size = choose_part_size(core.size, self.config.part_size, self.compressed, self.config.max_parts)
@@ -146,16 +176,16 @@ class Shipper:
             object_args,
         )
         # Written last: a manifest means its core object is complete.
-        manifest = Manifest.for_core(key, self.store.bucket, facts.metadata, result.sha256, result.bytes_sent)
-        await self.store.put_json(manifest_key(key), manifest.to_json(), object_args)
+        manifest = Manifest.for_core(
+            key, self.store.bucket, {**facts.metadata, **facts.details}, result.sha256, result.bytes_sent
+        )
+        await self._write_manifest(manifest, object_args)
         return result
 
     async def _metadata_only(self, core: CoreFile, key: str, facts: CoreFacts) -> None:
         """A core over the storm limit: store what is known about it, not the core itself."""
-        manifest = Manifest.rate_limited_core(key, self.store.bucket, facts.metadata)
-        await self.store.put_json(
-            manifest_key(key), manifest.to_json(), self.storage.args(facts.template_values)
-        )
+        manifest = Manifest.rate_limited_core(key, self.store.bucket, {**facts.metadata, **facts.details})
+        await self._write_manifest(manifest, self.storage.args(facts.template_values))
         self._finish(core, key)
         self.metrics.dropped.labels("rate_limited").inc()
         log.warning(

@@ -16,6 +16,7 @@ from urllib.parse import unquote
 
 if TYPE_CHECKING:
     from coredump_shipper.fetch import FetchResult
+    from coredump_shipper.grouping import Group
     from coredump_shipper.listing import CoreEntry
 
 
@@ -94,6 +95,75 @@ def entry_json(entry: CoreEntry) -> dict[str, Any]:
 def render_json(entries: Iterable[CoreEntry]) -> str:
     """A JSON array (newest first, as given), one object per core, for scripts."""
     return json.dumps([entry_json(e) for e in entries], indent=2) + "\n"
+
+
+GROUP_COLUMNS: Final = (
+    "SIGNATURE",
+    "COUNT",
+    "FIRST (UTC)",
+    "LAST (UTC)",
+    "PROGRAM",
+    "SIGNAL",
+    "NODES",
+    "WORKLOADS",
+    "IMAGES",
+    "FRAMES",
+    "EXAMPLE KEY",
+)
+_LISTED: Final = 3  # names shown per cell before "+N"
+
+
+def _some(names: set[str]) -> str:
+    shown = sorted(names)
+    extra = f" +{len(shown) - _LISTED}" if len(shown) > _LISTED else ""
+    return ",".join(shown[:_LISTED]) + extra if shown else "-"
+
+
+def render_groups(groups: Iterable[Group]) -> str:
+    """One line per signature: how often, since when, where, and a core to fetch."""
+    rows: list[tuple[str, ...]] = [GROUP_COLUMNS]
+    for g in groups:
+        cells = (
+            g.signature,
+            str(g.count),
+            _time_text(g.first),
+            _time_text(g.last),
+            g.program,
+            g.signal,
+            f"{len(g.nodes)}:{_some(g.nodes)}",
+            _some(g.workloads),
+            _some(g.images),
+            g.frames,
+            g.example,
+        )
+        rows.append(tuple(map(cell, cells)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(GROUP_COLUMNS) - 1)]
+    lines = ["  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[-1]]) for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _stamp(moment: datetime | None) -> str | None:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if moment else None
+
+
+def render_groups_json(groups: Iterable[Group]) -> str:
+    document = [
+        {
+            "signature": g.signature,
+            "count": g.count,
+            "first_seen": _stamp(g.first),
+            "last_seen": _stamp(g.last),
+            "program": g.program,
+            "signal": g.signal,
+            "frames": g.frames,
+            "nodes": sorted(g.nodes),
+            "workloads": sorted(g.workloads),
+            "images": sorted(g.images),
+            "example_key": g.example,
+        }
+        for g in groups
+    ]
+    return json.dumps(document, indent=2) + "\n"
 
 
 def describe_fetch(result: FetchResult) -> str:

@@ -67,14 +67,13 @@ EOF
 }
 
 debian_mirror() {
-  # The mirror this machine already uses (deb822 or one-line format), so debootstrap needs no
-  # other network access.
-  local uri
-  uri=$(grep -hsE '^(URIs:|deb )' /etc/apt/sources.list /etc/apt/sources.list.d/*.sources \
-          /etc/apt/sources.list.d/*.list 2>/dev/null \
-        | grep -E 'debian/?$|debian/? ' | grep -v security | head -n1 \
-        | sed -E 's/^URIs:[[:space:]]*//; s/^deb[[:space:]]+(\[[^]]*\][[:space:]]+)?//; s/[[:space:]].*$//')
-  echo "${DEBIAN_MIRROR:-${uri:-http://deb.debian.org/debian}}"
+  # The mirror this machine's apt already uses, so debootstrap needs no other network access;
+  # DEBIAN_MIRROR overrides it. No guessed fallback: without one the build stops with one line.
+  if [[ -n ${DEBIAN_MIRROR:-} ]]; then
+    echo "$DEBIAN_MIRROR"
+  else
+    python3 docker/debian_mirror.py --suite "$SUITE"
+  fi
 }
 
 ensure_base_image() {
@@ -84,7 +83,7 @@ ensure_base_image() {
   local tarball="$CACHE/$SUITE-minbase-${BASE_PACKAGES//,/+}.tar"
   if [[ ! -s $tarball ]]; then
     local mirror rootfs
-    mirror=$(debian_mirror)
+    mirror=$(debian_mirror) || exit 1
     rootfs=$(mktemp -d "$CACHE/rootfs.XXXXXX")
     log "debootstrap $SUITE from $mirror"
     debootstrap --variant=minbase --include="$BASE_PACKAGES" "$SUITE" "$rootfs" "$mirror" \

@@ -13,8 +13,8 @@
 # 3. `cluster.sh start` in a fresh temporary WORK directory, the scenarios in e2e/tests (pytest),
 #    `cluster.sh stop` in a trap;
 # 4. checks that nothing is left behind: no process of the run, no mount, no kubepods cgroup, no
-#    created host directory, and the machine's kernel.core_pattern and core_pipe_limit as they were
-#    before the run.
+#    created host directory, and the machine's kernel.core_pattern, core_pipe_limit and
+#    fs.suid_dumpable as they were before the run.
 #
 # kernel.core_pattern is global to the machine and the scenarios change it (the chart's node setup):
 # the run holds /tmp/cds-core-pattern.lock throughout, the lock every core_pattern change takes.
@@ -29,6 +29,7 @@ IMAGE=${CDS_E2E_IMAGE:-localhost/coredump-shipper:e2e}
 PY=$ROOT/.venv/bin/python
 PATTERN=/proc/sys/kernel/core_pattern
 PIPE_LIMIT=/proc/sys/kernel/core_pipe_limit
+SUID_DUMPABLE=/proc/sys/fs/suid_dumpable
 LOGS=$ROOT/.cache/e2e
 # Mount points cluster.sh creates on the host when missing (its HOST_DIRS).
 HOST_DIRS=(/run/containerd /var/lib/cni /var/lib/kubelet /var/log/pods /var/log/containers)
@@ -36,16 +37,17 @@ HOST_DIRS=(/run/containerd /var/lib/cni /var/lib/kubelet /var/log/pods /var/log/
 started=$(date +%s)
 log() { printf '%s [e2e %4ss] %s\n' "$(date +%T)" "$(($(date +%s) - started))" "$*" >&2; }
 
-# pgrep (the leftover check) and sysctl (scenario 6's documented restore) come with procps.
-if ! command -v pgrep >/dev/null || ! command -v sysctl >/dev/null; then
+# pgrep (the leftover check) comes with procps.
+if ! command -v pgrep >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends procps >/dev/null
 fi
 
 exec 9>/tmp/cds-core-pattern.lock
 flock -w 900 9 || { echo "e2e: another run holds /tmp/cds-core-pattern.lock" >&2; exit 1; }
 saved_pattern=$(cat "$PATTERN")
-# Pipe capture's node setup raises core_pipe_limit too: machine-global as well.
+# Pipe capture's node setup raises core_pipe_limit and sets suid_dumpable=2: machine-global as well.
 saved_pipe_limit=$(cat "$PIPE_LIMIT")
+saved_suid_dumpable=$(cat "$SUID_DUMPABLE")
 # A killed earlier run may have left the node-setup pattern pointing into its temporary directory.
 if [[ $saved_pattern == */cds-e2e.* ]]; then
   log "core_pattern $saved_pattern was left by a killed run: repairing it to 'core'"
@@ -53,6 +55,8 @@ if [[ $saved_pattern == */cds-e2e.* ]]; then
   echo core >"$PATTERN"
   saved_pipe_limit=0
   echo 0 >"$PIPE_LIMIT"
+  saved_suid_dumpable=0
+  echo 0 >"$SUID_DUMPABLE"
 fi
 missing_dirs=()
 for d in "${HOST_DIRS[@]}"; do [[ -e $d ]] || missing_dirs+=("$d"); done
@@ -85,6 +89,7 @@ leftovers() {
   [[ -n ${pytest_sid:-} ]] && { pgrep -a -s "$pytest_sid" | sed 's/^/test process: /' || true; }
   [[ $(cat "$PATTERN") == "$saved_pattern" ]] || echo "kernel.core_pattern: $(cat "$PATTERN") (was $saved_pattern)"
   [[ $(cat "$PIPE_LIMIT") == "$saved_pipe_limit" ]] || echo "kernel.core_pipe_limit: $(cat "$PIPE_LIMIT") (was $saved_pipe_limit)"
+  [[ $(cat "$SUID_DUMPABLE") == "$saved_suid_dumpable" ]] || echo "fs.suid_dumpable: $(cat "$SUID_DUMPABLE") (was $saved_suid_dumpable)"
 }
 
 finish() {
@@ -97,6 +102,7 @@ finish() {
     printf '%s\n' "$saved_pattern" >"$PATTERN"
   fi
   [[ $(cat "$PIPE_LIMIT") == "$saved_pipe_limit" ]] || echo "$saved_pipe_limit" >"$PIPE_LIMIT"
+  [[ $(cat "$SUID_DUMPABLE") == "$saved_suid_dumpable" ]] || echo "$saved_suid_dumpable" >"$SUID_DUMPABLE"
   cp -r "$WORK/logs" "$LOGS/cluster-logs" 2>/dev/null || true
   cp -r "$WORK/log/pods" "$LOGS/pod-logs" 2>/dev/null || true
   if [[ ${K8S_LAB_STRACE:-0} == 1 ]]; then
@@ -115,7 +121,7 @@ finish() {
     echo "$found" >&2
     status=1
   else
-    log "nothing left behind: no process, mount, kubepods cgroup or host directory; core_pattern '$saved_pattern', core_pipe_limit $saved_pipe_limit"
+    log "nothing left behind: no process, mount, kubepods cgroup or host directory; core_pattern '$saved_pattern', core_pipe_limit $saved_pipe_limit, suid_dumpable $saved_suid_dumpable"
   fi
   rm -rf "$WORK"
   log "done in $(($(date +%s) - started)) s (status $status; logs in $LOGS)"
@@ -136,6 +142,7 @@ t=$(date +%s)
 set +e
 CDS_E2E_WORK=$WORK CDS_E2E_BIN=$(bash "$CLUSTER" bindir) CDS_E2E_IMAGE=$IMAGE CDS_E2E_LOGS=$LOGS \
   CDS_E2E_SAVED_PATTERN=$saved_pattern CDS_E2E_SAVED_PIPE_LIMIT=$saved_pipe_limit \
+  CDS_E2E_SAVED_SUID_DUMPABLE=$saved_suid_dumpable \
   setsid --wait "$PY" -m pytest -p no:cacheprovider --timeout 400 --durations 0 e2e/tests ${PYTEST_ARGS:-} &
 pytest_sid=$!
 wait "$pytest_sid"

@@ -3,7 +3,7 @@
 // The kernel runs it as root, in the host's initial namespaces, for every crash, with the core on
 // standard input:
 //
-//	|/var/lib/coredump-shipper/coredump-receive [-m SIZE] [-f FREE] [-x MAXUSE] [-s pod|all] [-t SECONDS] -d %d DIR %P %u %g %s %t %h %e
+//	|/var/lib/coredump-shipper/coredump-receive [-m SIZE] [-f FREE] [-x MAXUSE] [-s pod|all] [-t SECONDS] [-a WINDOW] -d %d DIR %P %u %g %s %t %h %e
 //
 // It reads the crashed process's cgroup (pod UID, container ID) while /proc/<pid> still exists.
 // With the default scope (-s pod) a process outside any pod (a host daemon: kubelet, containerd,
@@ -165,6 +165,7 @@ func parseArgs(args []string) (crash, limits, error) {
 	scope := flags.String("s", "pod", "pod: store only cores of processes in a Kubernetes pod; all: every process")
 	mode := flags.Int("d", dumpUnknown, "the kernel's %d: 1 ordinary dump, 2 suid-safe dump")
 	seconds := flags.Int("t", 600, "deadline in seconds: the crashed process stays a zombie until we exit")
+	registerAliveFlag(flags) // -a (alive.go)
 	if err := flags.Parse(args); err != nil {
 		return c, lim, err
 	}
@@ -230,9 +231,10 @@ func main() {
 	}
 	c, lim, err := parseArgs(os.Args[1:])
 	if err != nil {
-		logf("bad arguments (%v); usage: coredump-receive [-m SIZE] [-f FREE] [-x MAXUSE] [-s pod|all] [-t SECONDS] [-d MODE] DIR %%P %%u %%g %%s %%t %%h %%e", err)
+		logf("bad arguments (%v); usage: coredump-receive [-m SIZE] [-f FREE] [-x MAXUSE] [-s pod|all] [-t SECONDS] [-a WINDOW] [-d MODE] DIR %%P %%u %%g %%s %%t %%h %%e", err)
 		os.Exit(exitUsage)
 	}
+	dropIfOrphaned(c) // -a (alive.go): no shipper alive, nothing stored
 	proc := readProc(c.GlobalPID)
 	stdin, err := pollableStdin()
 	if err != nil {

@@ -75,7 +75,7 @@ def required_tool(name: str) -> str:
     """The path of a Prometheus binary (Debian's `prometheus` package); CI must have it."""
     path = shutil.which(name)
     if path is None:
-        reason = f"{name} not found: apt-get install prometheus"
+        reason = f"{name} not found (run, as root: make test-deps)"
         if os.environ.get("CI"):
             pytest.fail(f"{name} is required in CI: {reason}")
         pytest.skip(reason)
@@ -88,8 +88,8 @@ def render_rules(
     """The chart's rules as a Prometheus rule file (`groups:`), as `helm template` renders them."""
     if HELM is None:
         if os.environ.get("CI"):
-            pytest.fail("helm is required in CI: run charts/tools/fetch-helm.sh")
-        pytest.skip("helm not found: run charts/tools/fetch-helm.sh")
+            pytest.fail("helm is required in CI: run make test-deps")
+        pytest.skip("helm not found: run make test-deps")
     args = [HELM, "template", "rel", str(CHART), "--namespace", "coredumps", "--api-versions", MONITORING_API]
     args += ["--set", "metrics.prometheusRule.enabled=true"]
     for key, value in (sets or {}).items():

@@ -19,6 +19,7 @@ import zstandard
 from botocore.config import Config as BotoConfig
 
 from coredump_shipper.config import Config, load_config
+from coredump_shipper.fleetindex import is_index_key
 from coredump_shipper.metrics import Metrics
 from coredump_shipper.service import Service
 from tests import skips
@@ -58,7 +59,7 @@ def swift_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
     """OpenStack Swift with s3api, started once for every test file that uses it."""
     reason = swift_server.missing()
     if reason:
-        # CI installs Swift (tests/servers/install-swift.sh): a skip there would hide a broken setup.
+        # make test installs Swift (tests/setup.sh): a skip under CI would hide a broken set-up.
         if os.environ.get("CI"):
             pytest.fail(f"Swift is required in CI: {reason}")
         pytest.skip(reason)
@@ -71,7 +72,7 @@ def kube_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[kube_serve
     """etcd + kube-apiserver on 127.0.0.1 with real RBAC, started once for the session."""
     reason = kube_servers.missing()
     if reason:
-        if os.environ.get("CI"):  # .ci/run builds the binaries: a skip there would hide a broken set-up
+        if os.environ.get("CI"):  # make test builds it (tests/setup.sh): a skip would hide a broken set-up
             pytest.fail(f"kube-apiserver is required in CI: {reason}")
         pytest.skip(reason)
     with kube_servers.run_kube(tmp_path_factory.mktemp("kube")) as server:
@@ -144,7 +145,11 @@ class Bucket:
         return sorted(obj["Key"] for page in pages for obj in page.get("Contents", []))
 
     def core_keys(self) -> list[str]:
-        return [key for key in self.keys() if not key.endswith(".manifest.json")]
+        """Core objects: neither manifests nor fleet index entries."""
+        return [key for key in self.keys() if not key.endswith(".manifest.json") and not is_index_key(key)]
+
+    def index_keys(self) -> list[str]:
+        return [key for key in self.keys() if is_index_key(key)]
 
     def get(self, key: str) -> bytes:
         body: bytes = self.client.get_object(Bucket=self.name, Key=key)["Body"].read()

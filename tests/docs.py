@@ -87,12 +87,19 @@ PACKAGE = README.parent / "coredump_shipper"
 _KUBE_CALL = re.compile(r"\.call\(\s*\"([a-z]+)\",\s*([A-Z_]+)\b|\.watch\(\s*([A-Z_]+)\b")
 
 
-def kube_calls() -> set[tuple[str, str, str]]:
-    """(API group, resource, verb) of every Kubernetes API call in the package's code."""
+# The chart's uninstall hook runs this module under a Role of its own, not the shipper's ClusterRole.
+HOOK_MODULE = "restorewait.py"
+
+
+def kube_calls(*, hook: bool = False) -> set[tuple[str, str, str]]:
+    """(API group, resource, verb) of every Kubernetes API call in the shipper's code (with `hook`:
+    in the uninstall hook's module instead)."""
     from coredump_shipper import kubeapi
 
     found = set()
     for module in sorted(PACKAGE.glob("*.py")):
+        if (module.name == HOOK_MODULE) != hook:
+            continue
         for match in _KUBE_CALL.finditer(module.read_text()):
             verb = match.group(1) or "watch"
             resource: kubeapi.Resource = getattr(kubeapi, match.group(2) or match.group(3))

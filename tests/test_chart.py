@@ -1,6 +1,6 @@
 """The Helm chart, rendered by the real helm binary: security, probes, storage, config and monitoring.
 
-helm comes from `charts/tools/fetch-helm.sh` (run by `make chart-lint`, which CI runs first) or PATH;
+helm comes from `charts/tools/fetch-helm.sh` (run by `make test`'s set-up, tests/setup.sh) or PATH;
 without it these tests are skipped, and under CI=true that skip fails the run (tests/skips.py).
 """
 
@@ -39,7 +39,7 @@ def _find_helm() -> str | None:
 
 
 HELM = _find_helm()
-pytestmark = pytest.mark.skipif(HELM is None, reason="helm not found: run charts/tools/fetch-helm.sh")
+pytestmark = pytest.mark.skipif(HELM is None, reason="helm not found: run make test-deps")
 
 Render = Callable[..., list[Manifest]]
 
@@ -76,7 +76,12 @@ def render_error(*values: Path, sets: Mapping[str, str] | None = None) -> str:
 
 
 def one(manifests: list[Manifest], kind: str) -> Manifest:
-    found = [m for m in manifests if m["kind"] == kind]
+    """The release's one object of `kind` (hooks aside: tests/test_chart_uninstall.py has those)."""
+    found = [
+        m
+        for m in manifests
+        if m["kind"] == kind and "helm.sh/hook" not in m["metadata"].get("annotations", {})
+    ]
     assert len(found) == 1, f"{len(found)} {kind} objects"
     return found[0]
 
@@ -293,6 +298,8 @@ def test_pipe_mode_node_setup_installs_the_receiver() -> None:
         "PIPE_LIMIT": "128",
         "DIR_UID": "1000",
         "DIR_GID": "1000",
+        # file mode's pattern: node setup never saves it as the node's own
+        "FILE_PATTERN": "/var/coredump/core.%h.%e.sig%s.%p.%t",
     }
     # keepFree, maxCoreSize and receiveTimeout reach the core_pattern line through the ConfigMap.
     assert init["envFrom"] == [{"configMapRef": {"name": "rel-coredump-shipper"}}]
@@ -308,6 +315,63 @@ def test_pipe_mode_node_setup_installs_the_receiver() -> None:
 def test_receiver_directory_must_not_be_writable_by_the_shipper() -> None:
     error = render_error(sets={"nodeSetup.enabled": "true", "capture.receiverDirectory": "/var/coredump/bin"})
     assert "must not be inside coreDirectory.path" in error
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/", "/etc", "/usr", "/var", "/bin", "/proc", "/sys", "/dev", "/root", "/home", "/var/lib", "/var/lib/",
+     "/var/log", "/var/lib/kubelet", "/etc/cores", "/usr/local/cores", "/proc/1", "/var/../etc"],
+)  # fmt: skip
+def test_a_system_directory_is_refused_as_the_core_directory(path: str) -> None:
+    """Node setup would chown it to the shipper's uid, and the shipper deletes what it ships from it."""
+    for mode in ("pipe", "file"):
+        error = render_error(
+            sets={"coreDirectory.path": path, "nodeSetup.enabled": "true", "capture.mode": mode,
+                  "nodeSetup.corePattern": f"{path.rstrip('/')}/core.%h.%e.sig%s.%p.%t",
+                  "capture.receiverDirectory": "/opt/cds"}
+        )  # fmt: skip
+        assert "coreDirectory.path" in error and "system directory" in error, error
+
+
+@pytest.mark.parametrize(
+    "path", ["/var/coredump", "/var/lib/coredumps", "/data/cores", "/home/kubernetes/cores"]
+)
+def test_a_directory_of_its_own_is_accepted_as_the_core_directory(path: str) -> None:
+    render(
+        sets={
+            "coreDirectory.path": path,
+            "nodeSetup.enabled": "true",
+            "capture.receiverDirectory": "/opt/cds",
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    "sets",
+    [
+        {"nodeSetup.directoryUid": "0"},
+        {"podSecurityContext.runAsUser": "2000"},
+        {
+            "nodeSetup.directoryUid": "2000",
+            "podSecurityContext.runAsUser": "2000",
+            "securityContext.runAsUser": "3000",
+        },
+    ],
+)
+def test_a_directory_uid_other_than_the_shippers_is_refused(sets: dict[str, str]) -> None:
+    error = render_error(sets={"nodeSetup.enabled": "true", **sets})
+    assert "nodeSetup.directoryUid" in error and "runAsUser" in error, error
+
+
+def test_a_directory_uid_matching_the_shippers_is_accepted() -> None:
+    render(
+        sets={
+            "nodeSetup.enabled": "true",
+            "nodeSetup.directoryUid": "2000",
+            "podSecurityContext.runAsUser": "2000",
+        }
+    )
+    render(sets={"nodeSetup.directoryUid": "0"})  # node setup off: the chart changes nothing on the node
 
 
 @pytest.mark.parametrize(
@@ -481,10 +545,10 @@ def test_every_shipper_setting_can_be_set_from_the_chart() -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     keys = {"COREDUMP_SHIPPER_" + re.sub(r"(?<!^)([A-Z])", r"_\1", key).upper() for key in values["config"]}
     # Set by the chart itself (the hostPath, the node and namespace from the downward API, the probes'
-    # port), or
-    # meaningful only for the one-shot `ship` command.
+    # port, the heartbeat next to the receiver), or meaningful only for the one-shot `ship` command.
     not_keys = {
         "COREDUMP_SHIPPER_WATCH_DIR",
+        "COREDUMP_SHIPPER_HEARTBEAT",
         "COREDUMP_SHIPPER_NODE_NAME",
         "COREDUMP_SHIPPER_NAMESPACE",
         "COREDUMP_SHIPPER_LISTEN",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 import pytest
@@ -34,7 +35,7 @@ def test_network_policy_allows_dns_s3_and_scrapes_only() -> None:
     assert ingress["ports"] == [{"port": "http", "protocol": "TCP"}]
     monitoring = {"kubernetes.io/metadata.name": "monitoring"}
     assert ingress["from"][0]["namespaceSelector"]["matchLabels"] == monitoring
-    dns, s3 = spec["egress"]
+    dns, s3, api = spec["egress"]
     assert dns["ports"] == [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]
     assert dns["to"][0]["podSelector"]["matchLabels"] == {"k8s-app": "kube-dns"}
     # The port of config.endpointUrl (http://minio.storage.svc:9000).
@@ -42,6 +43,54 @@ def test_network_policy_allows_dns_s3_and_scrapes_only() -> None:
     assert s3["to"] == [{"ipBlock": {"cidr": "10.244.0.0/16"}}]
     # The port the policy opens is the one the shipper listens on.
     assert shipper(manifests)["ports"][0]["name"] == "http"
+    # config.kubernetes is on by default: the API server is reachable (see below).
+    assert api["ports"] == [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}]
+
+
+def egress_allows(spec: dict[str, Any], address: str, port: int) -> bool:
+    """NetworkPolicy egress semantics for a TCP connection to an address outside the pod network
+    (the API server's): a rule allows it when one of its ports matches (no ports: every port) and one
+    of its peers is an ipBlock holding the address (no peers: every address). Pod and namespace
+    selectors never match a host address."""
+    ip = ipaddress.ip_address(address)
+    for rule in spec.get("egress", []):
+        ports = rule.get("ports")
+        if ports is not None and not any(
+            p.get("protocol", "TCP") == "TCP" and p.get("port") in (None, port) for p in ports
+        ):
+            continue
+        peers = rule.get("to")
+        if peers is None:
+            return True
+        for peer in peers:
+            block = peer.get("ipBlock")
+            if (
+                block
+                and ip in ipaddress.ip_network(block["cidr"])
+                and not any(ip in ipaddress.ip_network(e) for e in block.get("except", []))
+            ):
+                return True
+    return False
+
+
+# The API server as NetworkPolicies see it (after the kubernetes Service's DNAT): kubeadm and most
+# distributions serve on 6443, some managed control planes on 443.
+API_SERVERS = [("192.168.10.4", 6443), ("172.16.0.2", 443)]
+
+
+@pytest.mark.parametrize(("address", "port"), API_SERVERS)
+def test_the_kubernetes_api_is_let_through_while_config_kubernetes_is_on(address: str, port: int) -> None:
+    on = policy(render(NETWORK_VALUES))
+    assert egress_allows(on, address, port), on["egress"]
+    assert not egress_allows(on, address, 2379), "only the API server's ports"
+    off = policy(render(NETWORK_VALUES, sets={"config.kubernetes": "off"}))
+    assert not egress_allows(off, address, port), "no API egress when the shipper does not use the API"
+
+
+def test_the_kubernetes_api_egress_can_be_narrowed_to_the_api_servers() -> None:
+    spec = policy(render(NETWORK_VALUES, sets={"networkPolicy.kubernetesApi.cidrs[0]": "192.168.10.0/24"}))
+    assert egress_allows(spec, "192.168.10.4", 6443)
+    assert not egress_allows(spec, "172.16.0.2", 443)
 
 
 @pytest.mark.parametrize(
@@ -72,7 +121,10 @@ def test_extra_egress_is_appended() -> None:
             }
         )
     )
-    assert spec["egress"][2] == {"to": [{"ipBlock": {"cidr": "169.254.169.254/32"}}], "ports": [{"port": 80}]}
+    assert spec["egress"][-1] == {
+        "to": [{"ipBlock": {"cidr": "169.254.169.254/32"}}],
+        "ports": [{"port": 80}],
+    }
 
 
 @pytest.mark.parametrize(

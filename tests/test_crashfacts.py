@@ -280,7 +280,7 @@ def test_core_pattern_command() -> None:
     )
     assert done.returncode == 0, done.stderr
     helper = "|/var/lib/coredump-shipper/coredump-receive"
-    assert done.stdout == f"{helper} -m 1G -f 5%% -x 10%% -t 120 -d %d /cores %P %u %g %s %t %h %e\n"
+    assert done.stdout == f"{helper} -m 1G -f 15%% -x 10%% -t 120 -a 1h -d %d /cores %P %u %g %s %t %h %e\n"
     too_long = subprocess.run(
         [*command, "--helper", "/" + "x" * 120], env=env, capture_output=True, text=True, check=False
     )

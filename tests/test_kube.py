@@ -8,6 +8,7 @@ owners (Deployment -> ReplicaSet -> Pod) on a node that has no kubelet: they sta
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import logging
@@ -590,3 +591,28 @@ async def test_pipe_capture_never_takes_the_pod_from_a_host_name(
     assert documents["inpod"]["pod"] == other["metadata"]["name"]
     assert cluster.events("shop", victim_uid) == []
     assert len(cluster.events("other", other_uid)) == 1
+
+
+async def test_event_says_whether_the_signature_is_new_on_the_cluster(
+    cluster: Cluster, make_config: ConfigFactory, bucket: Bucket, watch_dir: Path, tmp_path: Path
+) -> None:
+    first_pod = cluster.deployment_pod("shop")
+    second_pod = cluster.deployment_pod("shop")
+    config = make_config(kubeconfig=cluster.kubeconfig(tmp_path), filename_pattern=PATTERN)
+    metrics = Metrics(process=False)
+    async with running(config, metrics) as service:
+        cache = cache_of(service)
+        for uid in (first_pod["metadata"]["uid"], second_pod["metadata"]["uid"]):
+            await wait_until(functools.partial(lambda uid: cache.by_uid(uid) is not None, uid))
+        # The same program dying of the same signal, with no frames to tell them apart: one signature.
+        write_file(watch_dir / core_name(first_pod["metadata"]["name"], exe="sigapp"), b"not an ELF core")
+        await wait_until(lambda: metrics.events.labels("created")._value.get() == 1)
+        write_file(watch_dir / core_name(second_pod["metadata"]["name"], exe="sigapp"), b"not an ELF core")
+        await wait_until(lambda: metrics.events.labels("created")._value.get() == 2)
+    signatures = {manifest(bucket, key)["signature"] for key in bucket.core_keys()}
+    assert len(signatures) == 1
+    (signature,) = signatures
+    (first,) = cluster.events("shop", first_pod["metadata"]["uid"])
+    (second,) = cluster.events("shop", second_pod["metadata"]["uid"])
+    assert first["note"].endswith(f"; signature {signature} (new on this cluster)"), first["note"]
+    assert second["note"].endswith(f"; signature {signature} (seen 2 times on this cluster)"), second["note"]

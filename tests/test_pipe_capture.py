@@ -42,6 +42,8 @@ from tests.receiver import (
 SHIPPER_UID = 65534  # nobody: owns the core directory, nothing else
 OTHER_UID = 4242
 DROPPED_UID = 101  # nginx's workers on Debian
+# The other uid cannot reach this venv's interpreter (it may live under /root): it runs Debian's.
+OTHER_PYTHON = "/usr/bin/python3"
 CRASH = (
     "import os, signal, sys\n"
     "hidden = sys.argv[1]\n"
@@ -92,7 +94,7 @@ def _crash_as_other_uid_unseen(base: Path, watch: Path, procs: Path) -> int:
     # A private mount namespace with a tmpfs over the base: the watch directory does not exist there.
     script = (
         f'mount -t tmpfs hidden "{base}" && exec setpriv --reuid {OTHER_UID} --regid {OTHER_UID} '
-        '--clear-groups /usr/bin/python3 -c "$0" "$1"'
+        f'--clear-groups {OTHER_PYTHON} -c "$0" "$1"'
     )
     return _crashed(
         subprocess.run(
@@ -237,6 +239,13 @@ def test_cores_of_any_uid_reach_s3_through_the_pipe(bucket: Bucket, base_dir: Pa
         shutil.rmtree(view)  # empty mount points: the mounts went with the daemon's namespace
     assert daemon.returncode == 0, log.decode()[-3000:]
 
+    # %e is the crashed task's comm: the name under which its interpreter was run (a venv's `python`,
+    # `python3` or `python3.11`), cut to 15 bytes.
+    comm = {
+        "0": Path(sys.executable).name[:15],
+        str(DROPPED_UID): Path(sys.executable).name[:15],
+        str(OTHER_UID): Path(OTHER_PYTHON).name[:15],
+    }
     by_uid = {}
     for key in [key for key in bucket.core_keys() if _key_pid(key) in mine]:
         meta = bucket.head(key)["Metadata"]
@@ -245,7 +254,7 @@ def test_cores_of_any_uid_reach_s3_through_the_pipe(bucket: Bucket, base_dir: Pa
         assert hashlib.sha256(content).hexdigest() == manifest["sha256"]
         assert manifest["size"] == str(len(content)) and len(content) > 2 * 1024 * 1024
         assert (manifest["elf"], manifest["truncated"], manifest["capture"]) == ("core", "false", "pipe")
-        assert meta["signal"] == "11" and meta["exe"] == "python3"
+        assert meta["signal"] == "11" and meta["exe"] == comm[meta["uid"]], (meta, comm)
         assert meta["pid"].isdigit() and meta["global-pid"].isdigit()
         by_uid[meta["uid"]] = (key, meta, manifest)
     assert set(by_uid) == {"0", str(OTHER_UID), str(DROPPED_UID)}

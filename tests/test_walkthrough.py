@@ -31,7 +31,10 @@ DOC = ROOT / "docs" / "debugging.md"
 # A marked block: `<!-- walkthrough: NAME -->` right above a ```sh fence.
 BLOCK = re.compile(r"<!-- walkthrough: ([\w-]+) -->\n```sh\n(.*?)\n```", re.S)
 PLACEHOLDER = re.compile(r"<([a-z][a-z-]*)>")
-UPLOADED = re.compile(r"\[coredump\] '([^']*)' has been uploaded to '(s3://[^']*)'")
+# The script's line, then the crash signature (docs/signatures.md).
+UPLOADED = re.compile(
+    r"\[coredump\] '([^']*)' has been uploaded to '(s3://[^']*)' signature [0-9a-f]{12} \(.*\)"
+)
 PATTERN = "core.%h.%e.sig%s.%p.%t"
 NODE = "node-1"
 COMPLETE_POD = "api-7f9c-x2k"

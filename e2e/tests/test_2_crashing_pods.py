@@ -3,14 +3,14 @@ as uid 12345 with a read-only root filesystem, one crash-looping), and each core
 with its pod's namespace, name, container and workload from the Kubernetes API, and a CoreDumped
 Event on the pod. The crash loop is cut by the storm limit.
 
-The release switches to `capture.mode=pipe` here; at the end the documented restore puts back the
-node's values saved before, and the release goes back to file mode for the scenarios after this one.
+The release switches to `capture.mode=pipe` here; at the end the restore by hand (the node's copy of
+node setup) puts the node back (the kernel's defaults: the chart's own file pattern from before is
+never saved as the node's), and the release goes back to file mode for the scenarios after this one.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -32,6 +32,7 @@ from e2e.tests.conftest import (
 
 CORE_PATTERN = Path("/proc/sys/kernel/core_pattern")
 PIPE_LIMIT = Path("/proc/sys/kernel/core_pipe_limit")
+SUID_DUMPABLE = Path("/proc/sys/fs/suid_dumpable")
 STORM_LIMIT = 2
 # See test_3_file_mode.CRASH. No `ulimit -c`: the kernel does not apply RLIMIT_CORE (0 here) to pipes.
 CRASH = 'sleep 1; sh -c "kill -SEGV \\$\\$"; rc=$?; echo "child died: rc=$rc"; exit $rc'
@@ -143,6 +144,8 @@ def test_pipe_capture_ships_cores_of_pods_without_volumes_with_their_identity(
     upgrade(kube, "capture.mode=pipe", f"config.stormLimit={STORM_LIMIT}", "config.stormWindow=10m")
     pattern = CORE_PATTERN.read_text().strip()
     assert pattern.startswith(f"|{release.kube.work}/rcv/coredump-receive "), pattern
+    # Processes that change uid (nginx, php-fpm workers) dump only with suid_dumpable=2.
+    assert SUID_DUMPABLE.read_text().strip() == "2"
     kube.apply(pod("crash-root", CRASH))
     kube.apply(
         pod(
@@ -188,13 +191,19 @@ def test_a_crash_loop_is_cut_by_the_storm_limit(release: Release, store: Store, 
     events = core_dumped_events(kube, "crash-loop")
     assert any("storm limit" in e["message"] for e in events), events
     kube.kubectl("-n", APPS, "delete", "pod", "crash-loop", "crash-root", "crash-readonly", "--wait=true")
-    # The documented restore (docs/pipe-capture.md), run on the node from a privileged pod that mounts
-    # the receiver's directory: the values saved before pipe mode come back.
-    kube.apply(restore_pod(str(release.kube.work / "rcv")))
+    # The restore by hand (docs/pipe-capture.md), the node's own copy of the script run from a
+    # privileged pod that mounts the receiver's directory. Before pipe mode the node had the chart's
+    # own file pattern (scenario 1): never saved as the node's, so the restore writes the kernel's
+    # defaults rather than one of our own lines back, and takes the receiver away.
+    receiver_dir = release.kube.work / "rcv"
+    assert not (receiver_dir / "saved-core_pattern").exists(), "our own file pattern was saved"
+    kube.apply(restore_pod(str(receiver_dir)))
     state = wait_for("the restore to finish", lambda: terminated(kube, "node-restore"), 60)
     assert state["exitCode"] == 0, kube.kubectl("-n", APPS, "logs", "node-restore")
-    assert CORE_PATTERN.read_text().strip() == release.core_pattern
-    assert PIPE_LIMIT.read_text().strip() == os.environ["CDS_E2E_SAVED_PIPE_LIMIT"]
+    assert CORE_PATTERN.read_text().strip() == "core" != release.core_pattern
+    assert PIPE_LIMIT.read_text().strip() == "0"
+    assert SUID_DUMPABLE.read_text().strip() == "0"
+    assert not (receiver_dir / "coredump-receive").exists()
     kube.kubectl("-n", APPS, "delete", "pod", "node-restore", "--wait=true")
     # Back to file mode for the scenarios that follow (the storm limit back to its default).
     upgrade(kube, "capture.mode=file", "config.stormLimit=", "config.stormWindow=")

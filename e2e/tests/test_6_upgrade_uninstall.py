@@ -1,17 +1,18 @@
 """Scenario 6: `helm upgrade` with a changed setting rolls the pods (the checksum/config annotation),
-and `helm uninstall` plus the restore the chart README documents leaves the node's core_pattern as it
-was before the install. Runs last: it removes the release the other scenarios share.
+and `helm uninstall` in pipe mode puts the node back by itself (the chart's pre-delete hook): the
+node's own core_pattern, core_pipe_limit and suid_dumpable, exactly, and no receiver left. Runs
+last: it removes the release the other scenarios share.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from pathlib import Path
 
 from e2e.tests.conftest import (
     CHART,
+    DAEMONSET,
     NAMESPACE,
     RELEASE,
     Kube,
@@ -25,6 +26,8 @@ from e2e.tests.conftest import (
 )
 
 CORE_PATTERN = Path("/proc/sys/kernel/core_pattern")
+PIPE_LIMIT = Path("/proc/sys/kernel/core_pipe_limit")
+SUID_DUMPABLE = Path("/proc/sys/fs/suid_dumpable")
 
 
 def test_upgrade_with_a_changed_setting_rolls_the_pods(release: Release, store: Store, kube: Kube) -> None:
@@ -75,21 +78,67 @@ def test_upgrade_with_a_changed_setting_rolls_the_pods(release: Release, store: 
     assert release.metrics()['coredump_shipper_uploads_total{result="success"}'] >= 1
 
 
-def test_uninstall_and_the_documented_restore_leave_core_pattern_as_before(
-    release: Release, kube: Kube
-) -> None:
-    before_install = os.environ["CDS_E2E_SAVED_PATTERN"]
-    assert CORE_PATTERN.read_text().strip() == release.core_pattern
-    kube.helm("uninstall", RELEASE, "-n", NAMESPACE, "--wait", "--timeout", "120s")
-    wait_for(
-        "the release's pods gone",
-        lambda: not kube.get("pods", "-n", NAMESPACE, "-l", f"app.kubernetes.io/instance={RELEASE}")["items"],
-        60,
+# systemd-coredump's own settings (50-coredump.conf): the node's values before the install, as on a
+# Debian, Flatcar or RHCOS node where systemd-sysctl wrote them at boot.
+SYSTEMD = ("|/usr/lib/systemd/systemd-coredump %P %u %g %s %t %c %h", "16", "2")
+
+
+def node_values() -> tuple[str, str, str]:
+    return (
+        CORE_PATTERN.read_text().strip(),
+        PIPE_LIMIT.read_text().strip(),
+        SUID_DUMPABLE.read_text().strip(),
     )
-    assert kube.get("daemonsets,configmaps,serviceaccounts", "-n", NAMESPACE, "-l",
-                    f"app.kubernetes.io/instance={RELEASE}")["items"] == []  # fmt: skip
-    # Uninstalling does not touch the node (charts/coredump-shipper/README.md says so) ...
-    assert CORE_PATTERN.read_text().strip() == release.core_pattern
-    # ... and the documented restore puts the pattern back.
-    subprocess.run(["sysctl", "-q", "-w", f"kernel.core_pattern={before_install}"], check=True)
-    assert CORE_PATTERN.read_text().strip() == before_install
+
+
+def set_node_values(values: tuple[str, str, str]) -> None:
+    # The order the kernel accepts whatever the current values: suid_dumpable last.
+    CORE_PATTERN.write_text(values[0] + "\n")
+    PIPE_LIMIT.write_text(values[1] + "\n")
+    SUID_DUMPABLE.write_text(values[2] + "\n")
+
+
+def test_uninstall_puts_the_node_back_through_the_chart_hook(release: Release, kube: Kube) -> None:
+    """`helm uninstall` alone (its pre-delete hook: the restore DaemonSet and the Job that waits for
+    it) brings back the node's own core_pattern, core_pipe_limit and suid_dumpable exactly and removes
+    the receiver. The test writes no kernel setting to pass: only the node's starting values (as
+    systemd would at boot) before the install, and the machine's own values after the assertions."""
+    receiver_dir = release.kube.work / "rcv"
+    machine = (
+        os.environ["CDS_E2E_SAVED_PATTERN"],
+        os.environ["CDS_E2E_SAVED_PIPE_LIMIT"],
+        os.environ["CDS_E2E_SAVED_SUID_DUMPABLE"],
+    )
+    try:
+        set_node_values(SYSTEMD)
+        kube.helm(
+            "upgrade", RELEASE, str(CHART), "-n", NAMESPACE, "--reuse-values",
+            "--set", "capture.mode=pipe", "--wait", "--timeout", "180s",
+        )  # fmt: skip
+        kube.kubectl(
+            "-n", NAMESPACE, "rollout", "status", f"daemonset/{DAEMONSET}", "--timeout=180s", timeout=200
+        )  # fmt: skip
+        installed = node_values()
+        assert installed[0].startswith(f"|{receiver_dir}/coredump-receive "), installed
+        assert installed[1:] == ("16", "2")
+        assert (receiver_dir / "saved-core_pattern").read_text().strip() == SYSTEMD[0]
+
+        started = time.monotonic()
+        kube.helm("uninstall", RELEASE, "-n", NAMESPACE, "--wait", "--timeout", "300s", timeout=330)
+        print(f"helm uninstall with the restore hook: {time.monotonic() - started:.1f}s")
+        assert node_values() == SYSTEMD, "the hook restored the node's own values exactly"
+        assert sorted(os.listdir(receiver_dir)) == [], "the receiver, the script and the saved values gone"
+        wait_for(
+            "the release's pods gone (the hook's too)",
+            lambda: (
+                not kube.get("pods", "-n", NAMESPACE, "-l", f"app.kubernetes.io/instance={RELEASE}")["items"]
+            ),
+            60,
+        )
+        left = kube.get(
+            "daemonsets,jobs,configmaps,serviceaccounts,roles,rolebindings", "-n", NAMESPACE,
+            "-l", f"app.kubernetes.io/instance={RELEASE}",
+        )  # fmt: skip
+        assert left["items"] == [], [m["metadata"]["name"] for m in left["items"]]
+    finally:
+        set_node_values(machine)

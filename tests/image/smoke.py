@@ -134,7 +134,10 @@ def check_ship(image: str, work: Path) -> None:
             def shipped() -> str | None:
                 listing = s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])
                 keys = [str(item.get("Key", "")) for item in listing]
-                return next((key for key in keys if filename in key), None)
+                # Not the fleet index entry, whose name carries the core's key too.
+                return next(
+                    (k for k in keys if filename in k and not k.startswith(".coredump-shipper/")), None
+                )
 
             key = wait_for(f"{filename} in s3://{BUCKET}", shipped, 60)
             data = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()

@@ -28,18 +28,19 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 CLUSTER_SH = ROOT / "e2e" / "cluster" / "cluster.sh"
 
 
-def bindir() -> Path:
-    out = subprocess.run(["bash", str(CLUSTER_SH), "bindir"], capture_output=True, text=True, check=True)
+def apiserver() -> Path:
+    """The binary `make test-deps` builds (or the full cluster build's, when that is there)."""
+    out = subprocess.run(["bash", str(CLUSTER_SH), "apiserver"], capture_output=True, text=True, check=True)
     return Path(out.stdout.strip())
 
 
 def missing() -> str | None:
     """Why the server cannot run here, or None."""
-    apiserver = bindir() / "kube-apiserver"
-    if not os.access(apiserver, os.X_OK):
-        return f"{apiserver} not built (run: bash e2e/cluster/cluster.sh build)"
+    binary = apiserver()
+    if not os.access(binary, os.X_OK):
+        return f"{binary} not built (run, as root: make test-deps)"
     if shutil.which("etcd") is None:
-        return "etcd not installed (apt-get install etcd-server)"
+        return "etcd not installed (run, as root: make test-deps)"
     if shutil.which("openssl") is None:
         return "openssl not installed"
     return None
@@ -118,7 +119,7 @@ class KubeServer:
         pki = self.pki
         with (self.work / "logs" / "apiserver.log").open("ab") as log:
             self.apiserver = self._spawn(log, [
-                str(bindir() / "kube-apiserver"),
+                str(apiserver()),
                 "--etcd-servers", f"http://127.0.0.1:{self.etcd_port}",
                 "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1",
                 "--secure-port", str(self.port), "--insecure-port", "0",

@@ -1,6 +1,6 @@
 """OpenStack Swift with its s3api middleware: a single-node, one-replica store under one directory.
 
-Debian's packages (`tests/servers/install-swift.sh`) provide the daemons; everything they write
+Debian's packages (installed by `make test-deps`, tests/setup.sh) provide the daemons; everything they write
 (configs, rings, devices, sqlite databases, logs) lives under the caller's `work_dir`, and every
 process listens on a free 127.0.0.1 port. Only `/etc/swift/swift.conf` (the hash prefix/suffix,
 which Swift reads from that fixed path) is created when it is missing.
@@ -173,7 +173,7 @@ def missing() -> str | None:
     needed += ["swift-ring-builder", "memcached"]
     absent = [name for name in needed if shutil.which(name) is None]
     if absent:
-        return f"{', '.join(absent)} not installed: run tests/servers/install-swift.sh"
+        return f"{', '.join(absent)} not installed (run, as root: make test-deps)"
     if not SWIFT_CONF.exists():
         parent = SWIFT_CONF.parent if SWIFT_CONF.parent.exists() else SWIFT_CONF.parent.parent
         if not os.access(parent, os.W_OK):

@@ -100,6 +100,22 @@ Consistency checks that a schema cannot express.
 {{- if le (int .Values.terminationGracePeriodSeconds) $timeout }}
 {{- fail (printf "terminationGracePeriodSeconds (%d) must be above config.shutdownTimeout (%ds): the kubelet kills the pod before in-flight uploads can finish" (int .Values.terminationGracePeriodSeconds) $timeout) }}
 {{- end }}
+{{- /* Node setup chowns coreDirectory.path to the shipper and the shipper deletes what it ships there:
+never a system directory (exactly), nor anything inside the ones the OS owns whole. */}}
+{{- $core := clean .Values.coreDirectory.path }}
+{{- $system := list "/" "/bin" "/boot" "/dev" "/etc" "/home" "/lib" "/lib32" "/lib64" "/media" "/mnt" "/opt" "/proc" "/root" "/run" "/sbin" "/srv" "/sys" "/tmp" "/usr" "/var" "/var/lib" "/var/log" "/var/run" "/var/tmp" "/var/cache" "/var/spool" "/var/lib/kubelet" "/var/lib/containerd" "/var/lib/docker" "/var/lib/containers" "/var/lib/etcd" "/var/log/pods" "/var/log/containers" }}
+{{- $owned := list "/bin/" "/boot/" "/dev/" "/etc/" "/lib/" "/lib64/" "/proc/" "/sbin/" "/sys/" "/usr/" "/root/" }}
+{{- $inOwned := false }}
+{{- range $owned }}{{ if hasPrefix . (printf "%s/" $core) }}{{ $inOwned = true }}{{ end }}{{ end }}
+{{- if or (has $core $system) $inOwned }}
+{{- fail (printf "coreDirectory.path (%s) is a system directory: node setup would give it to the shipper's uid and the shipper deletes what it ships from it; use a directory of its own, e.g. /var/coredump" .Values.coreDirectory.path) }}
+{{- end }}
+{{- /* The directory is given to directoryUid and used by the pod's uid: they must be one uid. */}}
+{{- $podUid := .Values.podSecurityContext.runAsUser }}
+{{- with .Values.securityContext.runAsUser }}{{ $podUid = . }}{{ end }}
+{{- if and .Values.nodeSetup.enabled (ne (toString .Values.nodeSetup.directoryUid) (toString $podUid)) }}
+{{- fail (printf "nodeSetup.directoryUid (%v) must be the shipper's runAsUser (%v): node setup gives the core directory (mode 0700 in pipe mode) to that uid, and a shipper of another uid could not read or delete the cores" .Values.nodeSetup.directoryUid $podUid) }}
+{{- end }}
 {{- if and (eq .Values.capture.mode "pipe") (hasPrefix (printf "%s/" (clean .Values.coreDirectory.path)) (printf "%s/" (clean .Values.capture.receiverDirectory))) }}
 {{- fail (printf "capture.receiverDirectory (%s) must not be inside coreDirectory.path (%s): the shipper's uid owns that directory and could replace what the kernel runs as root" .Values.capture.receiverDirectory .Values.coreDirectory.path) }}
 {{- end }}
