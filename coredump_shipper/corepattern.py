@@ -24,7 +24,9 @@ DUMP_MODE = "-d %d"
 RECEIVER_DEFAULT_TIMEOUT = 600
 # --capture-scope: the receiver's default is "pod", written only when it is "all".
 SCOPES = ("pod", "all")
-NO_LIMIT = DiskLimit()
+# The receiver's own -x when the line has none: the shipper's --max-use default (config.py), so the
+# line, at most 127 bytes, carries it only when it differs.
+RECEIVER_DEFAULT_MAX_USE = DiskLimit(percent=10)
 _OPTIONS = frozenset({"-m", "-f", "-x", "-s", "-t", "-a", "-d"})
 # The receiver stores nothing once the shipper's heartbeat (heartbeat.py, every minute) is older than
 # this: a shipper down for an hour, or gone with a node left piping to the receiver.
@@ -62,23 +64,24 @@ def pipe_line(
     timeout: float,
     alive_window: str | None = None,
     *,
-    max_use: DiskLimit = NO_LIMIT,
+    max_use: DiskLimit = RECEIVER_DEFAULT_MAX_USE,
     scope: str = "pod",
 ) -> str:
     """The core_pattern value; ConfigError when it cannot be written as such.
 
-    `|HELPER [-m SIZE] [-f FREE] [-x MAXUSE] [-s all] [-t SECONDS] [-a WINDOW] -d %d DIR %P %u %g %s %t %h %e`
+    `|HELPER -d %d [-m SIZE] [-f FREE] [-x MAXUSE] [-s all] [-t SECONDS] [-a WINDOW] DIR %P %u %g %s %t %h %e`
     """
     _plain_path("--helper", helper)
     _plain_path("--watch-dir", watch_dir)
     if scope not in SCOPES:
         raise ConfigError("--capture-scope", f"{scope!r} is neither pod nor all")
-    words = [f"|{helper}"]
+    words = [f"|{helper}", DUMP_MODE]
     if max_core_size:
         words += ["-m", _size(max_core_size)]
-    for option, limit in (("-f", keep_free), ("-x", max_use)):
-        if (value := _disk_limit(limit)) is not None:
-            words += [option, value]
+    if (value := _disk_limit(keep_free)) is not None:
+        words += ["-f", value]
+    if max_use != RECEIVER_DEFAULT_MAX_USE:
+        words += ["-x", _disk_limit(max_use) or "0"]
     if scope != "pod":
         words += ["-s", scope]
     seconds = math.ceil(timeout)
@@ -86,7 +89,7 @@ def pipe_line(
         words += ["-t", str(seconds)]
     if alive_window:
         words += ["-a", alive_window]
-    line = " ".join([*words, DUMP_MODE, str(PurePosixPath(watch_dir)), SPECIFIERS])
+    line = " ".join([*words, str(PurePosixPath(watch_dir)), SPECIFIERS])
     length = len(line.encode())
     if length > KERNEL_LIMIT:
         raise ConfigError(

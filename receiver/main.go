@@ -3,7 +3,7 @@
 // The kernel runs it as root, in the host's initial namespaces, for every crash, with the core on
 // standard input:
 //
-//	|/var/lib/coredump-shipper/coredump-receive [-m SIZE] [-f FREE] [-x MAXUSE] [-s pod|all] [-t SECONDS] [-a WINDOW] -d %d DIR %P %u %g %s %t %h %e
+//	|/var/lib/coredump-shipper/coredump-receive -d %d [-m SIZE] [-f FREE] [-x MAXUSE] [-s pod|all] [-t SECONDS] [-a WINDOW] DIR %P %u %g %s %t %h %e
 //
 // It reads the crashed process's cgroup (pod UID, container ID) while /proc/<pid> still exists.
 // With the default scope (-s pod) a process outside any pod (a host daemon: kubelet, containerd,
@@ -161,7 +161,8 @@ func parseArgs(args []string) (crash, limits, error) {
 	flags.SetOutput(io.Discard)
 	maxSize := flags.String("m", "0", "most bytes of a core to keep (K, M, G, T units; 0: no cap)")
 	free := flags.String("f", "0", "free space to leave on the filesystem (bytes with unit, or N%)")
-	maxUse := flags.String("x", "0", "most space DIR's files may take (bytes with unit, or N% of the filesystem)")
+	// -x defaults to the shipper's --max-use default, so the line (127 bytes at most) leaves it out.
+	maxUse := flags.String("x", "10%", "most space DIR's files may take (bytes with unit, or N% of the filesystem; 0: no cap)")
 	scope := flags.String("s", "pod", "pod: store only cores of processes in a Kubernetes pod; all: every process")
 	mode := flags.Int("d", dumpUnknown, "the kernel's %d: 1 ordinary dump, 2 suid-safe dump")
 	seconds := flags.Int("t", 600, "deadline in seconds: the crashed process stays a zombie until we exit")
@@ -231,7 +232,7 @@ func main() {
 	}
 	c, lim, err := parseArgs(os.Args[1:])
 	if err != nil {
-		logf("bad arguments (%v); usage: coredump-receive [-m SIZE] [-f FREE] [-x MAXUSE] [-s pod|all] [-t SECONDS] [-a WINDOW] [-d MODE] DIR %%P %%u %%g %%s %%t %%h %%e", err)
+		logf("bad arguments (%v); usage: coredump-receive [-d MODE] [-m SIZE] [-f FREE] [-x MAXUSE] [-s pod|all] [-t SECONDS] [-a WINDOW] DIR %%P %%u %%g %%s %%t %%h %%e", err)
 		os.Exit(exitUsage)
 	}
 	dropIfOrphaned(c) // -a (alive.go): no shipper alive, nothing stored

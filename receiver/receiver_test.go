@@ -83,12 +83,15 @@ func TestParseArgs(t *testing.T) {
 		t.Fatalf("limits %+v", lim)
 	}
 	_, lim, err = parseArgs(strings.Fields("-f 512M -s all /d 1 0 0 6 0 h e"))
-	wantLim = limits{Free: diskLimit{Bytes: 512 << 20}, Deadline: 10 * time.Minute, AllScope: true, DumpMode: dumpUnknown}
+	wantLim = limits{Free: diskLimit{Bytes: 512 << 20}, MaxUse: diskLimit{Percent: 10}, Deadline: 10 * time.Minute, AllScope: true, DumpMode: dumpUnknown}
 	if err != nil || lim != wantLim {
 		t.Fatalf("defaults: %+v %v", lim, err)
 	}
-	if _, lim, _ = parseArgs(strings.Fields("/d 1 0 0 6 0 h e")); lim.AllScope || lim.Free.set() || lim.MaxUse.set() {
-		t.Fatalf("the default scope is pod, with no floor or cap: %+v", lim)
+	if _, lim, _ = parseArgs(strings.Fields("/d 1 0 0 6 0 h e")); lim.AllScope || lim.Free.set() || lim.MaxUse != (diskLimit{Percent: 10}) {
+		t.Fatalf("the default scope is pod, no floor, the shipper's default cap: %+v", lim)
+	}
+	if _, lim, _ = parseArgs(strings.Fields("-x 0 /d 1 0 0 6 0 h e")); lim.MaxUse.set() {
+		t.Fatalf("-x 0 is no cap: %+v", lim)
 	}
 }
 

@@ -17,10 +17,11 @@ import pytest
 from coredump_shipper import __version__, afterupload, crashfacts
 from coredump_shipper.budget import DiskBudget
 from coredump_shipper.claims import Claims
+from coredump_shipper.config import SETTINGS_BY_NAME
 from coredump_shipper.corefacts import gather
 from coredump_shipper.corefile import CoreFile
 from coredump_shipper.corename import CoreNamePattern
-from coredump_shipper.corepattern import parse_pipe_line, pipe_line
+from coredump_shipper.corepattern import RECEIVER_DEFAULT_MAX_USE, parse_pipe_line, pipe_line
 from coredump_shipper.disklimit import DiskLimit
 from coredump_shipper.doctor import core_pattern_checks
 from coredump_shipper.errors import ConfigError
@@ -235,10 +236,10 @@ def test_pipe_line_is_exact_and_escapes_percent() -> None:
         "/var/lib/coredump-shipper/coredump-receive", "/var/coredump", 32 << 30, DiskLimit(percent=5), 600
     )
     helper = "|/var/lib/coredump-shipper/coredump-receive"
-    assert line == f"{helper} -m 32G -f 5%% -d %d /var/coredump %P %u %g %s %t %h %e"
+    assert line == f"{helper} -d %d -m 32G -f 5%% /var/coredump %P %u %g %s %t %h %e"
     assert (
         pipe_line("/r", "/d/", 0, DiskLimit(bytes=3 << 20), 61.5)
-        == "|/r -f 3M -t 62 -d %d /d %P %u %g %s %t %h %e"
+        == "|/r -d %d -f 3M -t 62 /d %P %u %g %s %t %h %e"
     )
     every = pipe_line(
         "/opt/bin/coredump-receive",
@@ -249,7 +250,7 @@ def test_pipe_line_is_exact_and_escapes_percent() -> None:
         max_use=DiskLimit(bytes=64 << 30),
         scope="all",
     )
-    assert every == "|/opt/bin/coredump-receive -f 15%% -x 64G -s all -d %d /d %P %u %g %s %t %h %e"
+    assert every == "|/opt/bin/coredump-receive -d %d -f 15%% -x 64G -s all /d %P %u %g %s %t %h %e"
     for written in (line, every):
         parsed = parse_pipe_line(written)
         assert parsed is not None and parsed.directory == ("/var/coredump" if written == line else "/d")
@@ -280,7 +281,15 @@ def test_core_pattern_command() -> None:
     )
     assert done.returncode == 0, done.stderr
     helper = "|/var/lib/coredump-shipper/coredump-receive"
-    assert done.stdout == f"{helper} -m 1G -f 15%% -x 10%% -t 120 -a 1h -d %d /cores %P %u %g %s %t %h %e\n"
+    # --max-use at its default (10%) is the receiver's own -x default: the line leaves it out.
+    assert done.stdout == f"{helper} -d %d -m 1G -f 15%% -t 120 -a 1h /cores %P %u %g %s %t %h %e\n"
+    env["COREDUMP_SHIPPER_MAX_USE"] = "0"
+    no_cap = subprocess.run(
+        [*command, "--watch-dir", "/c"], env=env, capture_output=True, text=True, check=False
+    )
+    assert " -x 0 " in no_cap.stdout
+    default = SETTINGS_BY_NAME["max-use"]
+    assert default.parse(default.default or "") == RECEIVER_DEFAULT_MAX_USE
     too_long = subprocess.run(
         [*command, "--helper", "/" + "x" * 120], env=env, capture_output=True, text=True, check=False
     )

@@ -165,7 +165,7 @@ def test_planted_entries_at_the_final_names_are_never_replaced(core_dir: Path, t
 def test_full_disk_keeps_what_was_written_and_its_facts(tmp_path: Path) -> None:
     with tmpfs(tmp_path / "small", "2m") as small:
         data = os.urandom(8 * MiB)
-        done = receive(small, data)
+        done = receive(small, data, "-x", "0")
         assert done.returncode == 0, done.stderr
         name = NAME.format(pid=os.getpid())
         assert entries(small) == {name, f".{name}.crash.json"}
@@ -179,7 +179,7 @@ def test_full_disk_keeps_what_was_written_and_its_facts(tmp_path: Path) -> None:
 
 def test_keep_free_floor_stops_writing(tmp_path: Path) -> None:
     with tmpfs(tmp_path / "fs", "8m") as fs:
-        done = receive(fs, os.urandom(8 * MiB), "-f", "50%")
+        done = receive(fs, os.urandom(8 * MiB), "-f", "50%", "-x", "0")
         assert done.returncode == 0, done.stderr
         name = NAME.format(pid=os.getpid())
         facts = facts_of(fs, name)
@@ -435,7 +435,8 @@ def test_concurrent_receivers_hold_the_floor_and_the_cap(tmp_path: Path, option:
         (fs / "older-core").write_bytes(os.urandom(20 * MiB))  # counts against the cap
         free = os.statvfs(fs).f_bavail * os.statvfs(fs).f_frsize
         limit = f"{(free - 100 * MiB) // MiB}M" if option == "-f" else "120M"
-        done = _concurrent(fs, 3, 90 * MiB, option, limit)
+        others = ["-x", "0"] if option == "-f" else []
+        done = _concurrent(fs, 3, 90 * MiB, option, limit, *others)
         assert [d.returncode for d in done] == [0, 0, 0], [d.stderr for d in done]
         cores = [fs / n for n in entries(fs) if n.startswith("core.")]
         assert len(cores) == 3
