@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import os
+import shutil
 import subprocess
 import sys
 import urllib.request
@@ -11,9 +14,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from tests.servers import S3Endpoint, free_port, stop, wait_for_port
-from tests.servers.tls import tls_front
+from tests.servers.tls import make_certificates
 
 
 @dataclass(frozen=True)
@@ -104,10 +108,59 @@ def run_nullsink(log_dir: Path, rate: float | None = None) -> Iterator[NullSink]
 
 @contextlib.contextmanager
 def https_target(name: str, sink: NullSink, work_dir: Path) -> Iterator[Target]:
-    """`sink` behind a TLS terminator with a private CA (tests.servers.tls, its own process):
-    contestants must verify the certificate with the CA file, as users of a private store do."""
-    with tls_front(sink.endpoint, work_dir) as endpoint:
+    """`sink` behind haproxy terminating TLS with a private CA: contestants must verify the
+    certificate with the CA file, as users of a private store do."""
+    with haproxy_front(sink.endpoint, work_dir) as endpoint:
         yield Target(name, endpoint, sink)
+
+
+# A terminator made for it, not the contestants' bottleneck: haproxy in C with OpenSSL moves several
+# GB/s per core, where the tests' asyncio front (tests.servers.tls) capped `aws s3 cp` at ~200 MB/s.
+# One thread: the contestants and the sink need the other CPU time on a 2-core machine.
+HAPROXY_CONFIG = """\
+global
+    nbthread 1
+    maxconn 512
+    tune.ssl.default-dh-param 2048
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 10m
+    timeout server 10m
+frontend tls
+    bind 127.0.0.1:{port} ssl crt {pem}
+    default_backend sink
+backend sink
+    server sink {backend}
+"""
+
+
+@contextlib.contextmanager
+def haproxy_front(backend: S3Endpoint, work_dir: Path) -> Iterator[S3Endpoint]:
+    """Serve the plain-HTTP `backend` over HTTPS on a free loopback port through haproxy."""
+    haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    if not os.access(haproxy, os.X_OK):
+        raise SystemExit("bench: haproxy is missing (Debian: apt-get install haproxy; make bench does it)")
+    port = free_port()
+    directory = work_dir / f"haproxy-{port}"
+    certs = make_certificates(directory)
+    pem = directory / "server.pem"  # haproxy wants the certificate and its key in one file
+    pem.write_bytes(certs.cert.read_bytes() + certs.key.read_bytes())
+    pem.chmod(0o600)
+    config = directory / "haproxy.cfg"
+    config.write_text(HAPROXY_CONFIG.format(port=port, pem=pem, backend=urlsplit(backend.url).netloc))
+    with (directory / "haproxy.log").open("wb") as log:
+        proc = subprocess.Popen([haproxy, "-db", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_for_port(port)
+            yield dataclasses.replace(
+                backend,
+                name=f"{backend.name}-https",
+                url=f"https://127.0.0.1:{port}",
+                ca_bundle=str(certs.ca),
+            )
+        finally:
+            stop(proc)
 
 
 def plain_target(name: str, sink: NullSink) -> Target:

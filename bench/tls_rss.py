@@ -1,7 +1,7 @@
 """Peak RSS of `coredump-shipper run` over HTTPS at the default parallelism: the chart's memory limit.
 
 The daemon runs with its defaults (2 workers, 2 parts in flight of 8 MiB, zstd) against the
-body-discarding sink behind the tests' TLS front (a private CA, so TLS buffers and certificate
+body-discarding sink behind haproxy terminating TLS (a private CA, so TLS buffers and certificate
 checks are real). Cores are written so that both workers ship a multipart core at the same time,
 then a burst of small cores follows; the figure is VmHWM (the peak since exec) of the daemon.
 
@@ -20,9 +20,8 @@ from pathlib import Path
 
 from bench.contestants import BUCKET, SHIPPER, child_env
 from bench.inputs import MiB, make_realistic_core
-from bench.targets import run_nullsink
+from bench.targets import haproxy_front, run_nullsink
 from tests.servers import free_port
-from tests.servers.tls import tls_front
 
 
 def vm_hwm_mib(pid: int) -> float:
@@ -37,7 +36,7 @@ def measure(core_mib: int, cores: int, small: int) -> dict[str, float | int]:
         work = Path(scratch)
         watch = work / "cores"
         watch.mkdir()
-        with run_nullsink(work) as sink, tls_front(sink.endpoint, work) as https:
+        with run_nullsink(work) as sink, haproxy_front(sink.endpoint, work) as https:
             argv = [str(SHIPPER), "run", "--watch-dir", str(watch), "--bucket", BUCKET]
             argv += ["--listen", f"127.0.0.1:{free_port()}", "--storm-limit", "0"]
             log = (work / "daemon.log").open("wb")

@@ -17,6 +17,7 @@ from pathlib import Path
 from coredump_shipper.corefile import CoreFile, Identity
 from coredump_shipper.crashfacts import is_receiver_file
 from coredump_shipper.errors import FileChanged
+from coredump_shipper.podrecord import is_record_file
 from coredump_shipper.record import ShippedRecord
 
 
@@ -89,6 +90,6 @@ class IgnoreFilter:
         self.policy = policy
 
     def __call__(self, name: str) -> bool:
-        if is_receiver_file(name):  # the pipe receiver's temporary files and crash facts
+        if is_receiver_file(name) or is_record_file(name):  # crash facts, pinned pods, their temporaries
             return True
         return self.policy.owns(name) or any(fnmatch.fnmatchcase(name, glob) for glob in self.globs)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from coredump_shipper import crashfacts
+from coredump_shipper import crashfacts, podrecord
 from coredump_shipper.afterupload import AfterUpload
 from coredump_shipper.claims import Claims
 from coredump_shipper.disklimit import DiskLimit
@@ -97,6 +97,7 @@ class DiskBudget:
             if core.allocated == 0 or not claims.delete_unclaimed(self.watch_dir / core.name, core.inode):
                 continue
             crashfacts.remove(self.watch_dir, core.name)  # the pipe receiver's facts of that core
+            podrecord.remove(self.watch_dir, core.name)  # and its pinned pod
             used -= core.allocated
             free += core.allocated
             if core.shipped:

@@ -16,7 +16,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from coredump_shipper.capturefilter import CaptureFilter, Requirement, parse_selector
 from coredump_shipper.corename import CoreNamePattern
+from coredump_shipper.corepattern import DEFAULT_HELPER
 from coredump_shipper.disklimit import DiskLimit
 from coredump_shipper.errors import ConfigError
 from coredump_shipper.naming import TEMPLATE_FIELDS, KeyTemplate, label_fields
@@ -405,7 +407,7 @@ SETTINGS: tuple[Setting, ...] = (
         ' cgroup); the rest are dropped, counted in capture_failures_total{reason="scope"}. all: host'
         " processes too. RISK: kubelet's, containerd's and login sessions' memory (node credentials,"
         " every pod's service-account tokens) then goes to the bucket (docs/security.md)",
-        commands=_PIPE,
+        commands=_PIPE | _DAEMON,  # the daemon checks the line node setup wrote (capturecheck.py)
     ),
     Setting(
         "heartbeat",
@@ -424,10 +426,34 @@ SETTINGS: tuple[Setting, ...] = (
         commands=_PIPE,
     ),
     Setting(
+        "capture-mode",
+        _choice("auto", "pipe", "file", "off"),
+        "auto",
+        "what core_pattern must say, checked every minute (coredump_shipper_capture_configured):"
+        " pipe: the core-pattern line for these settings; file: a pattern writing into --watch-dir;"
+        " auto: either; off: not checked",
+        commands=_DAEMON,
+    ),
+    Setting(
+        "receiver-path",
+        _text,
+        DEFAULT_HELPER,
+        "pipe capture: where node setup installed coredump-receive (for --capture-mode pipe)",
+        commands=_DAEMON,
+    ),
+    Setting(
+        "pipe-limit",
+        _non_negative_int,
+        "16",
+        "pipe capture: the least kernel.core_pipe_limit that counts as capture configured",
+        commands=_DAEMON,
+    ),
+    Setting(
         "storm-limit",
         _non_negative_int,
         "10",
-        "cores of one program shipped per --storm-window; the rest keep metadata only (0 = no limit)",
+        "cores of one program of one workload (else pod) shipped per --storm-window; the rest keep"
+        " metadata only (0 = no limit)",
     ),
     Setting("storm-window", parse_duration, "1h", "the window of --storm-limit"),
     Setting(
@@ -457,6 +483,21 @@ SETTINGS: tuple[Setting, ...] = (
         parse_duration,
         "2s",
         "longest a core waits for its pod to be found in the API before it ships without pod fields",
+        commands=_DAEMON,
+    ),
+    Setting(
+        "exclude-namespaces",
+        _globs,
+        "",
+        "comma-separated namespace globs whose cores are deleted unshipped (needs the Kubernetes API)",
+        commands=_DAEMON,
+    ),
+    Setting(
+        "pod-selector",
+        parse_selector,
+        "",
+        "label selector (k=v, k!=v, k, !k; comma: and): cores of pods that do not match are deleted"
+        " unshipped (needs the Kubernetes API)",
         commands=_DAEMON,
     ),
     Setting(
@@ -535,12 +576,17 @@ class Config:
     capture_scope: str
     receive_timeout: float
     heartbeat: str | None
+    capture_mode: str
+    receiver_path: str
+    pipe_limit: int
     storm_limit: int
     storm_window: float
     kubernetes: str
     kubeconfig: str | None
     pod_labels: tuple[str, ...]
     pod_lookup_timeout: float
+    exclude_namespaces: tuple[str, ...]
+    pod_selector: tuple[Requirement, ...]
     events: bool
     stall_timeout: float
     listen: tuple[str, int]
@@ -571,6 +617,11 @@ class Config:
             self.tags,
             self.template_fields,
         )
+
+    @property
+    def capture_filter(self) -> CaptureFilter:
+        """--exclude-namespaces and --pod-selector (a pod's own annotation applies always)."""
+        return CaptureFilter(self.exclude_namespaces or (), self.pod_selector or ())
 
     @property
     def template_fields(self) -> tuple[str, ...]:
@@ -625,6 +676,9 @@ def _validate(config: Config, command: str) -> None:
         raise ConfigError("--bucket", f"{config.bucket!r} is not a valid bucket name")
     # Parsed here, so a bad one stops the start with its one-line error.
     _ = config.keys, config.core_names, config.storage
+    if config.kubernetes == "off" and config.capture_filter.configured:
+        flag = "--exclude-namespaces" if config.exclude_namespaces else "--pod-selector"
+        raise ConfigError(flag, "needs the Kubernetes API, but --kubernetes is off")
     if config.retry_max_delay < config.retry_base_delay:
         raise ConfigError("--retry-max-delay", "must not be shorter than --retry-base-delay")
     if command == "run":

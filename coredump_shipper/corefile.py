@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from coredump_shipper import crashfacts
+from coredump_shipper import crashfacts, podrecord
 from coredump_shipper.errors import FileChanged, SkipFile
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -103,7 +103,7 @@ class CoreFile:
     def remove(self) -> bool:
         """Delete the file if the path still names the shipped inode; False if it was replaced.
 
-        The pipe receiver's crash facts beside it go with it."""
+        The pipe receiver's crash facts and the pinned pod beside it go with it."""
         if not self.still_on_disk():
             return False
         try:
@@ -111,6 +111,7 @@ class CoreFile:
         except FileNotFoundError:
             return False
         crashfacts.remove(self.path.parent, self.name)
+        podrecord.remove(self.path.parent, self.name)
         return True
 
     def close(self) -> None:

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from coredump_shipper import afterupload
+from coredump_shipper import afterupload, capturecheck
 from coredump_shipper.budget import DiskBudget
-from coredump_shipper.checkrow import Check, ExtraCheck
+from coredump_shipper.checkrow import Check, ExtraCheck, Status
 from coredump_shipper.config import Config
 from coredump_shipper.corename import CoreNamePattern
-from coredump_shipper.corepattern import parse_pipe_line
+from coredump_shipper.corepattern import ALIVE_WINDOW, parse_pipe_line
 from coredump_shipper.errors import ConfigError
 from coredump_shipper.kubecheck import kube_checks
 from coredump_shipper.metrics import Metrics
@@ -60,6 +60,7 @@ async def run_doctor(
     checks: list[Check] = []
     local: list[tuple[str, Callable[[], list[Check]]]] = [
         ("kernel.core_pattern", lambda: core_pattern_checks(config, proc_root)),
+        ("capture configured", lambda: [capture_check(config, proc_root)]),
         ("RLIMIT_CORE", lambda: [rlimit_core_check()]),
         ("watch dir", lambda: watch_dir_checks(config.watch_dir, proc_root)),
         ("fs.inotify", lambda: [inotify_check(proc_root)]),
@@ -147,6 +148,38 @@ def core_pattern_checks(config: Config, proc_root: Path) -> list[Check]:
         Check("kernel.core_uses_pid", "OK", f"{uses_pid}: {meaning.get(uses_pid or '', 'unknown')}")
     )
     return checks
+
+
+def capture_check(config: Config, proc_root: Path) -> Check:
+    """The daemon's minute-by-minute check (coredump_shipper_capture_configured), run once."""
+    name = "capture configured"
+    if config.capture_mode == "off":
+        return Check(name, "OK", "not checked (--capture-mode off)")
+    expect = capturecheck.expectation(
+        config.capture_mode,
+        config.watch_dir,
+        config.receiver_path,
+        config.max_core_size,
+        config.keep_free,
+        config.receive_timeout,
+        config.pipe_limit,
+        max_use=config.max_use,
+        scope=config.capture_scope,
+        # The chart's pipe mode sets --heartbeat, and node setup's line then carries -a (cli.py).
+        alive_window=ALIVE_WINDOW if config.heartbeat else None,
+    )
+    state = capturecheck.check(expect, proc_root / "sys")
+    if state.configured:
+        return Check(name, "OK", f"--capture-mode {config.capture_mode}: {state.describe()}")
+    fix = (
+        "re-run node setup (kubectl rollout restart of the DaemonSet with nodeSetup.enabled); "
+        "find what rewrote it (systemd-sysctl with 50-coredump.conf, apport) and disable it"
+    )
+    if expect.pipe_line and config.capture_mode == "pipe":
+        fix = f"echo '{expect.pipe_line}' > /proc/sys/kernel/core_pattern, or " + fix
+    # auto names no mode the node must be in: a warning; an explicit mode that does not hold fails.
+    status: Status = "WARN" if config.capture_mode == "auto" else "FAIL"
+    return Check(name, status, f"{state.problem}; found {state.describe()}", fix)
 
 
 def destination_check(config: Config, pattern: str, proc_root: Path) -> Check:
@@ -485,7 +518,8 @@ def storm_limit_check(config: Config) -> Check:
     name = "storm limit"
     if config.storm_limit == 0:
         return Check(name, "WARN", "off: a crash loop ships every core", "set --storm-limit (e.g. 10)")
-    detail = f"at most {config.storm_limit} cores of one program per {config.storm_window:.0f}s"
+    window = f"{config.storm_window:.0f}s"
+    detail = f"at most {config.storm_limit} cores of one program of one workload per {window}"
     if "%e" not in config.filename_pattern and "%E" not in config.filename_pattern:
         return Check(
             name,

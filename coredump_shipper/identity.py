@@ -86,6 +86,13 @@ class PodIdentity:
 
     async def enrich(self, facts: CoreFacts) -> tuple[CoreFacts, Pod | None]:
         """The facts with pod fields added when the pod is known; never raises for API trouble."""
+        match = await self.find(facts)
+        if match is None:
+            return facts, None
+        return self.apply(facts, match), match.pod
+
+    async def find(self, facts: CoreFacts) -> Match | None:
+        """The core's pod and container, or None (counted and said once per reason)."""
         values = facts.template_values
         try:
             result, match = await asyncio.wait_for(self._find(values, facts.by_uid_only), self.timeout)
@@ -96,12 +103,16 @@ class PodIdentity:
         self.metrics.enrichment.labels(result).inc()
         if match is None:
             self._say_why(result, values)
-            return facts, None
+        return match
+
+    def apply(self, facts: CoreFacts, match: Match) -> CoreFacts:
+        """`facts` with the fields of its pod (found now, or pinned when the core was found)."""
+        values = facts.template_values
         added = pod_fields(match, self.labels)
         merged = {**values, **{k: v for k, v in added.items() if v is not None}}
         merged["hostname"] = values.get("pod")
         metadata = merge_metadata(facts.metadata, added)
-        return dataclasses.replace(facts, template_values=merged, metadata=metadata), match.pod
+        return dataclasses.replace(facts, template_values=merged, metadata=metadata)
 
     async def _find(self, values: Mapping[str, Any], by_uid_only: bool) -> tuple[str, Match | None]:
         uid, hostname = values.get("pod_uid"), values.get("pod")

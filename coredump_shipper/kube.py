@@ -74,7 +74,11 @@ class Kube:
 async def kube_features(config: Config, metrics: Metrics) -> AsyncIterator[Kube | None]:
     access = resolve(config.kubernetes, config.kubeconfig, os.environ)
     if access is None:
-        if config.kubernetes != "off":
+        if config.capture_filter.configured:
+            log.warning(
+                "no Kubernetes API: --exclude-namespaces and --pod-selector cannot apply; every core ships"
+            )
+        elif config.kubernetes != "off":
             log.info("no Kubernetes API (not in a pod, no --kubeconfig): cores get no pod fields or Events")
         yield None
         return
@@ -84,7 +88,9 @@ async def kube_features(config: Config, metrics: Metrics) -> AsyncIterator[Kube 
     except (OSError, ssl.SSLError) as error:
         raise ConfigError("--kubeconfig", f"{access.source}: {error}") from None
     try:
-        cache = PodCache(client, config.node_name, config.pod_labels)
+        # The selector's labels are kept too: the capture filter reads them from the pinned pod.
+        labels = tuple(dict.fromkeys((*config.pod_labels, *config.capture_filter.label_keys)))
+        cache = PodCache(client, config.node_name, labels)
         identity = PodIdentity(cache, config.pod_labels, config.pod_lookup_timeout, metrics)
         recorder = EventRecorder(client, config.node_name, metrics) if config.events else None
         tasks = [asyncio.create_task(cache.run(), name="pod-cache")]

@@ -38,6 +38,8 @@ SKIP_REASONS = (
 DROP_REASONS = ("disk_budget", "rate_limited")
 ENRICHMENT_RESULTS = ("matched", "not_found", "ambiguous", "host_network", "no_identity", "unavailable")
 EVENT_RESULTS = ("created", "updated", "rate_limited", "dropped", "failed")
+# The values of excluded_total{reason}, as capturefilter.REASONS (kept here: metrics import nothing).
+EXCLUDE_REASONS = ("namespace", "pod_selector", "pod_annotation")
 
 
 class Metrics:
@@ -131,11 +133,13 @@ class Metrics:
         )
         self.storm_limit = Gauge(
             name("storm_limit_cores"),
-            "Cores of one program shipped per window before rate limiting.",
+            "Cores of one program of one workload shipped per window before rate limiting.",
             registry=r,
         )
         self.storm_window = Gauge(
-            name("storm_window_seconds"), "The window of the per-program rate limit.", registry=r
+            name("storm_window_seconds"),
+            "The window of the storm limit (per workload and program).",
+            registry=r,
         )
         # Read when scraped (set_function), from the shipper's periodic S3 check.
         self.s3_reachable = Gauge(
@@ -202,6 +206,7 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self._capture_metrics(r)
         for result in ENRICHMENT_RESULTS:
             self.enrichment.labels(result)
         for result in EVENT_RESULTS:
@@ -212,10 +217,30 @@ class Metrics:
             self.uploads.labels(result)
         for reason in SKIP_REASONS:
             self.skipped_files.labels(reason)
-        for reason in DROP_REASONS:
-            self.dropped.labels(reason)
-        for reason in CAPTURE_FAILURE_REASONS:
-            self.capture_failures.labels(reason)
+        for counter, reasons in (
+            (self.dropped, DROP_REASONS),
+            (self.capture_failures, CAPTURE_FAILURE_REASONS),
+        ):
+            for reason in reasons:
+                counter.labels(reason)
+
+    def _capture_metrics(self, r: CollectorRegistry) -> None:
+        """What is captured at all: cores excluded by choice, and whether the kernel sends cores here."""
+        self.excluded = Counter(
+            f"{PREFIX}_excluded",
+            "Cores deleted unshipped because their pod is excluded: namespace, pod_selector, pod_annotation.",
+            ["reason"],
+            registry=r,
+        )
+        self.capture_configured = Gauge(
+            f"{PREFIX}_capture_configured",
+            "1 if the node's core_pattern (and core_pipe_limit) send cores to this shipper, 0 if not, "
+            "-1 before the first check or with --capture-mode off.",
+            registry=r,
+        )
+        self.capture_configured.set(-1)
+        for reason in EXCLUDE_REASONS:
+            self.excluded.labels(reason)
 
 
 class Labelled(Collector):

@@ -130,6 +130,7 @@ class Pipeline:
         if self.after_upload.shipped_stat(name, st):
             return  # keep mode: this very file is in the bucket already
         self.metrics.cores_detected.inc()
+        self.shipper.found(self.watch_dir / name)
         self._pending[name] = (st.st_size, st.st_mtime)
         self._update_gauges()
         await self.queue.put(name)
@@ -261,3 +262,4 @@ class Pipeline:
             if still_running:
                 log.warning("shutdown timeout: cancelling %d upload(s) in progress", len(still_running))
         await cancel_and_wait([*self._tasks, *self._retries])
+        await self.shipper.close()

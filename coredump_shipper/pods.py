@@ -30,6 +30,8 @@ RETRY_MAX_DELAY = 30.0
 # Clocks of the node and the API server differ a little: a crash time this close to a pod's creation or
 # deletion still counts as inside its life.
 CLOCK_SLACK = 5.0
+# A pod's own opt-out: its cores are deleted unshipped (they may hold secrets the team will not ship).
+CAPTURE_ANNOTATION = "coredump-shipper.io/capture"
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,7 @@ class Pod:
     owner_name: str | None
     created: float | None
     deleted: float | None = None  # epoch seconds when it left the API
+    capture_opt_out: bool = False  # annotated coredump-shipper.io/capture: "false"
 
     def alive_at(self, moment: float) -> bool:
         if self.created is not None and moment < self.created - CLOCK_SLACK:
@@ -105,6 +108,7 @@ def parse_pod(item: Mapping[str, Any], wanted_labels: Iterable[str]) -> Pod | No
     if not uid or not name:
         return None
     labels = meta.get("labels") or {}
+    annotations = meta.get("annotations") or {}
     owner = next((o for o in meta.get("ownerReferences") or [] if o.get("controller")), None)
     owner_kind, owner_name = (owner.get("kind"), owner.get("name")) if owner else (None, None)
     if owner_kind == "ReplicaSet" and owner_name:
@@ -126,6 +130,7 @@ def parse_pod(item: Mapping[str, Any], wanted_labels: Iterable[str]) -> Pod | No
         owner_name=owner_name,
         created=_epoch(meta.get("creationTimestamp")),
         deleted=None,
+        capture_opt_out=str(annotations.get(CAPTURE_ANNOTATION, "")).strip().lower() == "false",
     )
 
 

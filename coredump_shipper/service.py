@@ -17,10 +17,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from coredump_shipper import afterupload, capturefailures, crashfacts, heap, heartbeat, http
+from coredump_shipper import (
+    afterupload,
+    capturecheck,
+    capturefailures,
+    crashfacts,
+    heap,
+    heartbeat,
+    http,
+    podrecord,
+)
 from coredump_shipper.budget import DiskBudget
 from coredump_shipper.checkrow import Check
 from coredump_shipper.config import Config
+from coredump_shipper.corepattern import ALIVE_WINDOW
 from coredump_shipper.errors import S3Error
 from coredump_shipper.kube import kube_features
 from coredump_shipper.metrics import Labelled, Metrics
@@ -43,6 +53,7 @@ log = logging.getLogger(__name__)
 S3_CHECK_INTERVAL = 15.0
 BUDGET_INTERVAL = 5.0
 CAPTURE_FAILURES_INTERVAL = 5.0
+CAPTURE_CHECK_INTERVAL = 60.0
 # How often an idle pipeline's kept buffers and free heap pages are given back (see `heap`).
 MEMORY_RELEASE_INTERVAL = 10.0
 # S3 counts as reachable while the last periodic check succeeded and some call succeeded this recently
@@ -133,6 +144,8 @@ class Service:
             asyncio.create_task(self._count_capture_failures(), name="capture-failures"),
             asyncio.create_task(self._give_back_memory_when_idle(), name="give-back-memory"),
         ]
+        if config.capture_mode != "off":
+            self._tasks.append(asyncio.create_task(self._watch_capture(), name="capture-check"))
         if config.heartbeat:
             self._tasks.append(
                 asyncio.create_task(heartbeat.keep_beating(config.heartbeat), name="heartbeat")
@@ -150,6 +163,7 @@ class Service:
     def _after_scan(self, names: set[str]) -> None:
         self.pipeline.forget_missing(names)
         crashfacts.sweep(self.config.watch_dir, names, time.time())
+        podrecord.sweep(self.config.watch_dir, names, time.time())
 
     def stop(self) -> None:
         self._stop.set()
@@ -308,6 +322,46 @@ class Service:
             return False  # for the whole run
 
         await repeat_until(count, lambda attempt: CAPTURE_FAILURES_INTERVAL)
+
+    async def _watch_capture(self) -> None:
+        """Read core_pattern and core_pipe_limit back every minute: capture can be switched off under us."""
+        config = self.config
+        expect = capturecheck.expectation(
+            config.capture_mode,
+            config.watch_dir,
+            config.receiver_path,
+            config.max_core_size,
+            config.keep_free,
+            config.receive_timeout,
+            config.pipe_limit,
+            max_use=config.max_use,
+            scope=config.capture_scope,
+            # The chart's pipe mode sets --heartbeat, and node setup's line then carries -a (cli.py).
+            alive_window=ALIVE_WINDOW if config.heartbeat else None,
+        )
+        last: tuple[bool, str | None] | None = None
+
+        async def look(attempt: int) -> bool:
+            nonlocal last
+            state = await asyncio.to_thread(capturecheck.check, expect)
+            self.metrics.capture_configured.set(1 if state.configured else 0)
+            if (state.configured, state.problem) != last:  # said when it changes, not every minute
+                if state.configured:
+                    log.info(
+                        "capture configured: %s", state.describe(), extra={"event": "capture_configured"}
+                    )
+                else:
+                    log.error(
+                        "capture NOT configured: %s; found %s; cores are not sent here until node setup "
+                        "runs again (a rollout of the DaemonSet) or the line is restored",
+                        state.problem,
+                        state.describe(),
+                        extra={"event": "capture_not_configured", "error": state.problem},
+                    )
+            last = state.configured, state.problem
+            return False  # for the whole run
+
+        await repeat_until(look, lambda attempt: CAPTURE_CHECK_INTERVAL)
 
     async def _give_back_memory_when_idle(self) -> None:
         """Once the pipeline has stayed idle for an interval after work, return its memory."""

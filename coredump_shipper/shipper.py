@@ -18,14 +18,16 @@ from coredump_shipper.afterupload import AfterUpload
 from coredump_shipper.config import Config
 from coredump_shipper.corefacts import CoreFacts, core_uses_pid, gather, truncation_hint
 from coredump_shipper.corefile import CoreFile
-from coredump_shipper.errors import S3Error
+from coredump_shipper.errors import FileChanged, S3Error
 from coredump_shipper.fleetindex import entry_key
 from coredump_shipper.manifest import Manifest, manifest_key
 from coredump_shipper.metrics import Metrics
 from coredump_shipper.parts import choose_part_size
+from coredump_shipper.pinning import PodPins
+from coredump_shipper.pods import CAPTURE_ANNOTATION
 from coredump_shipper.sightings import Sighting, Sightings
 from coredump_shipper.signature import describe as describe_signature
-from coredump_shipper.storm import StormLimiter
+from coredump_shipper.storm import StormLimiter, storm_key, storm_scope
 from coredump_shipper.uploader import S3Store, UploadResult
 
 if TYPE_CHECKING:
@@ -33,6 +35,12 @@ if TYPE_CHECKING:
     from coredump_shipper.pods import Pod
 
 log = logging.getLogger(__name__)
+EXCLUDED_BECAUSE = {
+    "namespace": "its namespace matches --exclude-namespaces",
+    "pod_selector": "its pod does not match --pod-selector",
+    "pod_annotation": f'its pod is annotated {CAPTURE_ANNOTATION}: "false"',
+}
+MAX_SAID = 1024  # workloads whose exclusion was logged; past this each is logged at debug level
 
 
 async def _close_deleted(core: CoreFile) -> None:
@@ -65,6 +73,9 @@ class Shipper:
         self.pattern = config.core_names.with_uses_pid(core_uses_pid())
         self.storm = StormLimiter(config.storm_limit, config.storm_window)
         self.storage = config.storage
+        self.capture_filter = config.capture_filter
+        self._said_excluded: set[tuple[str, str, str]] = set()
+        self.pins = PodPins(kube.identity, self._gather) if kube is not None else None
         self.sightings = Sightings(store.client, store.bucket, config.cluster_name)
         metrics.storm_limit.set(config.storm_limit)
         metrics.storm_window.set(config.storm_window)
@@ -76,15 +87,12 @@ class Shipper:
         with CoreFile(path) as core:
             if self.after_upload.shipped(core.name, core.identity):
                 return None
-            facts = await asyncio.to_thread(
-                gather,
-                core,
-                self.pattern,
-                self.config.cluster_name,
-                self.config.node_name,
-                self.config.compression,
-            )
-            facts, pod = await self._identify(facts)
+            facts = await asyncio.to_thread(self._gather, core)
+            facts, pod = await self._identify(core, facts)
+            excluded = self.capture_filter.excluded(pod) if pod is not None else None
+            if pod is not None and excluded is not None:
+                await self._exclude(core, pod, excluded)
+                return None
             key = self.keys.render(facts.template_values)
             if facts.info.truncated:
                 self.metrics.truncated_cores.inc()
@@ -94,7 +102,7 @@ class Shipper:
                     truncation_hint(facts.info),
                     extra={"event": "truncated_core", "file": str(path)},
                 )
-            admitted = self.storm.admit(facts.program, core.name)
+            admitted = self.storm.admit(storm_key(facts.template_values, facts.program), core.name)
             if admitted:
                 result = await self._upload(core, key, facts)
                 self._finish(core, key)
@@ -130,13 +138,32 @@ class Shipper:
         )
         return key
 
-    async def _identify(self, facts: CoreFacts) -> tuple[CoreFacts, Pod | None]:
-        """Every template field present (None when unknown), plus the pod's when the API knows it."""
+    def found(self, path: Path) -> None:
+        """The daemon found a new core: pin its pod now, while the pod still exists (never waits)."""
+        if self.pins is not None:
+            self.pins.found(path)
+
+    async def close(self) -> None:
+        if self.pins is not None:
+            await self.pins.close()
+
+    def _gather(self, core: CoreFile) -> CoreFacts:
+        """Blocking: what the name, the headers and the receiver's facts say about the core."""
+        facts = gather(
+            core, self.pattern, self.config.cluster_name, self.config.node_name, self.config.compression
+        )
+        # Every template field present (None when unknown).
         values = {name: None for name in self.fields} | facts.template_values
-        facts = dataclasses.replace(facts, template_values=values)
-        if self.kube is None:
+        return dataclasses.replace(facts, template_values=values)
+
+    async def _identify(self, core: CoreFile, facts: CoreFacts) -> tuple[CoreFacts, Pod | None]:
+        """The facts plus the pod's fields when its pod is known (pinned when the core was found)."""
+        if self.kube is None or self.pins is None:
             return facts, None
-        return await self.kube.enrich(facts)
+        match = await self.pins.match(core, facts)
+        if match is None:
+            return facts, None
+        return self.kube.identity.apply(facts, match), match.pod
 
     async def _announce(self, pod: Pod | None, facts: CoreFacts, key: str, *, metadata_only: bool) -> None:
         if self.kube is None or pod is None or self.kube.events is None:
@@ -189,13 +216,35 @@ class Shipper:
         self._finish(core, key)
         self.metrics.dropped.labels("rate_limited").inc()
         log.warning(
-            "DROPPED core %r: over --storm-limit %d cores of %r per %.0fs; its metadata is in %r",
+            "DROPPED core %r: over --storm-limit %d cores of %r%s per %.0fs; its metadata is in %r",
             str(core.path),
             self.storm.limit,
             facts.program,
+            f" of {scope}" if (scope := storm_scope(facts.template_values)) else " on this node",
             self.storm.window,
             manifest_key(key),
             extra={"event": "dropped", "reason": "rate_limited", "file": str(core.path), "key": key},
+        )
+
+    async def _exclude(self, core: CoreFile, pod: Pod, reason: str) -> None:
+        """A core of an excluded pod: deleted without upload, counted, said once per workload."""
+        if not core.remove():
+            raise FileChanged(f"{str(core.path)!r} was replaced before it was deleted")
+        await _close_deleted(core)
+        self.metrics.excluded.labels(reason).inc()
+        workload = pod.owner_name or pod.name
+        said = (reason, pod.namespace, workload)
+        level = logging.DEBUG if said in self._said_excluded else logging.WARNING
+        if len(self._said_excluded) < MAX_SAID:
+            self._said_excluded.add(said)
+        log.log(
+            level,
+            "deleted core %r unshipped: %s (pod %s/%s)",
+            str(core.path),
+            EXCLUDED_BECAUSE[reason],
+            pod.namespace,
+            pod.name,
+            extra={"event": "excluded", "reason": reason, "file": str(core.path)},
         )
 
     def _finish(self, core: CoreFile, key: str) -> None:

@@ -531,6 +531,6 @@ def _chain(reader: _Reader, locate: _Locator, fp: int, top: int) -> list[int]:
 
 def describe(sig: Signature) -> str:
     """One line for logs and Events: the short hash and the frames it was made from."""
-    frames = " < ".join(f.shown for f in sig.hashed) or "no frames"
+    frames = " < ".join(f.shown for f in sig.hashed)
     name = signal_name(sig.signal) if sig.signal else "no signal"
-    return f"{sig.short} ({name} at {frames})"
+    return f"{sig.short} ({name} at {frames})" if frames else f"{sig.short} ({name}, no frames)"

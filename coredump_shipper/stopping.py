@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 log = logging.getLogger(__name__)
 STOP_LIMIT = 5.0  # after cancelling, how long a task may take to finish
 
 
-async def cancel_and_wait(tasks: Iterable[asyncio.Task[None]], limit: float = STOP_LIMIT) -> None:
+async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]], limit: float = STOP_LIMIT) -> None:
     """Cancel `tasks` and wait for them, but not for ever: a stop must never hang the process."""
     tasks = list(tasks)
     for task in tasks:

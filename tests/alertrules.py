@@ -286,6 +286,7 @@ ALL_ALERTS = (
     "CoredumpShipperCoresDropped",
     "CoredumpShipperCoreStorm",
     "CoredumpShipperCaptureFailures",
+    "CoredumpShipperCaptureNotConfigured",
     "CoredumpShipperDown",
     "CoredumpShipperAbsent",
     "CoredumpShipperNotOnAllNodes",

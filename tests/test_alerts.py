@@ -81,6 +81,7 @@ def shipper(**signals: Signal) -> dict[str, Signal]:
         "oldest_pending_age_seconds": const(0),
         "pending_failed_attempts_max": const(0),
         "self_test_success": const(1),
+        "capture_configured": const(1),
         "s3_reachable": const(1),
         "healthy": const(1),
         "last_success_timestamp_seconds": const(1.7e9),
@@ -436,6 +437,27 @@ SCENARIOS = [
         minutes=30,
         series=shipper(**{'dropped_total{reason="rate_limited"}': piecewise((0, 0), (600, 4))}),
         expect=[Expect("CoredumpShipperCoreStorm", fires_at=900)],
+    ),
+    Scenario(
+        "another tool rewrites core_pattern at 10 min; a rollout re-runs node setup at 25 min",
+        minutes=40,
+        series=shipper(
+            # -1 until the first check of each process, then 1 or 0; the new pod sees it configured.
+            capture_configured=piecewise((0, -1), (30, 1), (600, 0), (1500, STALE))
+        )
+        | {
+            selector(
+                "coredump_shipper_capture_configured", pod="rel-coredump-shipper-y2", instance="10.0.0.2:9823"
+            ): piecewise((0, STALE), (1500, -1), (1530, 1))
+        },
+        # Three minutes of checks that say 0; resolved at the new pod's first check.
+        expect=[Expect("CoredumpShipperCaptureNotConfigured", fires_at=780, resolves_at=1530)],
+    ),
+    Scenario(
+        "capture is never checked (--capture-mode off: -1 for ever)",
+        minutes=30,
+        series=shipper(capture_configured=lambda t: -1.0),
+        expect=quiet("CoredumpShipperCaptureNotConfigured"),
     ),
     Scenario(
         "the metrics endpoint stops answering at 10 min",

@@ -545,7 +545,8 @@ def test_every_shipper_setting_can_be_set_from_the_chart() -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     keys = {"COREDUMP_SHIPPER_" + re.sub(r"(?<!^)([A-Z])", r"_\1", key).upper() for key in values["config"]}
     # Set by the chart itself (the hostPath, the node and namespace from the downward API, the probes'
-    # port, the heartbeat next to the receiver), or meaningful only for the one-shot `ship` command.
+    # port, the heartbeat next to the receiver, what node setup installs), or meaningful only for the
+    # one-shot `ship` command.
     not_keys = {
         "COREDUMP_SHIPPER_WATCH_DIR",
         "COREDUMP_SHIPPER_HEARTBEAT",
@@ -553,5 +554,9 @@ def test_every_shipper_setting_can_be_set_from_the_chart() -> None:
         "COREDUMP_SHIPPER_NAMESPACE",
         "COREDUMP_SHIPPER_LISTEN",
         "COREDUMP_SHIPPER_SHIP_ATTEMPTS",
+        # What node setup installs, from capture.* (with nodeSetup.enabled): the shipper checks it.
+        "COREDUMP_SHIPPER_CAPTURE_MODE",
+        "COREDUMP_SHIPPER_RECEIVER_PATH",
+        "COREDUMP_SHIPPER_PIPE_LIMIT",
     }
     assert {setting.env for setting in SETTINGS} - not_keys - keys == set()

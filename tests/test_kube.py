@@ -39,6 +39,7 @@ from coredump_shipper.settings import client_settings
 from tests.conftest import Bucket, ConfigFactory, running, wait_until, write_file
 from tests.docs import kube_rules
 from tests.receiver import build_receiver, pod_cgroup, receive, sleeping_in
+from tests.servers import free_port
 from tests.servers.kube import KubeServer
 
 pytestmark = pytest.mark.slow
@@ -67,6 +68,7 @@ class Cluster:
         hostname: str | None = None,
         host_network: bool = False,
         name: str | None = None,
+        annotations: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         spec: dict[str, Any] = {
             "nodeName": node,
@@ -78,6 +80,8 @@ class Cluster:
         meta: dict[str, Any] = {"name": name or f"pod-{next(_names)}", "labels": labels or {}}
         if owner:
             meta["ownerReferences"] = [owner]
+        if annotations:
+            meta["annotations"] = annotations
         body = {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
         created: dict[str, Any] = self.server.api("POST", f"/api/v1/namespaces/{namespace}/pods", body)
         return created
@@ -157,7 +161,7 @@ def _role(server: KubeServer, name: str, rules: list[dict[str, Any]], account: s
 @pytest.fixture(scope="module")
 def cluster(kube_server: KubeServer) -> Iterator[Cluster]:
     server = kube_server
-    for namespace in (SHIPPERS, "shop", "other"):
+    for namespace in (SHIPPERS, "shop", "other", "secrets"):
         server.apply("/api/v1/namespaces", {"metadata": {"name": namespace}})
     accounts = ("shipper", "no-watch-no-events", "nothing")
     for account in accounts:
@@ -591,6 +595,85 @@ async def test_pipe_capture_never_takes_the_pod_from_a_host_name(
     assert documents["inpod"]["pod"] == other["metadata"]["name"]
     assert cluster.events("shop", victim_uid) == []
     assert len(cluster.events("other", other_uid)) == 1
+
+
+async def test_pod_pinned_when_its_core_is_found_survives_an_outage_its_deletion_and_a_restart(
+    cluster: Cluster, make_config: ConfigFactory, bucket: Bucket, watch_dir: Path, tmp_path: Path
+) -> None:
+    """S3 down, the pod deleted, the shipper restarted, S3 back: the core lands under its workload."""
+    pod = cluster.deployment_pod("shop")
+    name, uid = pod["metadata"]["name"], pod["metadata"]["uid"]
+    workload = name.rsplit("-", 2)[0]
+    settings = {
+        "kubeconfig": cluster.kubeconfig(tmp_path),
+        "filename_pattern": PATTERN,
+        "key_template": "{cluster}/{namespace}/{workload_kind}/{workload}/{filename}",
+    }
+    down = make_config(endpoint_url=f"http://127.0.0.1:{free_port()}", **settings)
+    metrics = Metrics(process=False)
+    core = core_name(name)
+    async with running(down, metrics) as service:
+        await wait_until(lambda: cache_of(service).by_uid(uid) is not None)
+        write_file(watch_dir / core, b"core of a pod about to go")
+        await wait_until(lambda: metrics.uploads.labels("failure")._value.get() >= 2)
+    looked_up = metrics.enrichment.labels("matched")._value.get()
+    cluster.delete(pod)
+    restarted = Metrics(process=False)
+    async with running(make_config(**settings), restarted) as service:
+        await wait_until(cache_of(service).synced.is_set)
+        assert cache_of(service).by_uid(uid) is None, "the restarted shipper never saw the pod"
+        await wait_until(lambda: shipped(bucket) == 1)
+    assert bucket.core_keys() == [f"test/shop/Deployment/{workload}/{core}.zst"]
+    document = manifest(bucket, bucket.core_keys()[0])
+    assert (document["namespace"], document["pod"], document["pod-uid"]) == ("shop", name, uid)
+    assert looked_up == 1, "looked up once, when found, not at every attempt"
+    assert restarted.enrichment.labels("matched")._value.get() == 0, "the pinned pod was used"
+    assert os.listdir(watch_dir) == [], "the pod record goes with its core"
+
+
+async def test_excluded_namespaces_selector_and_opted_out_pods_are_deleted_unshipped(
+    cluster: Cluster,
+    make_config: ConfigFactory,
+    bucket: Bucket,
+    watch_dir: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    shipped_pod = cluster.pod("shop", labels={"tier": "web"})
+    opted_out = cluster.pod(
+        "shop", labels={"tier": "web"}, annotations={"coredump-shipper.io/capture": "false"}
+    )
+    unselected = cluster.pod("shop", labels={"tier": "batch"})
+    secret = cluster.pod("secrets", labels={"tier": "web"})
+    config = make_config(
+        kubeconfig=cluster.kubeconfig(tmp_path),
+        filename_pattern=PATTERN,
+        exclude_namespaces="secr*,kube-system",
+        pod_selector="tier!=batch",
+    )
+    metrics = Metrics(process=False)
+    caplog.set_level(logging.WARNING, "coredump_shipper.shipper")
+    async with running(config, metrics) as service:
+        uids = [pod["metadata"]["uid"] for pod in (shipped_pod, opted_out, unselected, secret)]
+        await wait_until(lambda: all(cache_of(service).by_uid(uid) is not None for uid in uids))
+        names = {
+            pod["metadata"]["name"]: [core_name(pod["metadata"]["name"], pid=n) for n in (1, 2)]
+            for pod in (shipped_pod, opted_out, unselected, secret)
+        }
+        for cores in names.values():
+            for core in cores:
+                write_file(watch_dir / core, b"core")
+        await wait_until(lambda: os.listdir(watch_dir) == [] and service.pipeline.pending == 0)
+    cores = bucket.core_keys()
+    assert len(cores) == 2 and shipped(bucket) == 2, bucket.keys()  # the one shipped pod's two cores
+    assert all(shipped_pod["metadata"]["name"] in key for key in cores)
+    excluded = {
+        r: metrics.excluded.labels(r)._value.get() for r in ("namespace", "pod_selector", "pod_annotation")
+    }
+    assert excluded == {"namespace": 2, "pod_selector": 2, "pod_annotation": 2}
+    said = [r.getMessage() for r in caplog.records if "unshipped" in r.getMessage()]
+    assert len(said) == 3, said  # once per workload and reason
+    assert any("secrets/" in line and "--exclude-namespaces" in line for line in said)
 
 
 async def test_event_says_whether_the_signature_is_new_on_the_cluster(

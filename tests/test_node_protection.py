@@ -209,3 +209,25 @@ def test_budget_never_deletes_a_file_claimed_after_it_was_listed(tmp_path: Path)
     # The old busy-set snapshot was taken before listing: core.old would be deleted under the worker.
     assert budget.enforce(claims) == ["core.new"]
     assert os.listdir(tmp_path) == ["core.old"]
+
+
+async def test_storm_limit_is_per_pod_and_program_not_node_wide(
+    make_config: ConfigFactory, bucket: Bucket, watch_dir: Path
+) -> None:
+    """One tenant's crash-looping `java` must not make another tenant's `java` metadata-only."""
+    config = make_config(filename_pattern="core.%h.%e.%p", storm_limit=1, storm_window="1h")
+    metrics = Metrics(process=False)
+    async with running(config, metrics) as service:
+        for pid in range(100, 104):
+            write_file(watch_dir / f"core.loop-7d9f.java.{pid}", b"loop %d" % pid)
+        await wait_until(lambda: os.listdir(watch_dir) == [] and service.pipeline.pending == 0)
+        write_file(watch_dir / "core.quiet-5c1a.java.7", b"another tenant's java")
+        write_file(watch_dir / "core.loop-7d9f.python3.8", b"another program of the looping pod")
+        await wait_until(lambda: os.listdir(watch_dir) == [] and service.pipeline.pending == 0)
+    cores = bucket.core_keys()
+    assert sorted(key.split(".", 2)[2] for key in cores) == [
+        "loop-7d9f.java.100.zst",
+        "loop-7d9f.python3.8.zst",
+        "quiet-5c1a.java.7.zst",
+    ]
+    assert metrics.dropped.labels("rate_limited")._value.get() == 3

@@ -160,6 +160,12 @@ shipper flag needs no template change. Empty and null values are left out (the s
 {{- end }}
 {{- end }}
 COREDUMP_SHIPPER_WATCH_DIR: {{ .Values.coreDirectory.path | quote }}
+{{- /* What node setup installs is what the shipper checks every minute (capture_configured). */}}
+{{- if .Values.nodeSetup.enabled }}
+COREDUMP_SHIPPER_CAPTURE_MODE: {{ .Values.capture.mode | quote }}
+COREDUMP_SHIPPER_RECEIVER_PATH: {{ printf "%s/coredump-receive" (trimSuffix "/" .Values.capture.receiverDirectory) | quote }}
+COREDUMP_SHIPPER_PIPE_LIMIT: {{ .Values.capture.pipeLimit | int | toString | quote }}
+{{- end }}
 {{- /* An IPv6 address needs brackets before the port. */}}
 {{- $host := ternary (printf "[%s]" (trimAll "[]" .Values.listenAddress)) .Values.listenAddress (contains ":" .Values.listenAddress) }}
 COREDUMP_SHIPPER_LISTEN: {{ printf "%s:%d" $host (int .Values.containerPort) | quote }}
