@@ -25,7 +25,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from coredump_shipper.corepattern import parse_pipe_line, pipe_line
+from coredump_shipper.corepattern import RECEIVER_DEFAULT_MAX_USE, parse_pipe_line, pipe_line
 from coredump_shipper.disklimit import DiskLimit
 from coredump_shipper.errors import ConfigError
 
@@ -69,9 +69,23 @@ def expectation(
     keep_free: DiskLimit,
     receive_timeout: float,
     pipe_limit: int,
+    *,
+    max_use: DiskLimit = RECEIVER_DEFAULT_MAX_USE,
+    scope: str = "pod",
+    alive_window: str | None = None,
 ) -> Expectation:
+    """What node setup installs for these settings (the line `coredump-shipper core-pattern` prints)."""
     try:
-        line: str | None = pipe_line(receiver_path, str(watch_dir), max_core_size, keep_free, receive_timeout)
+        line: str | None = pipe_line(
+            receiver_path,
+            str(watch_dir),
+            max_core_size,
+            keep_free,
+            receive_timeout,
+            alive_window,
+            max_use=max_use,
+            scope=scope,
+        )
     except ConfigError:
         line = None
     return Expectation(mode, os.path.abspath(watch_dir), line, pipe_limit)

@@ -272,6 +272,8 @@ async def _core_pattern(config: Config, args: argparse.Namespace) -> int:
             config.keep_free,
             config.receive_timeout,
             ALIVE_WINDOW,
+            max_use=config.max_use,
+            scope=config.capture_scope,
         )
     )
     return EXIT_OK

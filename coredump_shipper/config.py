@@ -379,8 +379,9 @@ SETTINGS: tuple[Setting, ...] = (
         "max-use",
         parse_disk_limit,
         "10%",
-        "most space cores may take in the watched directory (bytes or % of its filesystem; 0 = no cap)",
-        commands=_DAEMON,
+        "most space cores may take in the watched directory (bytes or % of its filesystem; 0 = no cap);"
+        " the pipe receiver stops writing there too",
+        commands=_DAEMON | _PIPE,
     ),
     Setting(
         "keep-free",
@@ -397,6 +398,16 @@ SETTINGS: tuple[Setting, ...] = (
         "32GiB",
         "pipe capture: the receiver keeps at most this much of a core and marks it cut short (0 = no cap)",
         commands=_PIPE,
+    ),
+    Setting(
+        "capture-scope",
+        _choice("pod", "all"),
+        "pod",
+        "pipe capture: whose cores the receiver stores. pod: only processes in a Kubernetes pod (by"
+        ' cgroup); the rest are dropped, counted in capture_failures_total{reason="scope"}. all: host'
+        " processes too. RISK: kubelet's, containerd's and login sessions' memory (node credentials,"
+        " every pod's service-account tokens) then goes to the bucket (docs/security.md)",
+        commands=_PIPE | _DAEMON,  # the daemon checks the line node setup wrote (capturecheck.py)
     ),
     Setting(
         "heartbeat",
@@ -563,6 +574,7 @@ class Config:
     max_use: DiskLimit
     keep_free: DiskLimit
     max_core_size: int
+    capture_scope: str
     receive_timeout: float
     heartbeat: str | None
     capture_mode: str

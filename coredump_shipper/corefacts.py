@@ -44,6 +44,7 @@ class CoreFacts:
     program: str  # what the storm limiter counts: the executable when the name gives it
     signature: Signature | None = None
     details: dict[str, str] = field(default_factory=dict)  # for the manifest only: too long for headers
+    by_uid_only: bool = False  # crash facts exist: the pod is found by UID, never by host name
 
 
 def gather(core: CoreFile, pattern: CoreNamePattern, cluster: str, node: str, compression: str) -> CoreFacts:
@@ -86,6 +87,9 @@ def gather(core: CoreFile, pattern: CoreNamePattern, cluster: str, node: str, co
         "crash_time": crash_time,
         "signature": signature.short,
     }
+    # The receiver read the cgroup: the pod is its UID or none. %h is chosen by the crashing process
+    # (`unshare -u; hostname victim-pod`) and never names a pod then (identity.py).
+    by_uid_only = received is not None
     # Most useful first: if S3's 2 KiB metadata budget runs out, the long tail goes first.
     described: dict[str, Any] = {
         name: value for name, value in values.items() if value is not None and name != "exe_path"
@@ -98,7 +102,9 @@ def gather(core: CoreFile, pattern: CoreNamePattern, cluster: str, node: str, co
     }
     extra = {**named.as_dict(), **info.as_dict()}
     if received is not None:
-        described |= {"capture": "pipe", "cut-short": received.cut_short}
+        # dump-mode 2: a suid-safe dump (the process changed credentials); its memory may hold what
+        # the privileged part of the process read (docs/security.md).
+        described |= {"capture": "pipe", "cut-short": received.cut_short, "dump-mode": received.dump_mode}
         if received.cut_short:
             described["truncated"] = "true"
     described |= {n: v for n, v in extra.items() if n not in described and n not in {"matched", "args"}}
@@ -108,7 +114,13 @@ def gather(core: CoreFile, pattern: CoreNamePattern, cluster: str, node: str, co
     if received is not None and received.cgroup:
         described["cgroup"] = received.cgroup[-LONG_VALUE_LIMIT:]  # the end names pod and container
     return CoreFacts(
-        values, metadata(described, reserve=SHA256_RESERVE), info, program, signature, signature.details()
+        values,
+        metadata(described, reserve=SHA256_RESERVE),
+        info,
+        program,
+        signature,
+        signature.details(),
+        by_uid_only,
     )
 
 

@@ -19,7 +19,15 @@ HELPER_NAME = "coredump-receive"
 DEFAULT_HELPER = f"/var/lib/coredump-shipper/{HELPER_NAME}"
 # The receiver's arguments after DIR: %e last, so a comm split on spaces by old kernels is joined.
 SPECIFIERS = "%P %u %g %s %t %h %e"
+# The dump mode is an option, so a receiver started by an older line (during an upgrade) still runs.
+DUMP_MODE = "-d %d"
 RECEIVER_DEFAULT_TIMEOUT = 600
+# --capture-scope: the receiver's default is "pod", written only when it is "all".
+SCOPES = ("pod", "all")
+# The receiver's own -x when the line has none: the shipper's --max-use default (config.py), so the
+# line, at most 127 bytes, carries it only when it differs.
+RECEIVER_DEFAULT_MAX_USE = DiskLimit(percent=10)
+_OPTIONS = frozenset({"-m", "-f", "-x", "-s", "-t", "-a", "-d"})
 # The receiver stores nothing once the shipper's heartbeat (heartbeat.py, every minute) is older than
 # this: a shipper down for an hour, or gone with a node left piping to the receiver.
 ALIVE_WINDOW = "1h"
@@ -42,6 +50,12 @@ def _plain_path(setting: str, path: str) -> None:
         )
 
 
+def _disk_limit(limit: DiskLimit) -> str | None:
+    if limit.percent:
+        return f"{limit.percent:g}%%"  # the kernel expands "%%" to "%"
+    return _size(limit.bytes) if limit.bytes else None
+
+
 def pipe_line(
     helper: str,
     watch_dir: str,
@@ -49,17 +63,27 @@ def pipe_line(
     keep_free: DiskLimit,
     timeout: float,
     alive_window: str | None = None,
+    *,
+    max_use: DiskLimit = RECEIVER_DEFAULT_MAX_USE,
+    scope: str = "pod",
 ) -> str:
-    """The core_pattern value; ConfigError when it cannot be written as such."""
+    """The core_pattern value; ConfigError when it cannot be written as such.
+
+    `|HELPER -d %d [-m SIZE] [-f FREE] [-x MAXUSE] [-s all] [-t SECONDS] [-a WINDOW] DIR %P %u %g %s %t %h %e`
+    """
     _plain_path("--helper", helper)
     _plain_path("--watch-dir", watch_dir)
-    words = [f"|{helper}"]
+    if scope not in SCOPES:
+        raise ConfigError("--capture-scope", f"{scope!r} is neither pod nor all")
+    words = [f"|{helper}", DUMP_MODE]
     if max_core_size:
         words += ["-m", _size(max_core_size)]
-    if keep_free.percent:
-        words += ["-f", f"{keep_free.percent:g}%%"]  # the kernel expands "%%" to "%"
-    elif keep_free.bytes:
-        words += ["-f", _size(keep_free.bytes)]
+    if (value := _disk_limit(keep_free)) is not None:
+        words += ["-f", value]
+    if max_use != RECEIVER_DEFAULT_MAX_USE:
+        words += ["-x", _disk_limit(max_use) or "0"]
+    if scope != "pod":
+        words += ["-s", scope]
     seconds = math.ceil(timeout)
     if seconds != RECEIVER_DEFAULT_TIMEOUT:
         words += ["-t", str(seconds)]
@@ -92,6 +116,6 @@ def parse_pipe_line(pattern: str) -> ReceiverLine | None:
     if not words or PurePosixPath(words[0]).name != HELPER_NAME:
         return None
     rest = words[1:]
-    while len(rest) >= 2 and rest[0] in {"-m", "-f", "-t", "-a"}:
+    while len(rest) >= 2 and rest[0] in _OPTIONS:
         rest = rest[2:]
     return ReceiverLine(words[0], rest[0] if rest and rest[0].startswith("/") else None)

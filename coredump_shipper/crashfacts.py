@@ -19,15 +19,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from coredump_shipper.capturefailures import SPOOL
+
 log = logging.getLogger(__name__)
 
 SUFFIX = ".crash.json"
 TEMP_PREFIX = ".coredump-receive."
+FAILURES_SPOOL = SPOOL
 MAX_BYTES = 16 * 1024  # the receiver writes at most 8 KiB
 FORMAT = 1
 _POD_UID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _CONTAINER_ID = re.compile(r"[0-9a-f]{64}")
-_TRUNCATION = frozenset({"max-size", "keep-free", "deadline", "no-space", "read-error"})
+_TRUNCATION = frozenset(
+    {"max-size", "keep-free", "max-use", "deadline", "no-space", "read-error", "write-error"}
+)
+# The kernel's %d: 1 an ordinary dump, 2 suid-safe (the process changed credentials; fs.suid_dumpable=2).
+DUMP_MODES = frozenset({1, 2})
 _MAX_ID = 2**32 - 1
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
@@ -59,6 +66,7 @@ class CrashFacts:
     container_id: str | None
     cut_short: str | None  # why the receiver stopped early (max-size, keep-free, deadline...)
     receiver: str
+    dump_mode: int | None = None  # %d; None from a pattern line without it
 
 
 class _Invalid(ValueError):
@@ -96,6 +104,9 @@ def parse(text: bytes, inode: int, size: int) -> CrashFacts:
     if cut_short is not None and cut_short not in _TRUNCATION:
         raise _Invalid("truncated_reason is unknown")
     crash_time = _int(data, "time", 2**40) or 0
+    dump_mode = _int(data, "dump_mode", 2, optional=True)
+    if dump_mode is not None and dump_mode not in DUMP_MODES:
+        raise _Invalid("dump_mode is not 1 or 2")
     return CrashFacts(
         global_pid=_int(data, "global_pid", 2**31) or 0,
         pid=_int(data, "pid", 2**31, optional=True),
@@ -111,6 +122,7 @@ def parse(text: bytes, inode: int, size: int) -> CrashFacts:
         container_id=_str(data, "container_id", 64, _CONTAINER_ID),
         cut_short=cut_short,
         receiver=_str(data, "receiver", 64) or "",
+        dump_mode=dump_mode,
     )
 
 
@@ -147,6 +159,8 @@ def sweep(directory: Path, names: set[str], now: float) -> list[str]:
     """After a full directory listing: delete orphaned facts and stale receiver leftovers."""
     removed = []
     for name in names:
+        if name == FAILURES_SPOOL:  # the receiver's failure records: capturefailures.py reads them
+            continue
         if name.startswith(TEMP_PREFIX):
             age = LEFTOVER_AGE
         elif is_receiver_file(name) and name[1 : -len(SUFFIX)] not in names:

@@ -3,8 +3,11 @@
 A core names its pod by UID (pipe capture reads it from the crashing process's cgroup) or by host
 name (`%h` in a file name; inside a pod that is the pod's name). The UID is certain; a host name is
 only trusted when exactly one pod of this node that was alive at the crash has it, and never for
-hostNetwork pods (their host name is the node's). Shipping never waits on the API for more than
-`--pod-lookup-timeout`: a core without a match ships with the fields it has.
+hostNetwork pods (their host name is the node's). When the receiver's crash facts exist the cgroup
+was read, so the UID alone decides: a process outside any pod may set its own host name to a
+victim pod's name (`unshare -u`), and must not get the victim's namespace, key or Event.
+Shipping never waits on the API for more than `--pod-lookup-timeout`: a core without a match ships
+with the fields it has.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ log = logging.getLogger(__name__)
 SHA256_RESERVE = len("sha256") + 64
 # Why a core has no pod fields, once per reason in the log (the counter has every occurrence).
 REASONS = {
-    "no_identity": "its file name gives no pod host name (add %h to core_pattern and --filename-pattern)",
+    "no_identity": "its file name gives no pod host name (add %h to core_pattern and --filename-pattern),"
+    " or its crash facts name no pod (the process was not in one: its host name is not trusted)",
     "not_found": "no pod of this node has its UID or host name",
     "ambiguous": "more than one pod of this node had its host name at the crash",
     "host_network": "its host name is that of a hostNetwork pod, which is the node's own",
@@ -91,7 +95,7 @@ class PodIdentity:
         """The core's pod and container, or None (counted and said once per reason)."""
         values = facts.template_values
         try:
-            result, match = await asyncio.wait_for(self._find(values), self.timeout)
+            result, match = await asyncio.wait_for(self._find(values, facts.by_uid_only), self.timeout)
         except TimeoutError:
             # A cache that is current and still lacks the pod: not found; else the API is the problem.
             known = self.cache.synced.is_set() and self.cache.last_error is None
@@ -110,8 +114,10 @@ class PodIdentity:
         metadata = merge_metadata(facts.metadata, added)
         return dataclasses.replace(facts, template_values=merged, metadata=metadata)
 
-    async def _find(self, values: Mapping[str, Any]) -> tuple[str, Match | None]:
+    async def _find(self, values: Mapping[str, Any], by_uid_only: bool) -> tuple[str, Match | None]:
         uid, hostname = values.get("pod_uid"), values.get("pod")
+        if by_uid_only:
+            hostname = None
         if not uid and not hostname:
             return "no_identity", None
         crash = values.get("crash_time")

@@ -20,6 +20,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from coredump_shipper import __version__
+from coredump_shipper.capturefailures import REASONS as CAPTURE_FAILURE_REASONS
 
 PREFIX = "coredump_shipper"
 # Core uploads take from tens of milliseconds (1 MiB on a LAN) to many minutes (10 GiB over a WAN).
@@ -95,6 +96,12 @@ class Metrics:
         self.dropped = Counter(
             name("dropped"),
             "Cores deleted or not shipped to protect the node, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.capture_failures = Counter(
+            name("capture_failures"),
+            "Cores the pipe receiver did not store, or stored cut short, by reason.",
             ["reason"],
             registry=r,
         )
@@ -215,8 +222,12 @@ class Metrics:
             self.uploads.labels(result)
         for reason in SKIP_REASONS:
             self.skipped_files.labels(reason)
-        for reason in DROP_REASONS:
-            self.dropped.labels(reason)
+        for counter, reasons in (
+            (self.dropped, DROP_REASONS),
+            (self.capture_failures, CAPTURE_FAILURE_REASONS),
+        ):
+            for reason in reasons:
+                counter.labels(reason)
 
     def _capture_metrics(self, r: CollectorRegistry) -> None:
         """What is captured at all: cores excluded by choice, and whether the kernel sends cores here."""

@@ -17,10 +17,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from coredump_shipper import afterupload, capturecheck, crashfacts, heap, heartbeat, http, podrecord
+from coredump_shipper import (
+    afterupload,
+    capturecheck,
+    capturefailures,
+    crashfacts,
+    heap,
+    heartbeat,
+    http,
+    podrecord,
+)
 from coredump_shipper.budget import DiskBudget
 from coredump_shipper.checkrow import Check
 from coredump_shipper.config import Config
+from coredump_shipper.corepattern import ALIVE_WINDOW
 from coredump_shipper.errors import S3Error
 from coredump_shipper.kube import kube_features
 from coredump_shipper.metrics import Labelled, Metrics
@@ -42,6 +52,7 @@ else:
 log = logging.getLogger(__name__)
 S3_CHECK_INTERVAL = 15.0
 BUDGET_INTERVAL = 5.0
+CAPTURE_FAILURES_INTERVAL = 5.0
 CAPTURE_CHECK_INTERVAL = 60.0
 # How often an idle pipeline's kept buffers and free heap pages are given back (see `heap`).
 MEMORY_RELEASE_INTERVAL = 10.0
@@ -133,6 +144,7 @@ class Service:
             asyncio.create_task(self._clean_stale_uploads(), name="stale-uploads"),
             asyncio.create_task(self._retry_failed_aborts(), name="failed-aborts"),
             asyncio.create_task(self._keep_disk_budget(), name="disk-budget"),
+            asyncio.create_task(self._count_capture_failures(), name="capture-failures"),
             asyncio.create_task(self._give_back_memory_when_idle(), name="give-back-memory"),
         ]
         if config.capture_mode != "off":
@@ -344,6 +356,17 @@ class Service:
                     log.info("aborted %d multipart upload(s) whose abort had failed", aborted)
             await asyncio.sleep(ABORT_RETRY_PAUSE)
 
+    async def _count_capture_failures(self) -> None:
+        """The pipe receiver's records of cores it lost or cut short, into the metrics."""
+
+        async def count(attempt: int) -> bool:
+            counts = await asyncio.to_thread(capturefailures.collect, self.config.watch_dir)
+            for reason, number in counts.items():
+                self.metrics.capture_failures.labels(reason).inc(number)
+            return False  # for the whole run
+
+        await repeat_until(count, lambda attempt: CAPTURE_FAILURES_INTERVAL)
+
     async def _watch_capture(self) -> None:
         """Read core_pattern and core_pipe_limit back every minute: capture can be switched off under us."""
         config = self.config
@@ -355,6 +378,10 @@ class Service:
             config.keep_free,
             config.receive_timeout,
             config.pipe_limit,
+            max_use=config.max_use,
+            scope=config.capture_scope,
+            # The chart's pipe mode sets --heartbeat, and node setup's line then carries -a (cli.py).
+            alive_window=ALIVE_WINDOW if config.heartbeat else None,
         )
         last: tuple[bool, str | None] | None = None
 

@@ -143,7 +143,7 @@ install_receiver() {
   : > "$STATE/alive/heartbeat"
   chown "$DIR_UID:$DIR_GID" "$STATE/alive" "$STATE/alive/heartbeat"
   chmod 0755 "$STATE/alive"
-  printf '%s\n' "${PIPE_LIMIT:-16}" > "$SYSCTL/kernel/core_pipe_limit"
+  printf '%s\n' "${PIPE_LIMIT:-128}" > "$SYSCTL/kernel/core_pipe_limit"
   printf '%s\n' "$line" > "$SYSCTL/kernel/core_pattern"
   # Processes that changed credentials (nginx, php-fpm workers) dump only with 2; the kernel then
   # marks the dump (%d) and the receiver keeps it root-private. Safe only with a pipe pattern.

@@ -3,13 +3,18 @@
 // The kernel runs it as root, in the host's initial namespaces, for every crash, with the core on
 // standard input:
 //
-//	|/var/lib/coredump-shipper/coredump-receive [-m SIZE] [-f FREE] [-t SECONDS] [-a WINDOW] DIR %P %u %g %s %t %h %e
+//	|/var/lib/coredump-shipper/coredump-receive -d %d [-m SIZE] [-f FREE] [-x MAXUSE] [-s pod|all] [-t SECONDS] [-a WINDOW] DIR %P %u %g %s %t %h %e
 //
-// It reads the crashed process's cgroup (pod UID, container ID) while /proc/<pid> still exists,
-// streams the core into a temporary dot-file in DIR (sparse, bounded by -m, the free-space floor -f
-// and the deadline -t), hands both files to DIR's owner (the shipper), renames the crash facts in
-// as ".<core>.crash.json" and then the core as "core.<h>.<e>.sig<s>.<P>.<t>", which the shipper's
-// inotify watch sees as one IN_MOVED_TO. On any error it logs one line and leaves no temporary file.
+// It reads the crashed process's cgroup (pod UID, container ID) while /proc/<pid> still exists.
+// With the default scope (-s pod) a process outside any pod (a host daemon: kubelet, containerd,
+// a login session) is not stored at all. Otherwise it streams the core into a temporary dot-file
+// in DIR (sparse, bounded by -m, the free-space floor -f, the directory's cap -x and the deadline
+// -t, re-checked while writing), hands both files to DIR's owner (the shipper), renames the crash
+// facts in as ".<core>.crash.json" and then the core as "core.<h>.<e>.sig<s>.<P>.<t>", which the
+// shipper's inotify watch sees as one IN_MOVED_TO. A suid-safe dump (-d 2: the kernel's %d for a
+// process that changed credentials) is stored read-only (0400) and never for the uid that crashed.
+// Every core dropped or cut short leaves a record in DIR/.coredump-receive.failures/ for the
+// shipper to count. On any error it logs one line and leaves no temporary file.
 //
 // Standard library only, statically linked (CGO_ENABLED=0): it must run on any node without
 // anything from the host.
@@ -48,13 +53,40 @@ type crash struct {
 	Comm      string
 }
 
-// limits protect the node, like systemd-coredump's ProcessSizeMax, KeepFree and its timeout.
-type limits struct {
-	MaxSize  int64   // bytes of core kept at most; 0: no cap
-	FreeAbs  int64   // bytes to leave free on the filesystem
-	FreePct  float64 // or a percentage of its size
-	Deadline time.Duration
+// Dump modes the kernel passes as %d (fs.suid_dumpable's values as applied to this process).
+const (
+	dumpUnknown = 0 // the pattern line has no -d (an older line): treated as the safe case below
+	dumpUser    = 1 // an ordinary dump
+	dumpRoot    = 2 // suid-safe: the process changed credentials; its memory may hold root's secrets
+)
+
+// diskLimit is bytes or a percentage of the filesystem's size; zero is "not set".
+type diskLimit struct {
+	Bytes   int64
+	Percent float64
 }
+
+func (d diskLimit) set() bool { return d.Bytes > 0 || d.Percent > 0 }
+
+func (d diskLimit) resolve(total int64) int64 {
+	if d.Percent > 0 {
+		return int64(float64(total) * d.Percent / 100)
+	}
+	return d.Bytes
+}
+
+// limits protect the node, like systemd-coredump's ProcessSizeMax, KeepFree, MaxUse and its timeout.
+type limits struct {
+	MaxSize  int64     // bytes of core kept at most; 0: no cap
+	Free     diskLimit // space to leave free on the filesystem
+	MaxUse   diskLimit // most space the directory's files may take
+	Deadline time.Duration
+	AllScope bool // store host processes' cores too (-s all); by default only pods' cores
+	DumpMode int  // %d
+}
+
+func (l limits) floorSet() bool { return l.Free.set() }
+func (l limits) capSet() bool   { return l.MaxUse.set() }
 
 var logKernel bool
 
@@ -109,6 +141,19 @@ func parseSize(text string) (int64, error) {
 	return value * multiplier, nil
 }
 
+// parseDiskLimit accepts a size (parseSize) or a percentage of the filesystem: "15%".
+func parseDiskLimit(text string) (diskLimit, error) {
+	if pct := strings.TrimSuffix(text, "%"); pct != text {
+		value, err := strconv.ParseFloat(pct, 64)
+		if err != nil || !(value >= 0 && value <= 100) {
+			return diskLimit{}, fmt.Errorf("not a percentage: %q", text)
+		}
+		return diskLimit{Percent: value}, nil
+	}
+	value, err := parseSize(text)
+	return diskLimit{Bytes: value}, err
+}
+
 func parseArgs(args []string) (crash, limits, error) {
 	var c crash
 	lim := limits{Deadline: 10 * time.Minute}
@@ -116,6 +161,10 @@ func parseArgs(args []string) (crash, limits, error) {
 	flags.SetOutput(io.Discard)
 	maxSize := flags.String("m", "0", "most bytes of a core to keep (K, M, G, T units; 0: no cap)")
 	free := flags.String("f", "0", "free space to leave on the filesystem (bytes with unit, or N%)")
+	// -x defaults to the shipper's --max-use default, so the line (127 bytes at most) leaves it out.
+	maxUse := flags.String("x", "10%", "most space DIR's files may take (bytes with unit, or N% of the filesystem; 0: no cap)")
+	scope := flags.String("s", "pod", "pod: store only cores of processes in a Kubernetes pod; all: every process")
+	mode := flags.Int("d", dumpUnknown, "the kernel's %d: 1 ordinary dump, 2 suid-safe dump")
 	seconds := flags.Int("t", 600, "deadline in seconds: the crashed process stays a zombie until we exit")
 	registerAliveFlag(flags) // -a (alive.go)
 	if err := flags.Parse(args); err != nil {
@@ -125,14 +174,23 @@ func parseArgs(args []string) (crash, limits, error) {
 	if lim.MaxSize, err = parseSize(*maxSize); err != nil {
 		return c, lim, fmt.Errorf("-m: %v", err)
 	}
-	if pct := strings.TrimSuffix(*free, "%"); pct != *free {
-		lim.FreePct, err = strconv.ParseFloat(pct, 64)
-		if err != nil || lim.FreePct < 0 || lim.FreePct > 100 {
-			return c, lim, fmt.Errorf("-f: not a percentage: %q", *free)
-		}
-	} else if lim.FreeAbs, err = parseSize(*free); err != nil {
+	if lim.Free, err = parseDiskLimit(*free); err != nil {
 		return c, lim, fmt.Errorf("-f: %v", err)
 	}
+	if lim.MaxUse, err = parseDiskLimit(*maxUse); err != nil {
+		return c, lim, fmt.Errorf("-x: %v", err)
+	}
+	switch *scope {
+	case "pod":
+	case "all":
+		lim.AllScope = true
+	default:
+		return c, lim, fmt.Errorf("-s: %q is neither pod nor all", *scope)
+	}
+	if *mode < dumpUnknown || *mode > dumpRoot {
+		return c, lim, fmt.Errorf("-d: %d is not a dump mode (1 or 2)", *mode)
+	}
+	lim.DumpMode = *mode
 	if *seconds < 1 {
 		return c, lim, fmt.Errorf("-t: must be at least 1 second")
 	}
@@ -177,7 +235,7 @@ func main() {
 	}
 	c, lim, err := parseArgs(os.Args[1:])
 	if err != nil {
-		logf("bad arguments (%v); usage: coredump-receive [-m SIZE] [-f FREE] [-t SECONDS] [-a WINDOW] DIR %%P %%u %%g %%s %%t %%h %%e", err)
+		logf("bad arguments (%v); usage: coredump-receive [-d MODE] [-m SIZE] [-f FREE] [-x MAXUSE] [-s pod|all] [-t SECONDS] [-a WINDOW] DIR %%P %%u %%g %%s %%t %%h %%e", err)
 		os.Exit(exitUsage)
 	}
 	dropIfOrphaned(c) // -a (alive.go): no shipper alive, nothing stored
@@ -189,11 +247,14 @@ func main() {
 	}
 	result, err := receive(c, lim, proc, stdin)
 	if err != nil {
-		logf("pid %d (%s): core not stored: %v", c.GlobalPID, c.Comm, err)
+		logf("pid %d (%s): core not stored: %v%s", c.GlobalPID, c.Comm, err, result.RecordError)
 		os.Exit(exitFailed)
 	}
-	if result.Truncated != "" {
-		logf("pid %d (%s): core cut short at %d bytes (%s): stored as %s", c.GlobalPID, c.Comm, result.Size, result.Truncated, result.Name)
+	switch {
+	case result.Dropped != "":
+		logf("pid %d (%s, uid %d): core not stored: %s%s", c.GlobalPID, c.Comm, c.UID, result.Dropped, result.RecordError)
+	case result.Truncated != "":
+		logf("pid %d (%s): core cut short at %d bytes (%s): stored as %s%s", c.GlobalPID, c.Comm, result.Size, result.Truncated, result.Name, result.RecordError)
 	}
 }
 

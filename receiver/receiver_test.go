@@ -1,7 +1,11 @@
 package main
 
 import (
+	"bytes"
+	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -66,7 +70,7 @@ func TestParseCgroupLayouts(t *testing.T) {
 }
 
 func TestParseArgs(t *testing.T) {
-	c, lim, err := parseArgs(strings.Fields("-m 32G -f 5% -t 30 /var/coredump 4242 1000 1001 11 1700000000 web-7d9f myapp"))
+	c, lim, err := parseArgs(strings.Fields("-m 32G -f 5% -x 10% -t 30 -d 2 /var/coredump 4242 1000 1001 11 1700000000 web-7d9f myapp"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,12 +78,20 @@ func TestParseArgs(t *testing.T) {
 	if c != want {
 		t.Fatalf("got %+v want %+v", c, want)
 	}
-	if lim.MaxSize != 32<<30 || lim.FreePct != 5 || lim.FreeAbs != 0 || lim.Deadline != 30*time.Second {
+	wantLim := limits{MaxSize: 32 << 30, Free: diskLimit{Percent: 5}, MaxUse: diskLimit{Percent: 10}, Deadline: 30 * time.Second, DumpMode: dumpRoot}
+	if lim != wantLim {
 		t.Fatalf("limits %+v", lim)
 	}
-	_, lim, err = parseArgs(strings.Fields("-f 512M /d 1 0 0 6 0 h e"))
-	if err != nil || lim.FreeAbs != 512<<20 || lim.MaxSize != 0 || lim.Deadline != 10*time.Minute {
+	_, lim, err = parseArgs(strings.Fields("-f 512M -s all /d 1 0 0 6 0 h e"))
+	wantLim = limits{Free: diskLimit{Bytes: 512 << 20}, MaxUse: diskLimit{Percent: 10}, Deadline: 10 * time.Minute, AllScope: true, DumpMode: dumpUnknown}
+	if err != nil || lim != wantLim {
 		t.Fatalf("defaults: %+v %v", lim, err)
+	}
+	if _, lim, _ = parseArgs(strings.Fields("/d 1 0 0 6 0 h e")); lim.AllScope || lim.Free.set() || lim.MaxUse != (diskLimit{Percent: 10}) {
+		t.Fatalf("the default scope is pod, no floor, the shipper's default cap: %+v", lim)
+	}
+	if _, lim, _ = parseArgs(strings.Fields("-x 0 /d 1 0 0 6 0 h e")); lim.MaxUse.set() {
+		t.Fatalf("-x 0 is no cap: %+v", lim)
 	}
 }
 
@@ -108,6 +120,12 @@ func TestParseArgsRejects(t *testing.T) {
 		"-f 101% /d 1 0 0 11 5 h e", // bad percentage
 		"-t 0 /d 1 0 0 11 5 h e",    // no deadline
 		"-z /d 1 0 0 11 5 h e",      // unknown option
+		"-x 10Q /d 1 0 0 11 5 h e",  // bad cap
+		"-x -1% /d 1 0 0 11 5 h e",  // negative cap
+		"-f NaN% /d 1 0 0 11 5 h e", // not a number
+		"-s host /d 1 0 0 11 5 h e", // unknown scope
+		"-d 3 /d 1 0 0 11 5 h e",    // no such dump mode
+		"-d %d /d 1 0 0 11 5 h e",   // an unexpanded specifier
 	} {
 		if _, _, err := parseArgs(strings.Fields(args)); err == nil {
 			t.Errorf("%q was accepted", args)
@@ -145,5 +163,73 @@ func TestParseSize(t *testing.T) {
 		if _, err := parseSize(text); err == nil {
 			t.Errorf("parseSize(%q) accepted", text)
 		}
+	}
+}
+
+func TestDiskLimitResolve(t *testing.T) {
+	if got := (diskLimit{Percent: 15}).resolve(1000); got != 150 {
+		t.Errorf("15%% of 1000 = %d", got)
+	}
+	if got := (diskLimit{Bytes: 64 << 20}).resolve(1 << 40); got != 64<<20 {
+		t.Errorf("bytes = %d", got)
+	}
+	if (diskLimit{}).set() {
+		t.Error("zero is not set")
+	}
+}
+
+func TestDropReason(t *testing.T) {
+	inPod := procFacts{pod: podIdentity{PodUID: uid}}
+	onHost := procFacts{pod: podIdentity{Cgroup: "/system.slice/kubelet.service"}}
+	user := crash{UID: 1000}
+	cases := []struct {
+		name   string
+		c      crash
+		lim    limits
+		proc   procFacts
+		owner  uint32
+		reason string
+	}{
+		{"pod, ordinary", user, limits{DumpMode: dumpUser}, inPod, 1000, ""},
+		{"host process, scope pod", user, limits{DumpMode: dumpUser}, onHost, 1000, "scope"},
+		{"host process, scope all", user, limits{DumpMode: dumpUser, AllScope: true}, onHost, 1000, ""},
+		{"suid-safe from a pod, other uid", crash{UID: 101}, limits{DumpMode: dumpRoot}, inPod, 1000, ""},
+		{"suid-safe dump of the owner's uid", user, limits{DumpMode: dumpRoot, AllScope: true}, onHost, 1000, "suid-owner"},
+		{"unknown mode is treated as suid-safe", user, limits{DumpMode: dumpUnknown}, inPod, 1000, "suid-owner"},
+		{"root-owned directory", crash{UID: 0}, limits{DumpMode: dumpRoot}, inPod, 0, ""},
+	}
+	for _, tc := range cases {
+		if _, reason := dropReason(tc.c, tc.lim, tc.proc, tc.owner); reason != tc.reason {
+			t.Errorf("%s: got %q want %q", tc.name, reason, tc.reason)
+		}
+	}
+}
+
+func TestDirectoryUseCountsFilesNotLinks(t *testing.T) {
+	dir, outside := t.TempDir(), t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "core.a"), bytes.Repeat([]byte{7}, 64<<10), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	big := filepath.Join(outside, "big")
+	if err := os.WriteFile(big, bytes.Repeat([]byte{7}, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(big, filepath.Join(dir, "link")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(dir, failuresDir), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	fd, err := syscall.Open(dir, syscall.O_RDONLY|syscall.O_DIRECTORY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(fd)
+	used, err := directoryUse(fd)
+	if err != nil || used < 64<<10 || used >= 1<<20 {
+		t.Fatalf("directoryUse = %d, %v: the file's blocks only", used, err)
+	}
+	if n, err := countEntries(fd, 10); err != nil || n != 3 {
+		t.Fatalf("countEntries = %d, %v", n, err)
 	}
 }

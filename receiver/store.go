@@ -52,12 +52,16 @@ type facts struct {
 	Cgroup          string `json:"cgroup,omitempty"`
 	PodUID          string `json:"pod_uid,omitempty"`
 	ContainerID     string `json:"container_id,omitempty"`
+	DumpMode        int    `json:"dump_mode,omitempty"`
 }
 
 type stored struct {
-	Name      string
-	Size      int64
-	Truncated string
+	Name        string
+	Size        int64
+	Truncated   string // why the core was cut short, "" if it was not
+	Dropped     string // why no core was stored (scope, suid-safe policy), "" if one was
+	RecordError string // "; failure not recorded: ..." when the spool record could not be written
+	record      string // the reason in the failure record, "" when nothing was lost
 }
 
 func readBounded(path string) string {
@@ -149,42 +153,12 @@ func renameNoReplace(dirfd int, from, to string) error {
 	return nil
 }
 
-// spaceGuard enforces the free-space floor, re-reading statfs only when the last allowance is spent.
-type spaceGuard struct {
-	fd        int
-	lim       limits
-	allowance int64
-}
-
-func (g *spaceGuard) allow(n int64) bool {
-	if g.lim.FreeAbs == 0 && g.lim.FreePct == 0 {
-		return true
-	}
-	if n <= g.allowance {
-		g.allowance -= n
-		return true
-	}
-	var fs syscall.Statfs_t
-	if err := syscall.Fstatfs(g.fd, &fs); err != nil {
-		return false
-	}
-	floor := g.lim.FreeAbs
-	if g.lim.FreePct > 0 {
-		floor = int64(float64(fs.Blocks) * float64(fs.Frsize) * g.lim.FreePct / 100)
-	}
-	g.allowance = int64(fs.Bavail)*fs.Frsize - floor
-	if n > g.allowance {
-		return false
-	}
-	g.allowance -= n
-	return true
-}
-
 // zero is compared against, never written: all-zero blocks become holes.
 var zero = make([]byte, holeBlock)
 
-// writeSparse writes the non-zero blocks of chunk at offset; returns how far the file now reaches.
-func writeSparse(fd int, chunk []byte, offset int64, guard *spaceGuard) (int, string, error) {
+// writeSparse writes the non-zero blocks of chunk at offset; returns how far the file now reaches
+// and why it stopped early ("" if it did not).
+func writeSparse(fd int, chunk []byte, offset int64, guard *spaceGuard) (int, string) {
 	done := 0
 	for done < len(chunk) {
 		end := done + holeBlock
@@ -206,27 +180,28 @@ func writeSparse(fd int, chunk []byte, offset int64, guard *spaceGuard) (int, st
 			}
 			run = next
 		}
-		if !guard.allow(int64(run - done)) {
-			return done, "keep-free", nil
+		if reason := guard.allow(int64(run - done)); reason != "" {
+			return done, reason
 		}
 		n, err := syscall.Pwrite(fd, chunk[done:run], offset+int64(done))
 		if n > 0 {
 			done += n
 		}
 		if err == syscall.ENOSPC || err == syscall.EDQUOT {
-			return done, "no-space", nil
+			return done, "no-space"
 		}
 		if err != nil {
-			return done, "", err
+			// EIO, EFBIG...: what reached the file is kept and shipped marked cut short.
+			return done, "write-error"
 		}
 	}
-	return done, "", nil
+	return done, ""
 }
 
 // stream copies the core from in to fd; returns its size and why it was cut short ("" if not).
-func stream(fd int, in *os.File, lim limits) (int64, string, error) {
+func stream(dirfd, fd int, in *os.File, lim limits) (int64, string) {
 	_ = in.SetReadDeadline(time.Now().Add(lim.Deadline))
-	guard := &spaceGuard{fd: fd, lim: lim}
+	guard := &spaceGuard{dirfd: dirfd, fd: fd, lim: lim}
 	buf := make([]byte, chunkSize)
 	var size int64
 	for {
@@ -236,27 +211,39 @@ func stream(fd int, in *os.File, lim limits) (int64, string, error) {
 		if lim.MaxSize > 0 && size+int64(n) > lim.MaxSize {
 			chunk, capped = chunk[:lim.MaxSize-size], true
 		}
-		written, reason, err := writeSparse(fd, chunk, size, guard)
+		written, reason := writeSparse(fd, chunk, size, guard)
 		size += int64(written)
 		switch {
-		case err != nil:
-			return size, "", fmt.Errorf("write: %v", err)
 		case reason != "":
-			return size, reason, nil
+			return size, reason
 		case capped:
-			return size, "max-size", nil
+			return size, "max-size"
 		case readErr == io.EOF:
-			return size, "", nil
+			return size, ""
 		case errors.Is(readErr, os.ErrDeadlineExceeded):
-			return size, "deadline", nil
+			return size, "deadline"
 		case readErr != nil:
-			return size, "read-error", nil
+			return size, "read-error"
 		}
 	}
 }
 
-func receive(c crash, lim limits, proc procFacts, in *os.File) (stored, error) {
-	var result stored
+// dropReason says why a core must not be stored at all ("" to store it), and the record's reason.
+func dropReason(c crash, lim limits, proc procFacts, owner uint32) (string, string) {
+	if !lim.AllScope && proc.pod.PodUID == "" {
+		return "the process is not in a Kubernetes pod (capture scope pod; cgroup " + strconv.Quote(cut(proc.pod.Cgroup, 128)) + ")", "scope"
+	}
+	// The kernel's own rule for a suid-safe file dump is "owned by root": the dump may hold memory
+	// of the privileged part of the process (keys read before a setuid drop). Here it goes to the
+	// shipper's uid, read-only; never when that uid is the one that crashed (a host user sharing the
+	// shipper's uid who crashes a setuid program would read root's secrets).
+	if lim.DumpMode != dumpUser && owner == c.UID && owner != 0 {
+		return fmt.Sprintf("suid-safe dump (mode %d) of uid %d, the core directory's owner", lim.DumpMode, c.UID), "suid-owner"
+	}
+	return "", ""
+}
+
+func receive(c crash, lim limits, proc procFacts, in *os.File) (result stored, err error) {
 	dirfd, err := syscall.Open(c.Dir, syscall.O_RDONLY|syscall.O_DIRECTORY|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0)
 	if err != nil {
 		return result, fmt.Errorf("open %s: %v", c.Dir, err)
@@ -265,6 +252,24 @@ func receive(c crash, lim limits, proc procFacts, in *os.File) (stored, error) {
 	var dir syscall.Stat_t
 	if err := syscall.Fstat(dirfd, &dir); err != nil {
 		return result, fmt.Errorf("stat %s: %v", c.Dir, err)
+	}
+	// Every core lost or cut short leaves a record for the shipper's capture_failures_total.
+	defer func() {
+		reason := result.record
+		if err != nil {
+			reason = "not-stored"
+		}
+		if reason == "" {
+			return
+		}
+		record := failure{Reason: reason, Time: c.Time, GlobalPID: c.GlobalPID, Comm: cut(c.Comm, 64), PodUID: proc.pod.PodUID, Size: result.Size}
+		if recordErr := recordFailure(dirfd, dir, record); recordErr != nil {
+			result.RecordError = "; failure not recorded: " + recordErr.Error()
+		}
+	}()
+	if why, reason := dropReason(c, lim, proc, dir.Uid); why != "" {
+		result.Dropped, result.record = why, reason
+		return result, nil
 	}
 	// Until both renames succeed, every file made here is removed again on the way out.
 	var temps []string
@@ -289,15 +294,19 @@ func receive(c crash, lim limits, proc procFacts, in *os.File) (stored, error) {
 		return result, fmt.Errorf("reserve facts: %v", err)
 	}
 
-	size, reason, err := stream(coreFd, in, lim)
-	if err != nil {
-		return result, err
+	size, reason := stream(dirfd, coreFd, in, lim)
+	result.Size, result.Truncated, result.record = size, reason, reason
+	// An ordinary core stays writable by its owner like the kernel's own; a suid-safe one (or one
+	// whose mode the line did not say) is read-only: the shipper reads and unlinks, nothing more.
+	mode := uint32(0o400)
+	if lim.DumpMode == dumpUser {
+		mode = 0o600
 	}
 	var st syscall.Stat_t
 	for _, step := range []func() error{
 		func() error { return syscall.Ftruncate(coreFd, size) }, // trailing holes
 		func() error { return syscall.Fchown(coreFd, int(dir.Uid), int(dir.Gid)) },
-		func() error { return syscall.Fchmod(coreFd, 0o600) },
+		func() error { return syscall.Fchmod(coreFd, mode) },
 		func() error { return syscall.Fstat(coreFd, &st) },
 	} {
 		if err := step(); err != nil {
@@ -310,6 +319,7 @@ func receive(c crash, lim limits, proc procFacts, in *os.File) (stored, error) {
 		GlobalPID: c.GlobalPID, PID: proc.pid, UID: c.UID, GID: c.GID, Signal: c.Signal, Time: c.Time,
 		Hostname: cut(c.Hostname, 64), Comm: cut(c.Comm, 64), ExePath: cut(proc.exe, valueLimit),
 		Cgroup: cut(proc.pod.Cgroup, valueLimit), PodUID: proc.pod.PodUID, ContainerID: proc.pod.ContainerID,
+		DumpMode: lim.DumpMode,
 	}
 	var text bytes.Buffer
 	encoder := json.NewEncoder(&text)
@@ -351,7 +361,8 @@ func receive(c crash, lim limits, proc procFacts, in *os.File) (stored, error) {
 			return result, fmt.Errorf("rename core: %v", err)
 		}
 		temps = nil
-		return stored{Name: name, Size: size, Truncated: reason}, nil
+		result.Name = name
+		return result, nil
 	}
 	return result, errors.New("no free core name")
 }

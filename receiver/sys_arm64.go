@@ -1,3 +1,6 @@
 package main
 
-const sysRenameat2 = 276
+const (
+	sysRenameat2 = 276
+	sysFstatat   = 79
+)

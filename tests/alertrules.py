@@ -286,6 +286,7 @@ ALL_ALERTS = (
     "CoredumpShipperCoresDropped",
     "CoredumpShipperIntegrityFailures",
     "CoredumpShipperCoreStorm",
+    "CoredumpShipperCaptureFailures",
     "CoredumpShipperCaptureNotConfigured",
     "CoredumpShipperDown",
     "CoredumpShipperAbsent",

@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import os
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
@@ -22,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RECEIVER = ROOT / "build" / "coredump-receive"
 CORE_PATTERN = Path("/proc/sys/kernel/core_pattern")
 PIPE_LIMIT = Path("/proc/sys/kernel/core_pipe_limit")
+SUID_DUMPABLE = Path("/proc/sys/fs/suid_dumpable")
 LOCK_PATH = "/tmp/cds-core-pattern.lock"
 TEMP_PREFIX = "cds-pipe-test-"
 
@@ -59,10 +61,18 @@ def receive(
     signal: int = 11,
     when: int = 1_700_000_000,
     timeout: float = 60,
+    scope: str | None = "all",
+    dump_mode: int | None = 1,
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run the receiver with `data` on stdin, with the arguments the kernel would pass."""
+    """Run the receiver with `data` on stdin, with the arguments the kernel would pass.
+
+    By default as for an ordinary dump (`-d 1`) with every process in scope (`-s all`): the test
+    process is in no pod. None leaves the option out (the receiver's own default).
+    """
+    defaults = [*(["-s", scope] if scope else []), *(["-d", str(dump_mode)] if dump_mode is not None else [])]
     args = [
         str(RECEIVER),
+        *defaults,
         *options,
         str(directory),
         str(pid if pid is not None else os.getpid()),
@@ -87,18 +97,23 @@ def core_pattern_lock() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def pipe_core_pattern(line: str, pipe_limit: int = 16) -> Iterator[None]:
-    """Point the machine's core_pattern at `line` while the block runs; always restore it."""
+def pipe_core_pattern(line: str, pipe_limit: int = 16, suid_dumpable: int | None = None) -> Iterator[None]:
+    """Point the machine's core_pattern at `line` while the block runs; always restore it (and
+    core_pipe_limit, and fs.suid_dumpable when the test sets it)."""
     with core_pattern_lock():
         old_pattern = CORE_PATTERN.read_text().rstrip("\n")
         old_limit = PIPE_LIMIT.read_text().strip()
+        old_dumpable = SUID_DUMPABLE.read_text().strip()
         try:
             CORE_PATTERN.write_text(line + "\n")
             PIPE_LIMIT.write_text(f"{pipe_limit}\n")
+            if suid_dumpable is not None:
+                SUID_DUMPABLE.write_text(f"{suid_dumpable}\n")
             yield
         finally:
             now = CORE_PATTERN.read_text().rstrip("\n")
             PIPE_LIMIT.write_text(old_limit + "\n")
+            SUID_DUMPABLE.write_text(old_dumpable + "\n")
             if now == line:
                 CORE_PATTERN.write_text(old_pattern + "\n")
         if now != line:
@@ -119,3 +134,62 @@ def repair_core_pattern() -> str | None:
     except OSError:
         return None
     return None
+
+
+def cgroup2_root() -> Path | None:
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        fields = line.split()
+        if len(fields) > 2 and fields[2] == "cgroup2":
+            return Path(fields[1])
+    return None
+
+
+# The kubelet's cgroup of one container, by cgroup driver and runtime (relative to the hierarchy's
+# root; a test puts them under a directory of its own).
+POD_CGROUP_LAYOUTS = {
+    "systemd-containerd": "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid_}.slice/"
+    "cri-containerd-{cid}.scope",
+    "systemd-crio": "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid_}.slice/"
+    "crio-{cid}.scope",
+    "systemd-guaranteed": "kubepods.slice/kubepods-pod{uid_}.slice/cri-containerd-{cid}.scope",
+    "cgroupfs-containerd": "kubepods/burstable/pod{uid}/{cid}",
+    "cgroupfs-crio": "kubepods/besteffort/pod{uid}/crio-{cid}",
+}
+
+
+@contextlib.contextmanager
+def pod_cgroup(pod_uid: str, container_id: str, layout: str = "systemd-containerd") -> Iterator[Path]:
+    """A real cgroup v2 directory named as the kubelet and the runtime name a container's; yields
+    its cgroup.procs. Removed afterwards (the processes put in it must have exited)."""
+    root = cgroup2_root()
+    if root is None:
+        unavailable("no cgroup2 hierarchy mounted")
+    top = root / f"{TEMP_PREFIX}{uuid.uuid4().hex[:8]}"
+    relative = POD_CGROUP_LAYOUTS[layout].format(
+        uid=pod_uid, uid_=pod_uid.replace("-", "_"), cid=container_id
+    )
+    leaf = top / relative
+    try:
+        leaf.mkdir(parents=True)
+    except OSError as error:
+        unavailable(f"cannot create a cgroup under {root}: {error}")
+    try:
+        yield leaf / "cgroup.procs"
+    finally:
+        for path in [leaf, *leaf.parents]:
+            with contextlib.suppress(OSError):
+                path.rmdir()
+            if path == top:
+                break
+
+
+@contextlib.contextmanager
+def sleeping_in(procs: Path) -> Iterator[int]:
+    """A process that waits in the cgroup of `procs` (as a pod's container would); its pid."""
+    sleeper = subprocess.Popen(["sleep", "300"])
+    try:
+        procs.write_text(f"{sleeper.pid}\n")
+        yield sleeper.pid
+    finally:
+        sleeper.kill()
+        sleeper.wait()

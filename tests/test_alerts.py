@@ -407,6 +407,34 @@ SCENARIOS = [
         expect=[Expect("CoredumpShipperIntegrityFailures", fires_at=600, value=2, resolves_at=2400)],
     ),
     Scenario(
+        "the pipe receiver cuts 2 cores short at the free-space floor at 10 min",
+        minutes=50,
+        series=shipper(
+            **{'capture_failures_total{reason="keep_free"}': piecewise((0, 0), (600, 2))}, **steady(4)
+        ),
+        expect=[
+            Expect(
+                "CoredumpShipperCaptureFailures",
+                fires_at=600,
+                value=2,
+                labels={"namespace": "coredumps", "node": "node-1", "reason": "keep_free"},
+                resolves_at=2400,
+            )
+        ],
+    ),
+    Scenario(
+        "host processes dropped by the capture scope and cores cut at the size cap: by design",
+        minutes=30,
+        series=shipper(
+            **{
+                'capture_failures_total{reason="scope"}': counter(2),
+                'capture_failures_total{reason="max_size"}': piecewise((0, 0), (600, 1)),
+            },
+            **steady(4),
+        ),
+        expect=quiet("CoredumpShipperCaptureFailures"),
+    ),
+    Scenario(
         "a crash loop writes 30 cores a minute from 10 min",
         minutes=30,
         series=shipper(cores_detected_total=lambda t: counter(4)(min(t, 600)) + counter(30, start=600)(t)),

@@ -175,3 +175,46 @@ async def test_daemon_sees_core_pattern_switched_off_and_back_under_it(
     # Said when it changes, not at every check: on, off, (on, if a check fell between the two
     # writes), off, on.
     assert len(said) in {4, 5}, said
+
+
+def test_the_daemon_expects_the_line_node_setup_writes(make_config: ConfigFactory) -> None:
+    """One source of the line: what `coredump-shipper core-pattern` prints for the chart's pipe-mode
+    settings (a cap, scope all, the heartbeat) is what the daemon's check expects."""
+    import os
+    import subprocess
+    import sys
+
+    settings = {"max_use": "1GiB", "capture_scope": "all", "heartbeat": "/tmp/cds-heartbeat"}
+    config = make_config(receiver_path=HELPER, **settings)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COREDUMP_SHIPPER_")}
+    env |= {f"COREDUMP_SHIPPER_{name.upper()}": value for name, value in settings.items()}
+    printed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "coredump_shipper",
+            "core-pattern",
+            "--helper",
+            HELPER,
+            "--watch-dir",
+            WATCH,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert " -x 1G " in printed and " -s all " in printed and " -a 1h " in printed
+    expect = capturecheck.expectation(
+        "pipe",
+        Path(WATCH),
+        config.receiver_path,
+        config.max_core_size,
+        config.keep_free,
+        config.receive_timeout,
+        config.pipe_limit,
+        max_use=config.max_use,
+        scope=config.capture_scope,
+        alive_window="1h" if config.heartbeat else None,
+    )
+    assert expect.pipe_line == printed

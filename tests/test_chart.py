@@ -295,7 +295,7 @@ def test_pipe_mode_node_setup_installs_the_receiver() -> None:
     assert env == {
         "CORE_DIR": "/var/coredump",
         "RECEIVER_DIR": "/var/lib/coredump-shipper",
-        "PIPE_LIMIT": "16",
+        "PIPE_LIMIT": "128",
         "DIR_UID": "1000",
         "DIR_GID": "1000",
         # file mode's pattern: node setup never saves it as the node's own

@@ -17,10 +17,11 @@ import pytest
 from coredump_shipper import __version__, afterupload, crashfacts
 from coredump_shipper.budget import DiskBudget
 from coredump_shipper.claims import Claims
+from coredump_shipper.config import SETTINGS_BY_NAME
 from coredump_shipper.corefacts import gather
 from coredump_shipper.corefile import CoreFile
 from coredump_shipper.corename import CoreNamePattern
-from coredump_shipper.corepattern import parse_pipe_line, pipe_line
+from coredump_shipper.corepattern import RECEIVER_DEFAULT_MAX_USE, parse_pipe_line, pipe_line
 from coredump_shipper.disklimit import DiskLimit
 from coredump_shipper.doctor import core_pattern_checks
 from coredump_shipper.errors import ConfigError
@@ -94,6 +95,10 @@ def test_valid_facts_are_read() -> None:
         {"hostname": ["a"]},
         {"cgroup": "c" * 1025},
         {"truncated_reason": "because"},
+        {"dump_mode": 0},
+        {"dump_mode": 3},
+        {"dump_mode": "2"},
+        {"dump_mode": True},
     ],
 )
 def test_hostile_facts_are_refused(changes: dict[str, Any]) -> None:
@@ -167,11 +172,22 @@ def test_facts_of_another_file_are_not_used(tmp_path: Path) -> None:
     assert facts.template_values["pod_uid"] is None and "capture" not in facts.metadata
 
 
-def test_cut_short_core_is_marked_truncated(tmp_path: Path) -> None:
-    core = plant(tmp_path, "core.a", b"core", truncated=True, truncated_reason="keep-free")
+def test_suid_safe_dump_is_marked_in_metadata(tmp_path: Path) -> None:
+    core = plant(tmp_path, "core.b", b"core", dump_mode=2)
     with CoreFile(core) as opened:
         facts = gather(opened, PATTERN, "prod", "node-1", "zstd")
-    assert facts.metadata["truncated"] == "true" and facts.metadata["cut-short"] == "keep-free"
+    assert facts.metadata["dump-mode"] == "2" and facts.by_uid_only
+    older = plant(tmp_path, "core.c", b"core")  # facts of a line without -d
+    with CoreFile(older) as opened:
+        assert "dump-mode" not in gather(opened, PATTERN, "prod", "node-1", "zstd").metadata
+
+
+@pytest.mark.parametrize("reason", ["keep-free", "max-use", "write-error", "deadline"])
+def test_cut_short_core_is_marked_truncated(tmp_path: Path, reason: str) -> None:
+    core = plant(tmp_path, "core.a", b"core", truncated=True, truncated_reason=reason)
+    with CoreFile(core) as opened:
+        facts = gather(opened, PATTERN, "prod", "node-1", "zstd")
+    assert facts.metadata["truncated"] == "true" and facts.metadata["cut-short"] == reason
 
 
 async def test_delete_mode_removes_core_and_facts(
@@ -219,14 +235,25 @@ def test_pipe_line_is_exact_and_escapes_percent() -> None:
     line = pipe_line(
         "/var/lib/coredump-shipper/coredump-receive", "/var/coredump", 32 << 30, DiskLimit(percent=5), 600
     )
+    helper = "|/var/lib/coredump-shipper/coredump-receive"
+    assert line == f"{helper} -d %d -m 32G -f 5%% /var/coredump %P %u %g %s %t %h %e"
     assert (
-        line == "|/var/lib/coredump-shipper/coredump-receive -m 32G -f 5%% /var/coredump %P %u %g %s %t %h %e"
+        pipe_line("/r", "/d/", 0, DiskLimit(bytes=3 << 20), 61.5)
+        == "|/r -d %d -f 3M -t 62 /d %P %u %g %s %t %h %e"
     )
-    assert (
-        pipe_line("/r", "/d/", 0, DiskLimit(bytes=3 << 20), 61.5) == "|/r -f 3M -t 62 /d %P %u %g %s %t %h %e"
+    every = pipe_line(
+        "/opt/bin/coredump-receive",
+        "/d",
+        0,
+        DiskLimit(percent=15),
+        600,
+        max_use=DiskLimit(bytes=64 << 30),
+        scope="all",
     )
-    parsed = parse_pipe_line(line)
-    assert parsed is not None and parsed.directory == "/var/coredump"
+    assert every == "|/opt/bin/coredump-receive -d %d -f 15%% -x 64G -s all /d %P %u %g %s %t %h %e"
+    for written in (line, every):
+        parsed = parse_pipe_line(written)
+        assert parsed is not None and parsed.directory == ("/var/coredump" if written == line else "/d")
     assert parse_pipe_line("|/usr/lib/systemd/systemd-coredump %P") is None
 
 
@@ -253,10 +280,16 @@ def test_core_pattern_command() -> None:
         [*command, "--watch-dir", "/cores"], env=env, capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, done.stderr
-    assert (
-        done.stdout == "|/var/lib/coredump-shipper/coredump-receive -m 1G -f 15%% -t 120 -a 1h"
-        " /cores %P %u %g %s %t %h %e\n"
+    helper = "|/var/lib/coredump-shipper/coredump-receive"
+    # --max-use at its default (10%) is the receiver's own -x default: the line leaves it out.
+    assert done.stdout == f"{helper} -d %d -m 1G -f 15%% -t 120 -a 1h /cores %P %u %g %s %t %h %e\n"
+    env["COREDUMP_SHIPPER_MAX_USE"] = "0"
+    no_cap = subprocess.run(
+        [*command, "--watch-dir", "/c"], env=env, capture_output=True, text=True, check=False
     )
+    assert " -x 0 " in no_cap.stdout
+    default = SETTINGS_BY_NAME["max-use"]
+    assert default.parse(default.default or "") == RECEIVER_DEFAULT_MAX_USE
     too_long = subprocess.run(
         [*command, "--helper", "/" + "x" * 120], env=env, capture_output=True, text=True, check=False
     )

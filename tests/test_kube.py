@@ -38,6 +38,7 @@ from coredump_shipper.service import Service
 from coredump_shipper.settings import client_settings
 from tests.conftest import Bucket, ConfigFactory, running, wait_until, write_file
 from tests.docs import kube_rules
+from tests.receiver import build_receiver, pod_cgroup, receive, sleeping_in
 from tests.servers import free_port
 from tests.servers.kube import KubeServer
 
@@ -550,6 +551,50 @@ async def test_doctor_says_whether_the_pods_can_be_listed(
     assert row.status == "FAIL" and "403" in row.detail and "list, watch on pods" in row.fix
     (row,) = await kube_checks(make_config(kubernetes="off"))
     assert (row.status, row.detail) == ("OK", "off")
+
+
+async def test_pipe_capture_never_takes_the_pod_from_a_host_name(
+    cluster: Cluster, make_config: ConfigFactory, bucket: Bucket, watch_dir: Path, tmp_path: Path
+) -> None:
+    """A process may set its own host name (`unshare -u; hostname victim`): with crash facts, the
+    pod is its cgroup's UID or none, never the pod whose name it chose."""
+    build_receiver()
+    victim, other = cluster.pod("shop"), cluster.pod("other")
+    victim_name, victim_uid = victim["metadata"]["name"], victim["metadata"]["uid"]
+    other_uid = other["metadata"]["uid"]
+    config = make_config(
+        kubeconfig=cluster.kubeconfig(tmp_path),
+        filename_pattern="core.%h.%e.sig%s.%P.%t",
+        pod_lookup_timeout="1s",
+    )
+    metrics = Metrics(process=False)
+    # A process of the other pod: in a real cgroup named as the kubelet and containerd name it.
+    with pod_cgroup(other_uid, "c" * 64) as procs, sleeping_in(procs) as in_pod:
+        async with running(config, metrics) as service:
+            cache = cache_of(service)
+            await wait_until(
+                lambda: cache.by_uid(victim_uid) is not None and cache.by_uid(other_uid) is not None
+            )
+            # A host process (in no pod: this test's own) and the pod's, both named as the victim.
+            for pid, comm in ((os.getpid(), "host"), (in_pod, "inpod")):
+                done = await asyncio.to_thread(
+                    receive,
+                    watch_dir,
+                    b"core",
+                    pid=pid,
+                    hostname=victim_name,
+                    comm=comm,
+                    when=int(time.time()),
+                )
+                assert done.returncode == 0, done.stderr
+            await wait_until(lambda: shipped(bucket) == 2)
+            await wait_until(lambda: metrics.events.labels("created")._value.get() == 1)
+    documents = {manifest(bucket, key)["exe"]: manifest(bucket, key) for key in bucket.core_keys()}
+    assert "namespace" not in documents["host"] and "pod-uid" not in documents["host"]
+    assert (documents["inpod"]["namespace"], documents["inpod"]["pod-uid"]) == ("other", other_uid)
+    assert documents["inpod"]["pod"] == other["metadata"]["name"]
+    assert cluster.events("shop", victim_uid) == []
+    assert len(cluster.events("other", other_uid)) == 1
 
 
 async def test_pod_pinned_when_its_core_is_found_survives_an_outage_its_deletion_and_a_restart(

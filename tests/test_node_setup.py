@@ -31,9 +31,9 @@ from tests.receiver import (
     TEMP_PREFIX,
     build_receiver,
     core_pattern_lock,
+    pod_cgroup,
     unavailable,
 )
-from tests.test_pipe_capture import pod_cgroup
 
 SCRIPT = ROOT / "docker" / "node-setup.sh"
 SUID_DUMPABLE = Path("/proc/sys/fs/suid_dumpable")
@@ -92,8 +92,16 @@ def test_install_saves_installs_and_restore_puts_back(short_tmp: Path) -> None:
     assert done.returncode == 0, done.stderr
     lib = tmp_path / "lib"
     helper = lib / "coredump-receive"
-    line = pipe_line(str(helper), str(tmp_path / "cores"), 32 << 30, DiskLimit(percent=10), 600, ALIVE_WINDOW)
-    assert values(sysctl) == (line + "\n", "16\n", "2\n")
+    line = pipe_line(
+        str(helper),
+        str(tmp_path / "cores"),
+        32 << 30,
+        DiskLimit(percent=10),
+        600,
+        ALIVE_WINDOW,
+        max_use=DiskLimit(percent=10),
+    )
+    assert values(sysctl) == (line + "\n", "128\n", "2\n")
     assert (lib / "saved-core_pattern").read_text() == "|/usr/share/apport/apport %p %s\n"
     assert (lib / "saved-core_pipe_limit").read_text() == "0\n"
     assert (lib / "saved-suid_dumpable").read_text() == "0\n"
@@ -154,7 +162,7 @@ def test_a_pattern_owned_by_the_host_is_saved_replaced_and_restored_exactly(
     done = run(short_tmp, "install")
     assert done.returncode == 0, done.stderr
     installed = values(sysctl)
-    assert installed[0].startswith(f"|{short_tmp}/lib/coredump-receive ") and installed[1:] == ("16\n", "2\n")
+    assert installed[0].startswith(f"|{short_tmp}/lib/coredump-receive ") and installed[1:] == ("128\n", "2\n")
     for _ in range(2):  # a second restore (a retried hook) changes nothing
         restored = run(short_tmp, "restore")
         assert restored.returncode == 0, restored.stderr
@@ -296,6 +304,7 @@ def test_the_real_kernel_runs_the_receiver_node_setup_installed_and_restore_puts
         "CORE_DIR": str(base / "cores"),
         "DIR_UID": "65534",
         "DIR_GID": "65534",
+        "COREDUMP_SHIPPER_MAX_CORE_SIZE": "0",  # the temporary paths are long: the line stays in 127 bytes
     }
     try:
         with core_pattern_lock():
@@ -359,7 +368,10 @@ async def test_the_daemon_keeps_the_receiver_storing_and_without_it_nothing_is_s
     assert options[-2:] == ["-a", ALIVE_WINDOW]
 
     def crash(pid: int) -> subprocess.CompletedProcess[bytes]:
-        args = [str(lib / "coredump-receive"), *(o.replace("%%", "%") for o in options), str(cores)]
+        # The kernel expands %d (the dump mode: 1 for an ordinary dump) and "%%".
+        expanded = ("1" if o == "%d" else o.replace("%%", "%") for o in options)
+        # -s all: this test process is in no pod (the capture scope is tests/test_pipe_kernel.py's).
+        args = [str(lib / "coredump-receive"), *expanded, "-s", "all", str(cores)]
         args += [str(pid), "0", "0", "11", "1700000000", "web-1", "app"]
         return subprocess.run(args, input=b"\x7fELF core", capture_output=True, check=False, timeout=30)
 

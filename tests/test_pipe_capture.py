@@ -1,7 +1,9 @@
-"""Pipe capture end to end with the real kernel: core_pattern pipes to coredump-receive, two
-processes crash with no change to them (a root one with RLIMIT_CORE=0 inside a pod's cgroup, and
-one of another uid in a mount namespace that cannot see the core directory), and a shipper
-running as an unprivileged uid ships both cores, complete, with their crash facts.
+"""Pipe capture end to end with the real kernel: core_pattern pipes to coredump-receive, processes
+crash with no change to them (a root one with RLIMIT_CORE=0 inside a pod's cgroup, one of another
+uid in another pod's cgroup and a mount namespace that cannot see the core directory, and one that
+dropped root to uid 101 as nginx's workers do, with fs.suid_dumpable=2), and a shipper running as an
+unprivileged uid ships the three cores, complete, with their crash facts. A host process (in no
+pod) crashes too: the receiver drops it (the default capture scope) and the shipper counts it.
 
 The machine's core_pattern is changed only inside `pipe_core_pattern` (under the shared lock, put
 back in a finally; a killed run is repaired at the next session start, see tests/receiver.py).
@@ -9,7 +11,6 @@ back in a finally; a killed run is repaired at the next session start, see tests
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -29,10 +30,18 @@ import pytest
 from coredump_shipper.corepattern import pipe_line
 from coredump_shipper.disklimit import DiskLimit
 from tests.conftest import Bucket, daemon_args, wait_until_sync
-from tests.receiver import CORE_PATTERN, TEMP_PREFIX, build_receiver, pipe_core_pattern, unavailable
+from tests.receiver import (
+    CORE_PATTERN,
+    TEMP_PREFIX,
+    build_receiver,
+    pipe_core_pattern,
+    pod_cgroup,
+    unavailable,
+)
 
 SHIPPER_UID = 65534  # nobody: owns the core directory, nothing else
 OTHER_UID = 4242
+DROPPED_UID = 101  # nginx's workers on Debian
 # The other uid cannot reach this venv's interpreter (it may live under /root): it runs Debian's.
 OTHER_PYTHON = "/usr/bin/python3"
 CRASH = (
@@ -41,6 +50,9 @@ CRASH = (
     "if os.path.exists(hidden): sys.exit(3)  # the directory must be out of sight\n"
     "data = bytearray(2 * 1024 * 1024)\n"
     "for i in range(0, len(data), 4096): data[i] = 7\n"
+    "if len(sys.argv) > 2:  # drop root without exec, as nginx's master does for its workers\n"
+    "    uid = int(sys.argv[2]); os.setgroups([]); os.setresgid(uid, uid, uid); os.setresuid(uid, uid, uid)\n"
+    "print(os.getpid(), flush=True)  # the kernel's %P: the test runs in the host's pid namespace\n"
     "os.kill(os.getpid(), signal.SIGSEGV)\n"
 )
 
@@ -56,62 +68,48 @@ def base_dir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _cgroup2_root() -> Path | None:
-    for line in Path("/proc/self/mounts").read_text().splitlines():
-        fields = line.split()
-        if len(fields) > 2 and fields[2] == "cgroup2":
-            return Path(fields[1])
-    return None
-
-
-@contextlib.contextmanager
-def pod_cgroup(pod_uid: str, container_id: str) -> Iterator[Path]:
-    """A real cgroup named the way the kubelet's systemd driver and containerd name a container."""
-    root = _cgroup2_root()
-    if root is None:
-        unavailable("no cgroup2 hierarchy mounted")
-    top = root / f"{TEMP_PREFIX}{uuid.uuid4().hex[:8]}.slice"
-    leaf = (
-        top
-        / f"kubepods-burstable-pod{pod_uid.replace('-', '_')}.slice"
-        / f"cri-containerd-{container_id}.scope"
-    )
-    try:
-        leaf.mkdir(parents=True)
-    except OSError as error:
-        unavailable(f"cannot create a cgroup under {root}: {error}")
-    try:
-        yield leaf / "cgroup.procs"
-    finally:
-        for path in (leaf, leaf.parent, top):
-            with contextlib.suppress(OSError):
-                path.rmdir()
-
-
-def _crash_as_root(hidden: Path, procs: Path) -> int:
+def _crash_as_root(hidden: Path, procs: Path | None, *drop_to: str) -> int:
     def setup() -> None:
         resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
-        procs.write_text(f"{os.getpid()}\n")
+        if procs is not None:
+            procs.write_text(f"{os.getpid()}\n")
 
-    child = subprocess.run(
-        [sys.executable, "-c", CRASH, "/nonexistent"], preexec_fn=setup, check=False, capture_output=True
+    return _crashed(
+        subprocess.run(
+            [sys.executable, "-c", CRASH, "/nonexistent", *drop_to],
+            preexec_fn=setup,
+            check=False,
+            capture_output=True,
+        )
     )
-    assert child.returncode == -signal.SIGSEGV, child.stderr
-    return child.returncode
 
 
-def _crash_as_other_uid_unseen(base: Path, watch: Path) -> None:
+def _crashed(child: subprocess.CompletedProcess[bytes]) -> int:
+    """The pid the crashed process printed; it must have died of SIGSEGV."""
+    assert child.returncode == -signal.SIGSEGV, (child.returncode, child.stderr)
+    return int(child.stdout)
+
+
+def _crash_as_other_uid_unseen(base: Path, watch: Path, procs: Path) -> int:
     # A private mount namespace with a tmpfs over the base: the watch directory does not exist there.
     script = (
         f'mount -t tmpfs hidden "{base}" && exec setpriv --reuid {OTHER_UID} --regid {OTHER_UID} '
         f'--clear-groups {OTHER_PYTHON} -c "$0" "$1"'
     )
-    child = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, CRASH, str(watch)],
-        check=False,
-        capture_output=True,
+    return _crashed(
+        subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, CRASH, str(watch)],
+            preexec_fn=lambda: procs.write_text(f"{os.getpid()}\n"),
+            check=False,
+            capture_output=True,
+        )
     )
-    assert child.returncode == -signal.SIGSEGV, (child.returncode, child.stderr)
+
+
+def _key_pid(key: str) -> int:
+    """The crashed process's global pid in a key ending in core.<h>.<e>.sig<s>.<P>.<t>[.zst]."""
+    name = key.rsplit("/", 1)[-1].removesuffix(".zst")
+    return int(name.split(".")[-2])
 
 
 def _reachable_by_others(path: Path) -> bool:
@@ -157,6 +155,16 @@ def _run_as(uid: int, view: Path) -> tuple[list[str], dict[str, str]]:
     }
 
 
+def _capture_failures(port: int, reason: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    return sum(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("coredump_shipper_capture_failures_total{") and f'reason="{reason}"' in line
+    )
+
+
 def _ready(port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as answer:
@@ -177,6 +185,7 @@ def test_cores_of_any_uid_reach_s3_through_the_pipe(bucket: Bucket, base_dir: Pa
     watch.mkdir(mode=0o700)
     os.chown(watch, SHIPPER_UID, SHIPPER_UID)
     pod_uid, container_id = str(uuid.uuid4()), hashlib.sha256(os.urandom(8)).hexdigest()
+    other_pod, other_container = str(uuid.uuid4()), hashlib.sha256(os.urandom(8)).hexdigest()
 
     args = daemon_args(
         watch,
@@ -198,13 +207,32 @@ def test_cores_of_any_uid_reach_s3_through_the_pipe(bucket: Bucket, base_dir: Pa
         wait_until_sync(lambda: _ready(port) or daemon.poll() is not None, timeout=30)
         assert daemon.poll() is None, "the shipper exited"
         line = pipe_line(str(receiver), str(watch), 1 << 30, DiskLimit(percent=1), 60)
-        with pod_cgroup(pod_uid, container_id) as procs, pipe_core_pattern(line):
-            _crash_as_root(base_dir / "none", procs)
-            _crash_as_other_uid_unseen(base_dir, watch)
+        with (
+            pod_cgroup(pod_uid, container_id) as procs,
+            pod_cgroup(other_pod, other_container, "cgroupfs-crio") as other_procs,
+            pipe_core_pattern(line, suid_dumpable=2),
+        ):
+            # core_pattern is global: other crashes on the machine meanwhile come here too, so the
+            # test looks at its own processes' cores only (by pid).
+            mine = {
+                _crash_as_root(base_dir / "none", procs),
+                _crash_as_other_uid_unseen(base_dir, watch, other_procs),
+                _crash_as_root(base_dir / "none", procs, str(DROPPED_UID)),
+            }
+            host = _crash_as_root(base_dir / "none", None)  # a host process: not stored
         assert CORE_PATTERN.read_text().strip() != line
-        wait_until_sync(lambda: len(bucket.core_keys()) == 2, timeout=60)
-        # Delete mode: each core and its crash facts leave the node once shipped.
-        wait_until_sync(lambda: os.listdir(watch) == [], timeout=20)
+        wait_until_sync(lambda: mine <= {_key_pid(key) for key in bucket.core_keys()}, timeout=60)
+        wait_until_sync(lambda: _capture_failures(port, "scope") >= 1, timeout=20)
+        # Delete mode: each core and its crash facts leave the node once shipped; the failure record
+        # is gone once counted (records are named <time>.<pid>.<n>.json).
+        spool = watch / ".coredump-receive.failures"
+        wait_until_sync(
+            lambda: (
+                not [n for n in os.listdir(watch) if any(f".{pid}." in n for pid in mine)]
+                and not [n for n in os.listdir(spool) if n.split(".")[1] == str(host)]
+            ),
+            timeout=20,
+        )
     finally:
         daemon.send_signal(signal.SIGTERM)
         _, log = daemon.communicate(timeout=30)
@@ -213,9 +241,13 @@ def test_cores_of_any_uid_reach_s3_through_the_pipe(bucket: Bucket, base_dir: Pa
 
     # %e is the crashed task's comm: the name under which its interpreter was run (a venv's `python`,
     # `python3` or `python3.11`), cut to 15 bytes.
-    comm = {"0": Path(sys.executable).name[:15], str(OTHER_UID): Path(OTHER_PYTHON).name[:15]}
+    comm = {
+        "0": Path(sys.executable).name[:15],
+        str(DROPPED_UID): Path(sys.executable).name[:15],
+        str(OTHER_UID): Path(OTHER_PYTHON).name[:15],
+    }
     by_uid = {}
-    for key in bucket.core_keys():
+    for key in [key for key in bucket.core_keys() if _key_pid(key) in mine]:
         meta = bucket.head(key)["Metadata"]
         manifest = json.loads(bucket.get(key + ".manifest.json"))
         content = bucket.content(key)
@@ -225,13 +257,17 @@ def test_cores_of_any_uid_reach_s3_through_the_pipe(bucket: Bucket, base_dir: Pa
         assert meta["signal"] == "11" and meta["exe"] == comm[meta["uid"]], (meta, comm)
         assert meta["pid"].isdigit() and meta["global-pid"].isdigit()
         by_uid[meta["uid"]] = (key, meta, manifest)
-    assert set(by_uid) == {"0", str(OTHER_UID)}
+    assert set(by_uid) == {"0", str(OTHER_UID), str(DROPPED_UID)}
     key, meta, manifest = by_uid["0"]
     assert (meta["pod-uid"], meta["container-id"]) == (pod_uid, container_id)
     assert manifest["pod-uid"] == pod_uid and manifest["cgroup"].endswith(
         f"cri-containerd-{container_id}.scope"
     )
     assert key.startswith(f"test/node-1/{pod_uid}/{container_id}/core.")
+    assert meta["dump-mode"] == "1"
     key, meta, _ = by_uid[str(OTHER_UID)]
-    assert meta["gid"] == str(OTHER_UID) and "pod-uid" not in meta
-    assert key.startswith("test/node-1/unknown/unknown/core.")
+    assert meta["gid"] == str(OTHER_UID) and meta["dump-mode"] == "1"
+    assert key.startswith(f"test/node-1/{other_pod}/{other_container}/core.")
+    # The worker that dropped root: shipped, marked as a suid-safe dump (docs/security.md).
+    key, meta, manifest = by_uid[str(DROPPED_UID)]
+    assert (meta["dump-mode"], manifest["dump-mode"], meta["pod-uid"]) == ("2", "2", pod_uid)

@@ -6,9 +6,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import shutil
 import stat
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,8 +60,20 @@ def facts_of(directory: Path, name: str) -> dict[str, object]:
     return loaded
 
 
+SPOOL = ".coredump-receive.failures"
+
+
 def entries(directory: Path) -> set[str]:
-    return set(os.listdir(directory))
+    """The directory's files, without the spool of failure records (see `failures`)."""
+    return set(os.listdir(directory)) - {SPOOL}
+
+
+def failures(directory: Path) -> list[str]:
+    """The reasons of the failure records the receiver left for the shipper."""
+    spool = directory / SPOOL
+    if not spool.exists():
+        return []
+    return sorted(json.loads((spool / name).read_bytes())["reason"] for name in os.listdir(spool))
 
 
 def test_go_unit_tests_on_amd64_and_on_emulated_arm64() -> None:
@@ -156,7 +170,7 @@ def test_planted_entries_at_the_final_names_are_never_replaced(core_dir: Path, t
 def test_full_disk_keeps_what_was_written_and_its_facts(tmp_path: Path) -> None:
     with tmpfs(tmp_path / "small", "2m") as small:
         data = os.urandom(8 * MiB)
-        done = receive(small, data)
+        done = receive(small, data, "-x", "0")
         assert done.returncode == 0, done.stderr
         name = NAME.format(pid=os.getpid())
         assert entries(small) == {name, f".{name}.crash.json"}
@@ -165,11 +179,12 @@ def test_full_disk_keeps_what_was_written_and_its_facts(tmp_path: Path) -> None:
         facts = facts_of(small, name)
         assert facts["truncated_reason"] == "no-space" and facts["size"] == len(stored)
         assert b"cut short" in done.stderr and done.stderr.count(b"\n") == 1
+        assert failures(small) == ["no-space"]
 
 
 def test_keep_free_floor_stops_writing(tmp_path: Path) -> None:
     with tmpfs(tmp_path / "fs", "8m") as fs:
-        done = receive(fs, os.urandom(8 * MiB), "-f", "50%")
+        done = receive(fs, os.urandom(8 * MiB), "-f", "50%", "-x", "0")
         assert done.returncode == 0, done.stderr
         name = NAME.format(pid=os.getpid())
         facts = facts_of(fs, name)
@@ -177,6 +192,7 @@ def test_keep_free_floor_stops_writing(tmp_path: Path) -> None:
         assert 2 * MiB < (fs / name).stat().st_size <= 4 * MiB
         free = os.statvfs(fs)
         assert free.f_bavail * free.f_frsize >= 4 * MiB - 64 * 1024  # the floor held (bar the facts)
+        assert failures(fs) == ["keep-free"]
 
 
 def test_max_size_cuts_the_core(core_dir: Path) -> None:
@@ -185,6 +201,7 @@ def test_max_size_cuts_the_core(core_dir: Path) -> None:
     name = NAME.format(pid=os.getpid())
     assert (core_dir / name).stat().st_size == 64 * 1024
     assert facts_of(core_dir, name)["truncated_reason"] == "max-size"
+    assert failures(core_dir) == ["max-size"]
 
 
 def test_truncated_stdin_is_stored_and_shipped_as_truncated(core_dir: Path, tmp_path: Path) -> None:
@@ -206,7 +223,22 @@ def test_truncated_stdin_is_stored_and_shipped_as_truncated(core_dir: Path, tmp_
 
 def test_slow_writer_hits_the_deadline(core_dir: Path) -> None:
     pid = os.getpid()
-    args = [str(RECEIVER), "-t", "1", str(core_dir), str(pid), "0", "0", "6", "1700000000", "h", "slow"]
+    args = [
+        str(RECEIVER),
+        "-s",
+        "all",
+        "-d",
+        "1",
+        "-t",
+        "1",
+        str(core_dir),
+        str(pid),
+        "0",
+        "0",
+        "6",
+        "1700000000",
+    ]
+    args += ["h", "slow"]
     started = time.monotonic()
     with subprocess.Popen(args, stdin=subprocess.PIPE, stderr=subprocess.PIPE) as child:
         assert child.stdin is not None and child.stderr is not None
@@ -268,3 +300,156 @@ def test_hundred_mib_core_throughput(core_dir: Path) -> None:
     assert core.stat().st_size == len(data)
     print(f"100 MiB core received in {elapsed:.2f}s, {core.stat().st_blocks * 512 // MiB} MiB on disk")
     assert elapsed < 20
+
+
+def test_host_process_is_not_stored_with_the_default_scope(core_dir: Path) -> None:
+    """This test process is in no pod: with the receiver's default scope its core is dropped,
+    recorded for the shipper, and said in one line."""
+    done = receive(core_dir, os.urandom(MiB), scope=None, comm="kubelet")
+    assert done.returncode == 0, done.stderr
+    assert entries(core_dir) == set()
+    assert failures(core_dir) == ["scope"]
+    assert done.stderr.count(b"\n") == 1 and b"not in a Kubernetes pod" in done.stderr
+    (record,) = os.listdir(core_dir / SPOOL)
+    spool = (core_dir / SPOOL).stat()
+    assert (spool.st_uid, stat.S_IMODE(spool.st_mode)) == (65534, 0o700)
+    written = (core_dir / SPOOL / record).stat()
+    assert (written.st_uid, stat.S_IMODE(written.st_mode)) == (65534, 0o600)
+    assert json.loads((core_dir / SPOOL / record).read_bytes())["comm"] == "kubelet"
+
+
+def test_suid_safe_dump_is_read_only_for_the_shipper_and_marked(core_dir: Path) -> None:
+    done = receive(core_dir, b"privileged memory", dump_mode=2, uid=101)
+    assert done.returncode == 0, done.stderr
+    name = NAME.format(pid=os.getpid())
+    st = (core_dir / name).stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (65534, 65534, 0o400)
+    assert facts_of(core_dir, name)["dump_mode"] == 2
+    assert failures(core_dir) == []
+
+
+def test_suid_safe_dump_is_never_handed_to_the_uid_that_crashed(core_dir: Path) -> None:
+    """A host user whose uid is the shipper's crashes a setuid program: the dump (root's memory)
+    must not become that user's file."""
+    done = receive(core_dir, b"root's secrets", dump_mode=2, uid=65534)
+    assert done.returncode == 0, done.stderr
+    assert entries(core_dir) == set() and failures(core_dir) == ["suid-owner"]
+    assert b"suid-safe dump" in done.stderr and done.stderr.count(b"\n") == 1
+    # A line without -d (an older core_pattern during an upgrade) gets the same caution.
+    done = receive(core_dir, b"root's secrets", dump_mode=None, uid=65534)
+    assert entries(core_dir) == set() and failures(core_dir) == ["suid-owner", "suid-owner"]
+
+
+def test_write_error_keeps_what_was_written_and_marks_it(core_dir: Path) -> None:
+    """A write that fails (here EFBIG under RLIMIT_FSIZE) keeps the part written, marked cut short."""
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (MiB, MiB))
+
+    data = os.urandom(4 * MiB)
+    args = [
+        str(RECEIVER),
+        "-s",
+        "all",
+        "-d",
+        "1",
+        str(core_dir),
+        str(os.getpid()),
+        "0",
+        "0",
+        "11",
+        "5",
+        "h",
+        "e",
+    ]
+    done = subprocess.run(
+        args, input=data, capture_output=True, preexec_fn=small_files, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    name = f"core.h.e.sig11.{os.getpid()}.5"
+    stored = (core_dir / name).read_bytes()
+    assert len(stored) == MiB and data.startswith(stored)
+    facts = facts_of(core_dir, name)
+    assert facts["truncated_reason"] == "write-error" and facts["size"] == MiB
+    assert failures(core_dir) == ["write-error"]
+
+
+def test_a_planted_link_at_the_spool_is_not_followed(core_dir: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (core_dir / SPOOL).symlink_to(elsewhere)
+    done = receive(core_dir, b"core", "-m", "2")
+    assert done.returncode == 0, done.stderr
+    assert os.listdir(elsewhere) == []
+    assert b"failure not recorded" in done.stderr and done.stderr.count(b"\n") == 1
+    assert (core_dir / NAME.format(pid=os.getpid())).read_bytes() == b"co"  # the core itself is kept
+
+
+def test_the_spool_stops_growing_when_nobody_reads_it(core_dir: Path) -> None:
+    for _ in range(258):
+        receive(core_dir, b"", scope=None)
+    assert len(failures(core_dir)) == 256
+
+
+def _concurrent(
+    directory: Path, count: int, size: int, *options: str
+) -> list[subprocess.CompletedProcess[bytes]]:
+    """`count` receivers writing at the same time: their input is fed in turns, 1 MiB each."""
+    children = []
+    for index in range(count):
+        args = [str(RECEIVER), "-s", "all", "-d", "1", *options, str(directory), str(os.getpid())]
+        args += ["0", "0", "11", str(index), "h", "e"]
+        children.append(subprocess.Popen(args, stdin=subprocess.PIPE, stderr=subprocess.PIPE))
+    block = os.urandom(MiB)
+    errors = []
+
+    def feed(child: subprocess.Popen[bytes]) -> None:
+        assert child.stdin is not None
+        try:
+            for _ in range(size // MiB):
+                child.stdin.write(block)
+                child.stdin.flush()
+        except BrokenPipeError:
+            pass  # the receiver stopped at a limit, as the kernel sees it too
+        except OSError as error:
+            errors.append(error)
+        finally:
+            with contextlib.suppress(BrokenPipeError):
+                child.stdin.close()
+
+    feeders = [threading.Thread(target=feed, args=(child,)) for child in children]
+    for thread in feeders:
+        thread.start()
+    for thread in feeders:
+        thread.join(timeout=120)
+    done = []
+    for child in children:
+        assert child.stderr is not None
+        code = child.wait(timeout=60)
+        done.append(subprocess.CompletedProcess(child.args, code, b"", child.stderr.read()))
+        child.stderr.close()
+    assert errors == []
+    return done
+
+
+@pytest.mark.parametrize(("option", "reason"), [("-f", "keep-free"), ("-x", "max-use")])
+def test_concurrent_receivers_hold_the_floor_and_the_cap(tmp_path: Path, option: str, reason: str) -> None:
+    """Three receivers of 90 MiB at once with 100 MiB of room (above the floor, or under the cap):
+    together they stop at the limit instead of each spending the whole room."""
+    with tmpfs(tmp_path / "fs", "400m") as fs:
+        (fs / "older-core").write_bytes(os.urandom(20 * MiB))  # counts against the cap
+        free = os.statvfs(fs).f_bavail * os.statvfs(fs).f_frsize
+        limit = f"{(free - 100 * MiB) // MiB}M" if option == "-f" else "120M"
+        others = ["-x", "0"] if option == "-f" else []
+        done = _concurrent(fs, 3, 90 * MiB, option, limit, *others)
+        assert [d.returncode for d in done] == [0, 0, 0], [d.stderr for d in done]
+        cores = [fs / n for n in entries(fs) if n.startswith("core.")]
+        assert len(cores) == 3
+        written = sum(core.stat().st_blocks * 512 for core in cores)
+        assert 90 * MiB < written <= 100 * MiB + 3 * MiB, written / MiB  # one grant each at most
+        if option == "-f":
+            left = os.statvfs(fs).f_bavail * os.statvfs(fs).f_frsize
+            assert left >= free - 103 * MiB - 64 * 1024, (free - left) / MiB
+        reasons = [str(facts_of(fs, core.name).get("truncated_reason", "")) for core in cores]
+        assert reason in reasons
+        assert failures(fs) == sorted(r for r in reasons if r)
