@@ -199,23 +199,8 @@ class Metrics:
             "The most failed upload attempts of one core still waiting to be shipped.",
             registry=r,
         )
-        self.enrichment = Counter(
-            name("enrichment"),
-            "Cores looked up in the Kubernetes API for their pod, by result (matched or why not).",
-            ["result"],
-            registry=r,
-        )
-        self.events = Counter(
-            name("events"),
-            "CoreDumped Events on pods: created, updated (series), rate_limited, dropped, failed.",
-            ["result"],
-            registry=r,
-        )
+        self._kubernetes_metrics(r)
         self._capture_metrics(r)
-        for result in ENRICHMENT_RESULTS:
-            self.enrichment.labels(result)
-        for result in EVENT_RESULTS:
-            self.events.labels(result)
         for limit in ("max_use", "keep_free"):
             self.disk_limit.labels(limit)
         for result in ("success", "failure"):
@@ -228,6 +213,25 @@ class Metrics:
         ):
             for reason in reasons:
                 counter.labels(reason)
+
+    def _kubernetes_metrics(self, r: CollectorRegistry) -> None:
+        """Pod identity and Events: what the Kubernetes API gave and what was said to it."""
+        self.enrichment = Counter(
+            f"{PREFIX}_enrichment",
+            "Cores looked up in the Kubernetes API for their pod, by result (matched or why not).",
+            ["result"],
+            registry=r,
+        )
+        self.events = Counter(
+            f"{PREFIX}_events",
+            "CoreDumped Events on pods: created, updated (series), rate_limited, dropped, failed.",
+            ["result"],
+            registry=r,
+        )
+        for result in ENRICHMENT_RESULTS:
+            self.enrichment.labels(result)
+        for result in EVENT_RESULTS:
+            self.events.labels(result)
 
     def _capture_metrics(self, r: CollectorRegistry) -> None:
         """What is captured at all: cores excluded by choice, and whether the kernel sends cores here."""

@@ -87,6 +87,8 @@ func parseServeArgs(args []string) (serveConfig, error) {
 	maxSize := flags.String("m", "0", "most bytes of a core to keep")
 	free := flags.String("f", "0", "free space to leave on the filesystem (bytes with unit, or N%)")
 	seconds := flags.Int("t", 600, "deadline in seconds for one crash, from connect to close")
+	maxUse := flags.String("x", "10%", "most space DIR's files may take (bytes with unit, or N%; 0: no cap)")
+	scope := flags.String("s", "pod", "pod: store only cores of processes in a Kubernetes pod; all: every process")
 	flags.IntVar(&cfg.maxClients, "max-clients", cfg.maxClients, "crashes received at once; more wait for a slot until their deadline")
 	flags.StringVar(&cfg.statsPath, "stats", "", "file the counters are written to (JSON)")
 	flags.StringVar(&cfg.cgroupRoot, "cgroup-root", "/sys/fs/cgroup", "the host's cgroup2 mount, or the directory holding it as unified/")
@@ -98,7 +100,8 @@ func parseServeArgs(args []string) (serveConfig, error) {
 		return cfg, err
 	}
 	// The size, floor and deadline are parsed exactly as the pipe receiver parses them.
-	pipeArgs := []string{"-m", *maxSize, "-f", *free, "-t", fmt.Sprint(*seconds), "/", "1", "0", "0", "0", "0", "h", "e"}
+	pipeArgs := []string{"-m", *maxSize, "-f", *free, "-x", *maxUse, "-s", *scope, "-t", fmt.Sprint(*seconds),
+		"/", "1", "0", "0", "0", "0", "h", "e"}
 	if *fallbackFile != "" {
 		data, err := os.ReadFile(*fallbackFile)
 		if err != nil {
@@ -364,9 +367,9 @@ func (s *server) policy() string {
 	}
 	defer syscall.Close(dirfd)
 	// The pipe receiver's own floor: below it, it would store an empty core cut short (keep-free).
-	guard := &spaceGuard{fd: dirfd, lim: s.cfg.lim}
-	if !guard.allow(factsSpace) {
-		return "keep-free"
+	guard := &spaceGuard{fd: dirfd, dirfd: dirfd, lim: s.cfg.lim}
+	if reason := guard.allow(factsSpace); reason != "" {
+		return reason // keep-free or max-use
 	}
 	// The pipe receiver's -a (alive.go, set by the pipe line): no shipper alive, nothing stored.
 	if aliveWindow > 0 {
@@ -447,6 +450,11 @@ func (s *server) handle(conn *net.UnixConn) {
 	c := crash{Dir: s.cfg.dir, GlobalPID: who.pid, UID: who.uid, GID: who.gid, Signal: who.signal,
 		Time: start.Unix(), Hostname: who.hostname, Comm: who.comm}
 	lim := s.cfg.lim
+	// The pidfd's dump mode, as %d gives it to the pipe receiver; unknown counts as suid-safe.
+	lim.DumpMode = who.dumpMode
+	if lim.DumpMode != dumpUser {
+		lim.DumpMode = dumpRoot
+	}
 	lim.Deadline = time.Until(deadline)
 	if lim.Deadline <= 0 {
 		lim.Deadline = time.Millisecond
@@ -455,6 +463,11 @@ func (s *server) handle(conn *net.UnixConn) {
 	if err != nil {
 		logf("serve: pid %d (%s): core not stored: %v", who.pid, who.comm, err)
 		s.count(func(st *serveStats) { st.Failed++ })
+		return
+	}
+	if result.Dropped != "" {
+		logf("serve: pid %d (%s): core not stored: %s", who.pid, who.comm, result.Dropped)
+		s.count(func(st *serveStats) { st.Rejected[result.record]++ })
 		return
 	}
 	if result.Truncated != "" {

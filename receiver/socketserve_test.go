@@ -17,7 +17,7 @@ func TestServeTakesDirectoryAndLimitsFromThePipeLine(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := limits{MaxSize: 1 << 30, FreePct: 10, Deadline: time.Minute}
+	want := limits{MaxSize: 1 << 30, Free: diskLimit{Percent: 10}, MaxUse: diskLimit{Percent: 10}, Deadline: time.Minute, DumpMode: dumpUnknown}
 	if cfg.dir != "/var/coredump" || cfg.lim != want || cfg.fallback != line[:len(line)-1] || !cfg.claimPattern {
 		t.Fatalf("config %+v", cfg)
 	}

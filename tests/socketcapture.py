@@ -64,7 +64,8 @@ class Server:
         # own_mounts: in a mount namespace of its own, as in a container (gone with the process).
         prefix = ["unshare", "--mount", "--propagation", "private"] if own_mounts else []
         self.args = [*prefix, str(RECEIVER), "serve", "-socket", str(socket), "-stats", str(self.stats_path)]
-        self.args += [*options, str(directory)]
+        # Most tests crash processes outside any pod: the default scope (pod) would drop them.
+        self.args += ["-s", "all", *options, str(directory)]
         self.process: subprocess.Popen[bytes] | None = None
         self.log = ""
 

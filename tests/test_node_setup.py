@@ -162,7 +162,8 @@ def test_a_pattern_owned_by_the_host_is_saved_replaced_and_restored_exactly(
     done = run(short_tmp, "install")
     assert done.returncode == 0, done.stderr
     installed = values(sysctl)
-    assert installed[0].startswith(f"|{short_tmp}/lib/coredump-receive ") and installed[1:] == ("128\n", "2\n")
+    assert installed[0].startswith(f"|{short_tmp}/lib/coredump-receive ")
+    assert installed[1:] == ("128\n", "2\n")
     for _ in range(2):  # a second restore (a retried hook) changes nothing
         restored = run(short_tmp, "restore")
         assert restored.returncode == 0, restored.stderr

@@ -25,7 +25,7 @@ import pytest
 from coredump_shipper.corepattern import pipe_line
 from coredump_shipper.disklimit import DiskLimit
 from tests.conftest import Bucket, daemon_args, wait_until_sync
-from tests.receiver import TEMP_PREFIX, build_receiver, unavailable
+from tests.receiver import TEMP_PREFIX, build_receiver, pod_cgroup, unavailable
 from tests.socketcapture import (
     Server,
     crash,
@@ -41,7 +41,6 @@ from tests.test_pipe_capture import (
     _crash_as_root,
     _ready,
     _run_as,
-    pod_cgroup,
 )
 
 SEGFAULT = (
@@ -110,7 +109,7 @@ def test_cores_of_any_uid_reach_s3_through_the_socket(bucket: Bucket, base_dir: 
         assert daemon.poll() is None, "the shipper exited"
         with server, pod_cgroup(pod_uid, container_id) as procs, kernel_core_pattern(f"@@{sock}"):
             _crash_as_root(base_dir / "none", procs)
-            _crash_as_other_uid_unseen(base_dir, watch)
+            _crash_as_other_uid_unseen(base_dir, watch, procs)
         assert not current_pattern().startswith("@@")
         assert server.stats()["stored"] == 2, server.log
         wait_until_sync(lambda: len(bucket.core_keys()) == 2, timeout=60)
@@ -138,8 +137,8 @@ def test_cores_of_any_uid_reach_s3_through_the_socket(bucket: Bucket, base_dir: 
     assert manifest["cgroup"].endswith(f"cri-containerd-{container_id}.scope")
     assert key.startswith(f"test/node-1/{pod_uid}/{container_id}/core.")
     key, meta, _ = by_uid[str(OTHER_UID)]
-    assert meta["gid"] == str(OTHER_UID) and "pod-uid" not in meta
-    assert key.startswith("test/node-1/unknown/unknown/core.")
+    assert meta["gid"] == str(OTHER_UID) and meta["pod-uid"] == pod_uid  # both in the pod: scope pod
+    assert key.startswith(f"test/node-1/{pod_uid}/{container_id}/core.")
 
 
 def test_a_crash_the_policy_refuses_leaves_no_file_and_is_counted(base_dir: Path) -> None:
@@ -203,7 +202,7 @@ def test_a_restart_hands_core_pattern_over_and_loses_no_core(base_dir: Path) -> 
     require_socket_capture()
     receiver = build_receiver()
     watch, sock = _dirs(base_dir)
-    fallback = pipe_line(str(receiver), str(watch), 1 << 30, DiskLimit(percent=1), 60)
+    fallback = pipe_line(str(receiver), str(watch), 1 << 30, DiskLimit(percent=1), 60, scope="all")
     saved = base_dir / "run" / "pipe-core_pattern"  # as node setup leaves it for the chart's server
     saved.write_text(fallback + "\n")
     options = ("-claim-pattern", "-fallback-file", str(saved))
@@ -261,7 +260,7 @@ def test_with_no_shipper_alive_the_server_refuses_as_the_pipe_receiver_does(base
     receiver = build_receiver()
     watch, sock = _dirs(base_dir)
     saved = base_dir / "run" / "pipe-core_pattern"
-    saved.write_text(pipe_line(str(receiver), str(watch), 0, DiskLimit(), 60, "1h") + "\n")
+    saved.write_text(pipe_line(str(receiver), str(watch), 0, DiskLimit(), 60, "1h", scope="all") + "\n")
     heartbeat = base_dir / "run" / "alive" / "heartbeat"
     with Server(sock, watch, "-fallback-file", str(saved)) as server, kernel_core_pattern(f"@@{sock}"):
         refused = crash(SEGFAULT)
