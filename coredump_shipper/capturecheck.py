@@ -24,10 +24,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from coredump_shipper.corepattern import RECEIVER_DEFAULT_MAX_USE, parse_pipe_line, pipe_line
+from coredump_shipper.corepattern import ALIVE_WINDOW, RECEIVER_DEFAULT_MAX_USE, parse_pipe_line, pipe_line
 from coredump_shipper.disklimit import DiskLimit
 from coredump_shipper.errors import ConfigError
+
+if TYPE_CHECKING:
+    from coredump_shipper.config import Config
 
 SYSCTL_DIR = Path("/proc/sys")  # the node's: kernel settings are not namespaced
 SYSTEMD_COREDUMP_DIR = "/var/lib/systemd/coredump"
@@ -89,6 +93,23 @@ def expectation(
     except ConfigError:
         line = None
     return Expectation(mode, os.path.abspath(watch_dir), line, pipe_limit)
+
+
+def for_config(config: Config) -> Expectation:
+    """What the daemon and doctor expect of the node, from the settings the daemon runs with."""
+    return expectation(
+        config.capture_mode,
+        config.watch_dir,
+        config.receiver_path,
+        config.max_core_size,
+        config.keep_free,
+        config.receive_timeout,
+        config.pipe_limit,
+        max_use=config.max_use,
+        scope=config.capture_scope,
+        # The chart's pipe mode sets --heartbeat, and node setup's line then carries -a (cli.py).
+        alive_window=ALIVE_WINDOW if config.heartbeat else None,
+    )
 
 
 def _read_int(path: Path) -> int | None:

@@ -20,7 +20,7 @@ from coredump_shipper.budget import DiskBudget
 from coredump_shipper.checkrow import Check, ExtraCheck, Status
 from coredump_shipper.config import Config
 from coredump_shipper.corename import CoreNamePattern
-from coredump_shipper.corepattern import ALIVE_WINDOW, parse_pipe_line
+from coredump_shipper.corepattern import parse_pipe_line
 from coredump_shipper.errors import ConfigError
 from coredump_shipper.kubecheck import kube_checks
 from coredump_shipper.metrics import Metrics
@@ -158,19 +158,7 @@ def capture_check(config: Config, proc_root: Path) -> Check:
     name = "capture configured"
     if config.capture_mode == "off":
         return Check(name, "OK", "not checked (--capture-mode off)")
-    expect = capturecheck.expectation(
-        config.capture_mode,
-        config.watch_dir,
-        config.receiver_path,
-        config.max_core_size,
-        config.keep_free,
-        config.receive_timeout,
-        config.pipe_limit,
-        max_use=config.max_use,
-        scope=config.capture_scope,
-        # The chart's pipe mode sets --heartbeat, and node setup's line then carries -a (cli.py).
-        alive_window=ALIVE_WINDOW if config.heartbeat else None,
-    )
+    expect = capturecheck.for_config(config)
     state = capturecheck.check(expect, proc_root / "sys")
     if state.configured:
         return Check(name, "OK", f"--capture-mode {config.capture_mode}: {state.describe()}")

@@ -30,7 +30,6 @@ from coredump_shipper import (
 from coredump_shipper.budget import DiskBudget
 from coredump_shipper.checkrow import Check
 from coredump_shipper.config import Config
-from coredump_shipper.corepattern import ALIVE_WINDOW
 from coredump_shipper.errors import S3Error
 from coredump_shipper.kube import kube_features
 from coredump_shipper.metrics import Labelled, Metrics
@@ -370,19 +369,7 @@ class Service:
     async def _watch_capture(self) -> None:
         """Read core_pattern and core_pipe_limit back every minute: capture can be switched off under us."""
         config = self.config
-        expect = capturecheck.expectation(
-            config.capture_mode,
-            config.watch_dir,
-            config.receiver_path,
-            config.max_core_size,
-            config.keep_free,
-            config.receive_timeout,
-            config.pipe_limit,
-            max_use=config.max_use,
-            scope=config.capture_scope,
-            # The chart's pipe mode sets --heartbeat, and node setup's line then carries -a (cli.py).
-            alive_window=ALIVE_WINDOW if config.heartbeat else None,
-        )
+        expect = capturecheck.for_config(config)
         last: tuple[bool, str | None] | None = None
 
         async def look(attempt: int) -> bool:
