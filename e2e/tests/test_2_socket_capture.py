@@ -89,7 +89,8 @@ def test_socket_capture_ships_cores_with_their_pod(release: Release, store: Stor
         assert store.bucket.content(key)[:4] == b"\x7fELF"
         assert (facts["container"], facts["exe"]) == ("app", "sh")
         pod_uid = kube.get("pod", "-n", APPS, name)["metadata"]["uid"]
-        assert pod_uid in {str(value) for value in facts.values()}, facts
+        # The API's pod (namespace and name, matched above) is the one whose UID the cgroup gave.
+        assert facts["pod-uid"] == pod_uid, facts
 
     result = kube.run(
         "kubectl",
