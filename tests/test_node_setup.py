@@ -1,6 +1,6 @@
 """docker/node-setup.sh, the pipe-mode node setup, run for real against stand-in sysctl files.
 
-The real init container writes /proc/sys/kernel; here SYSCTL_DIR points at plain files so the
+The real init container writes /proc/sys/kernel; here SYSCTL_ROOT points at plain files so the
 script's logic (save once, atomic install, the line, restore) runs without touching the machine.
 """
 

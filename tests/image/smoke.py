@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -148,7 +149,9 @@ def check_ship(image: str, work: Path) -> None:
             print(f"shipped {filename} -> s3://{BUCKET}/{key}")
 
             metrics = http_get(f"{base}/metrics") or ""
-            assert 'coredump_shipper_uploads_total{result="success"} 1.0' in metrics, metrics
+            # Every series carries the node (and namespace) as labels: the alerts match however scraped.
+            success = re.compile(r'^coredump_shipper_uploads_total\{[^}]*result="success"[^}]*\} 1\.0$', re.M)
+            assert success.search(metrics), metrics
             wait_for("core deleted after upload", lambda: (not (watch / filename).exists()) or None, 30)
 
             podman("stop", "--time", "25", name)
@@ -169,17 +172,20 @@ def check_node_setup(image: str, work: Path) -> None:
     """Pipe mode's init container, as the chart runs it (root, read-only root filesystem), against
     stand-in sysctl files: the receiver it leaves on the "node" runs there without the image."""
     sysctl, lib, cores = work / "sysctl", work / "lib", work / "cores"
-    sysctl.mkdir()
-    (sysctl / "core_pattern").write_text("core\n")
-    (sysctl / "core_pipe_limit").write_text("0\n")
+    # The three settings node setup changes, laid out as /proc/sys shows them.
+    (sysctl / "kernel").mkdir(parents=True)
+    (sysctl / "fs").mkdir()
+    (sysctl / "kernel" / "core_pattern").write_text("core\n")
+    (sysctl / "kernel" / "core_pipe_limit").write_text("0\n")
+    (sysctl / "fs" / "suid_dumpable").write_text("0\n")
     podman(
         "run", "--rm", "--read-only", "--user", "0:0", "--network", "none",
         "--volume", f"{sysctl}:/fake-sysctl", "--volume", f"{work}:{work}",
-        "--env", "SYSCTL_DIR=/fake-sysctl", "--env", f"RECEIVER_DIR={lib}", "--env", f"CORE_DIR={cores}",
+        "--env", "SYSCTL_ROOT=/fake-sysctl", "--env", f"RECEIVER_DIR={lib}", "--env", f"CORE_DIR={cores}",
         "--env", f"DIR_UID={UID}", "--env", f"DIR_GID={UID}",
         "--entrypoint", "/bin/sh", image, "/usr/local/bin/coredump-node-setup", "install",
     )  # fmt: skip
-    line = (sysctl / "core_pattern").read_text().strip()
+    line = (sysctl / "kernel" / "core_pattern").read_text().strip()
     assert line.startswith(f"|{lib}/coredump-receive ") and line.endswith(f"{cores} %P %u %g %s %t %h %e"), (
         line
     )
@@ -192,9 +198,13 @@ def check_node_setup(image: str, work: Path) -> None:
         ["sh", str(lib / "coredump-node-setup"), "restore"],
         check=True,
         capture_output=True,
-        env={"PATH": "/usr/bin:/bin", "SYSCTL_DIR": str(sysctl), "RECEIVER_DIR": str(lib)},
+        env={"PATH": "/usr/bin:/bin", "SYSCTL_ROOT": str(sysctl), "RECEIVER_DIR": str(lib)},
     )
-    assert (sysctl / "core_pattern").read_text() == "core\n"
+    restored = [
+        (sysctl / name).read_text()
+        for name in ("kernel/core_pattern", "kernel/core_pipe_limit", "fs/suid_dumpable")
+    ]
+    assert restored == ["core\n", "0\n", "0\n"], restored
 
 
 def main() -> int:
