@@ -120,7 +120,7 @@ def test_uninstall_puts_the_node_back_through_the_chart_hook(release: Release, k
         )  # fmt: skip
         installed = node_values()
         assert installed[0].startswith(f"|{receiver_dir}/coredump-receive "), installed
-        assert installed[1:] == ("16", "2")
+        assert installed[1:] == ("128", "2")  # the chart's capture.pipeLimit, and suid-safe dumps on
         assert (receiver_dir / "saved-core_pattern").read_text().strip() == SYSTEMD[0]
 
         started = time.monotonic()
