@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import shutil
@@ -17,7 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tests.servers import S3Endpoint, free_port, stop, wait_for_port
-from tests.servers.tls import make_certificates
+from tests.servers.tls import behind_tls, make_certificates
 
 
 @dataclass(frozen=True)
@@ -153,12 +152,7 @@ def haproxy_front(backend: S3Endpoint, work_dir: Path) -> Iterator[S3Endpoint]:
         proc = subprocess.Popen([haproxy, "-db", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT)
         try:
             wait_for_port(port)
-            yield dataclasses.replace(
-                backend,
-                name=f"{backend.name}-https",
-                url=f"https://127.0.0.1:{port}",
-                ca_bundle=str(certs.ca),
-            )
+            yield behind_tls(backend, port, certs.ca)
         finally:
             stop(proc)
 

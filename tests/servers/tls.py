@@ -239,15 +239,17 @@ def tls_front(backend: S3Endpoint, work_dir: Path) -> Iterator[S3Endpoint]:
     )
     try:
         wait_for_port(port)
-        yield dataclasses.replace(
-            backend,
-            name=f"{backend.name}-https",
-            url=f"https://127.0.0.1:{port}",
-            ca_bundle=str(certs.ca),
-        )
+        yield behind_tls(backend, port, certs.ca)
     finally:
         stop(proc)
         log.close()
+
+
+def behind_tls(backend: S3Endpoint, port: int, ca: Path) -> S3Endpoint:
+    """`backend` as clients reach it through a TLS terminator on loopback `port`, trusting `ca`."""
+    return dataclasses.replace(
+        backend, name=f"{backend.name}-https", url=f"https://127.0.0.1:{port}", ca_bundle=str(ca)
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
