@@ -155,6 +155,30 @@ def _run_as(uid: int, view: Path) -> tuple[list[str], dict[str, str]]:
     }
 
 
+def _start_shipper_unprivileged(
+    watch: Path, bucket: Bucket, base_dir: Path
+) -> tuple[subprocess.Popen[bytes], int, Path]:
+    """`coredump-shipper run` as SHIPPER_UID, keys by pod UID and container ID: (process, port, the
+    private view of the checkout it runs from, for the caller to remove)."""
+    args = daemon_args(
+        watch,
+        bucket.name,
+        bucket.endpoint.url,
+        "--key-template",
+        "{cluster}/{node}/{pod_uid}/{container_id}/{filename}",
+        "--filename-pattern",
+        "core.%h.%e.sig%s.%P.%t",
+    )
+    port = int(args[args.index("--listen") + 1].rsplit(":", 1)[1])
+    view = Path(tempfile.mkdtemp(prefix="cds-view-", dir="/tmp"))
+    python, extra_env = _run_as(SHIPPER_UID, view)
+    env = {**os.environ, **extra_env, "AWS_EC2_METADATA_DISABLED": "true", "PYTHONDONTWRITEBYTECODE": "1"}
+    daemon = subprocess.Popen(
+        [*python, "-m", "coredump_shipper", *args], env=env, cwd=base_dir, stderr=subprocess.PIPE
+    )
+    return daemon, port, view
+
+
 def _capture_failures(port: int, reason: str) -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
         text = answer.read().decode()
@@ -187,22 +211,7 @@ def test_cores_of_any_uid_reach_s3_through_the_pipe(bucket: Bucket, base_dir: Pa
     pod_uid, container_id = str(uuid.uuid4()), hashlib.sha256(os.urandom(8)).hexdigest()
     other_pod, other_container = str(uuid.uuid4()), hashlib.sha256(os.urandom(8)).hexdigest()
 
-    args = daemon_args(
-        watch,
-        bucket.name,
-        bucket.endpoint.url,
-        "--key-template",
-        "{cluster}/{node}/{pod_uid}/{container_id}/{filename}",
-        "--filename-pattern",
-        "core.%h.%e.sig%s.%P.%t",
-    )
-    port = int(args[args.index("--listen") + 1].rsplit(":", 1)[1])
-    view = Path(tempfile.mkdtemp(prefix="cds-view-", dir="/tmp"))
-    python, extra_env = _run_as(SHIPPER_UID, view)
-    env = {**os.environ, **extra_env, "AWS_EC2_METADATA_DISABLED": "true", "PYTHONDONTWRITEBYTECODE": "1"}
-    daemon = subprocess.Popen(
-        [*python, "-m", "coredump_shipper", *args], env=env, cwd=base_dir, stderr=subprocess.PIPE
-    )
+    daemon, port, view = _start_shipper_unprivileged(watch, bucket, base_dir)
     try:
         wait_until_sync(lambda: _ready(port) or daemon.poll() is not None, timeout=30)
         assert daemon.poll() is None, "the shipper exited"

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ import pytest
 
 from coredump_shipper.corepattern import pipe_line
 from coredump_shipper.disklimit import DiskLimit
-from tests.conftest import Bucket, daemon_args, wait_until_sync
+from tests.conftest import Bucket, wait_until_sync
 from tests.receiver import TEMP_PREFIX, build_receiver, pod_cgroup, unavailable
 from tests.socketcapture import (
     Server,
@@ -40,7 +39,7 @@ from tests.test_pipe_capture import (
     _crash_as_other_uid_unseen,
     _crash_as_root,
     _ready,
-    _run_as,
+    _start_shipper_unprivileged,
 )
 
 SEGFAULT = (
@@ -87,22 +86,7 @@ def test_cores_of_any_uid_reach_s3_through_the_socket(bucket: Bucket, base_dir: 
     build_receiver()
     watch, sock = _dirs(base_dir, SHIPPER_UID)
     pod_uid, container_id = str(uuid.uuid4()), hashlib.sha256(os.urandom(8)).hexdigest()
-    args = daemon_args(
-        watch,
-        bucket.name,
-        bucket.endpoint.url,
-        "--key-template",
-        "{cluster}/{node}/{pod_uid}/{container_id}/{filename}",
-        "--filename-pattern",
-        "core.%h.%e.sig%s.%P.%t",
-    )
-    port = int(args[args.index("--listen") + 1].rsplit(":", 1)[1])
-    view = Path(tempfile.mkdtemp(prefix="cds-view-", dir="/tmp"))
-    python, extra_env = _run_as(SHIPPER_UID, view)
-    env = {**os.environ, **extra_env, "AWS_EC2_METADATA_DISABLED": "true", "PYTHONDONTWRITEBYTECODE": "1"}
-    daemon = subprocess.Popen(
-        [*python, "-m", "coredump_shipper", *args], env=env, cwd=base_dir, stderr=subprocess.PIPE
-    )
+    daemon, port, view = _start_shipper_unprivileged(watch, bucket, base_dir)
     server = Server(sock, watch, "-m", "1G", "-f", "1%", "-t", "60")
     try:
         wait_until_sync(lambda: _ready(port) or daemon.poll() is not None, timeout=30)
