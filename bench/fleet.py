@@ -21,23 +21,13 @@ os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 from coredump_shipper.grouping import group_cores
 from coredump_shipper.listing import list_cores
 from coredump_shipper.s3client import s3_client
-from coredump_shipper.settings import ClientSettings
 from tests.fleetseed import SIGNATURES, RequestCounter, fleet_objects
 from tests.servers import S3Endpoint
-from tests.servers.motoinproc import backend, indexed_listing, moto_in_process, put_all
+from tests.servers.motoinproc import backend, indexed_listing, listing_settings, moto_in_process, put_all
 
 
 async def measure(endpoint: S3Endpoint, bucket: str, group: bool) -> tuple[int, float, float, int]:
-    settings = ClientSettings(
-        endpoint_url=endpoint.url,
-        region="us-east-1",
-        addressing_style="path",
-        checksum_mode="when_required",
-        ca_bundle=None,
-        connect_timeout=10.0,
-        read_timeout=60.0,
-        max_connections=10,  # as `ls` has
-    )
+    settings = listing_settings(endpoint, 60.0)
     async with s3_client(settings) as client:
         counter = RequestCounter(client)
         started, cpu = time.perf_counter(), time.process_time()

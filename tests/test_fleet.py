@@ -19,12 +19,12 @@ from coredump_shipper.grouping import group_cores
 from coredump_shipper.listing import list_cores
 from coredump_shipper.manifest import SUFFIX as MANIFEST_SUFFIX
 from coredump_shipper.s3client import s3_client
-from coredump_shipper.settings import ClientSettings, client_settings
+from coredump_shipper.settings import client_settings
 from tests.conftest import Bucket, ConfigFactory, running, wait_until
 from tests.crashprograms import build_c, crash
 from tests.fleetseed import RequestCounter, fleet_objects, signature_counts
 from tests.servers import S3Endpoint, free_port
-from tests.servers.motoinproc import backend, moto_in_process, put_all
+from tests.servers.motoinproc import backend, listing_settings, moto_in_process, put_all
 from tests.test_signature import signature_of
 
 
@@ -214,16 +214,7 @@ async def test_ls_and_group_at_10000_cores_cost_listings_not_reads(monkeypatch: 
     with moto_in_process() as endpoint:
         backend().create_bucket("fleet-test", "us-east-1")
         put_all("fleet-test", fleet_objects(count, "fleet-test"))
-        settings = ClientSettings(
-            endpoint_url=endpoint.url,
-            region="us-east-1",
-            addressing_style="path",
-            checksum_mode="when_required",
-            ca_bundle=None,
-            connect_timeout=10.0,
-            read_timeout=120.0,
-            max_connections=10,
-        )
+        settings = listing_settings(endpoint, 120.0)
         for name, value in endpoint.env().items():
             if not name.startswith("AWS_ENDPOINT"):
                 monkeypatch.setenv(name, value)

@@ -23,13 +23,10 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import botocore.session
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tests.servers import S3Endpoint
+from tests.servers import S3Endpoint, probe_client
 from tests.servers.swift import _distinct_ports, _tail
 from tests.servers.tls import make_certificates
 
@@ -219,25 +216,8 @@ def _create_user(cluster: _Cluster, deadline: float) -> None:
             time.sleep(2)
 
 
-def _probe_client(endpoint: S3Endpoint) -> Any:
-    return botocore.session.get_session().create_client(
-        "s3",
-        endpoint_url=endpoint.url,
-        region_name=endpoint.region,
-        aws_access_key_id=endpoint.access_key,
-        aws_secret_access_key=endpoint.secret_key,
-        config=Config(
-            connect_timeout=1,
-            read_timeout=10,
-            retries={"total_max_attempts": 1},
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-        ),
-    )
-
-
 def _wait_s3(cluster: _Cluster, endpoint: S3Endpoint, deadline: float) -> None:
-    client = _probe_client(endpoint)
+    client = probe_client(endpoint, 10)
     why = "not tried"
     try:
         while time.monotonic() < deadline:

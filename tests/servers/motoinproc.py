@@ -21,6 +21,7 @@ from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.s3.models import S3Backend, s3_backends
 from moto.server import ThreadedMotoServer
 
+from coredump_shipper.settings import ClientSettings
 from tests.servers import S3Endpoint, free_port
 
 
@@ -97,3 +98,17 @@ def indexed_listing() -> Iterator[None]:
         yield
     finally:
         S3Backend.list_objects_v2 = original  # type: ignore[method-assign]
+
+
+def listing_settings(endpoint: S3Endpoint, read_timeout: float) -> ClientSettings:
+    """The client `ls` builds, pointed at an in-process moto (path style, 10 connections as `ls` has)."""
+    return ClientSettings(
+        endpoint_url=endpoint.url,
+        region="us-east-1",
+        addressing_style="path",
+        checksum_mode="when_required",
+        ca_bundle=None,
+        connect_timeout=10.0,
+        read_timeout=read_timeout,
+        max_connections=10,
+    )

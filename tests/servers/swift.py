@@ -25,11 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import botocore.session
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tests.servers import S3Endpoint
+from tests.servers import S3Endpoint, probe_client
 
 SWIFT_CONF = Path("/etc/swift/swift.conf")
 DAEMONS = ("account", "container", "object", "proxy")
@@ -292,24 +290,6 @@ def _daemon_env() -> dict[str, str]:
     return env
 
 
-def _probe_client(endpoint: S3Endpoint) -> Any:
-    # Any: the sync botocore client has no stubs here; it makes two calls and is closed.
-    return botocore.session.get_session().create_client(
-        "s3",
-        endpoint_url=endpoint.url,
-        region_name=endpoint.region,
-        aws_access_key_id=endpoint.access_key,
-        aws_secret_access_key=endpoint.secret_key,
-        config=Config(
-            connect_timeout=1,
-            read_timeout=5,
-            retries={"total_max_attempts": 1},
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-        ),
-    )
-
-
 def _s3_ready(client: Any) -> str | None:
     """A real S3 round trip through s3api, tempauth, memcached and the backends, or why not."""
     try:
@@ -335,7 +315,7 @@ def _port_open(port: int) -> bool:
 def _wait_ready(endpoint: S3Endpoint, procs: _Procs, layout: _Layout, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     why = "nothing listens yet"
-    client = _probe_client(endpoint)
+    client = probe_client(endpoint, 5)
     try:
         while time.monotonic() < deadline:
             for name, proc in procs.items():
