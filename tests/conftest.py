@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import itertools
+import logging
 import os
 import time
 import uuid
@@ -139,6 +140,16 @@ def swift_tls(swift_s3: S3Endpoint, tmp_path_factory: pytest.TempPathFactory) ->
     """Swift behind an HTTPS front whose certificate comes from a private CA."""
     with tls_front(swift_s3, tmp_path_factory.mktemp("swift-tls")) as endpoint:
         yield endpoint
+
+
+@pytest.fixture(autouse=True)
+def _root_logger_restored() -> Iterator[None]:
+    """`run` points the root logger at the stderr of its test; later tests must not write to it closed."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(autouse=True)
