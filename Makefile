@@ -29,15 +29,15 @@ test: test-deps
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check coredump_shipper tests bench docker
-	$(BIN)/ruff format --check coredump_shipper tests bench docker
+	$(BIN)/ruff check coredump_shipper tests bench docker tools
+	$(BIN)/ruff format --check coredump_shipper tests bench docker tools
 	$(BIN)/ruff check e2e/tests
 	$(BIN)/ruff format --check e2e/tests
 	$(BIN)/mypy
 
 format: $(STAMP)
-	$(BIN)/ruff format coredump_shipper tests bench docker
-	$(BIN)/ruff check --fix coredump_shipper tests bench docker
+	$(BIN)/ruff format coredump_shipper tests bench docker tools
+	$(BIN)/ruff check --fix coredump_shipper tests bench docker tools
 	$(BIN)/ruff format e2e/tests
 	$(BIN)/ruff check --fix e2e/tests
 
