@@ -52,7 +52,7 @@ build_key() {
 }
 KEY=$(build_key)
 CACHE=${K8S_LAB_CACHE:-${CDS_CACHE_DIR:-/var/cache/coredump-shipper}/k8s-1.20.2-$KEY}
-# The test suite needs only kube-apiserver (tests/servers/kube.py): `build-apiserver` runs the same
+# The test suite needs only kube-apiserver (testkit/servers/kube.py): `build-apiserver` runs the same
 # recipe (build_k8s) for that one binary, ~6 min instead of ~12-16, into a cache of its own. The full
 # build's binary is used instead whenever it is there.
 APISERVER_CACHE=${K8S_LAB_APISERVER_CACHE:-${CDS_CACHE_DIR:-/var/cache/coredump-shipper}/kube-apiserver-1.20.2-$KEY}
