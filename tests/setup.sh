@@ -19,17 +19,17 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 parts() {
-  #    name           present when                set up by                   what needs it
-  part go             "have go"                   "apt golang-go"             "the Go pipe receiver (make receiver): test_receiver, test_pipe_capture"
-  part qemu           "have qemu-aarch64-static"  "apt qemu-user-static"     "the arm64 receiver's tests under emulation: test_receiver"
-  part util-linux     "have unshare setpriv"      "apt util-linux"            "the pipe capture test's namespaces and uid changes"
-  part gdb            "have gdb gcore"            "apt gdb"                   "gcore cores and the gdb walkthrough: test_elfcore, test_browse, test_walkthrough"
-  part prometheus     "have promtool prometheus"  "apt prometheus"            "the chart's alert rules: test_alerts (promtool), test_alerts_live (server)"
-  part swift          "have $SWIFT_COMMANDS"      "apt $SWIFT_PACKAGES"       "OpenStack Swift s3api in the S3 compatibility matrix: test_matrix, test_s3_servers"
-  part ceph           "have $CEPH_COMMANDS"       "apt $CEPH_PACKAGES"        "Ceph's RADOS Gateway in the S3 compatibility matrix: test_matrix"
-  part etcd           "have etcd openssl"         "apt etcd-server openssl"   "the Kubernetes API server's store: test_kube"
-  part helm           "helm_present"              "fetch_helm"                "rendering the chart: test_chart, test_alerts"
-  part kube-apiserver "apiserver_present"         "root build_apiserver"      "test_kube (built once from Debian's source, ~6 min, cached in /var/cache/coredump-shipper)"
+  #    name           present when                set up by                   what needs it (tests/...)
+  part go             "have go"                   "apt golang-go"             "the Go pipe receiver (make receiver): capture/test_receiver, kernel/test_pipe_capture"
+  part qemu           "have qemu-aarch64-static"  "apt qemu-user-static"     "the arm64 receiver's tests under emulation: capture/test_receiver"
+  part util-linux     "have unshare setpriv"      "apt util-linux"            "namespaces and uid changes: kernel/test_pipe_capture"
+  part gdb            "have gdb gcore"            "apt gdb"                   "gcore cores and the gdb walkthrough: core/test_elfcore, browse/test_browse, test_walkthrough"
+  part prometheus     "have promtool prometheus"  "apt prometheus"            "the chart's alert rules: chart/test_alerts (promtool), chart/test_alerts_live (server)"
+  part swift          "have $SWIFT_COMMANDS"      "apt $SWIFT_PACKAGES"       "OpenStack Swift s3api in the S3 compatibility matrix: system/test_matrix, s3/test_s3_servers"
+  part ceph           "have $CEPH_COMMANDS"       "apt $CEPH_PACKAGES"        "Ceph's RADOS Gateway in the S3 compatibility matrix: system/test_matrix"
+  part etcd           "have etcd openssl"         "apt etcd-server openssl"   "the Kubernetes API server's store: kube/test_kube"
+  part helm           "helm_present"              "fetch_helm"                "rendering the chart: chart/test_chart, chart/test_alerts"
+  part kube-apiserver "apiserver_present"         "root build_apiserver"      "kube/test_kube (built once from Debian's source, ~6 min, cached in /var/cache/coredump-shipper)"
   part core-pattern   "plain_core_pattern"        "root repair_core_pattern"  "real kernel cores written into the crashing process's directory: most core tests"
 }
 
