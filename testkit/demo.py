@@ -17,6 +17,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from coredump_shipper.bucket.fleetindex import is_index_key
 from testkit.cores import core_pattern, gcore, kernel_core
 from testkit.servers import free_port
 from testkit.servers.moto import run_moto
@@ -38,9 +39,12 @@ def http_ok(url: str) -> bool:
 
 
 def is_core(listed: dict[str, Any]) -> bool:
-    """Not a manifest, and not the start-up self-test's probe (written and deleted at once)."""
+    """Not a manifest, not a fleet index entry, and not the start-up self-test's probe (written and
+    deleted at once)."""
     key = str(listed["Key"])
-    return not key.endswith(".manifest.json") and "coredump-shipper-probe" not in key
+    return (
+        not key.endswith(".manifest.json") and not is_index_key(key) and "coredump-shipper-probe" not in key
+    )
 
 
 def main() -> int:
