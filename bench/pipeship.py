@@ -345,6 +345,7 @@ def run_pipe_ship(
     reps: int,
     burst: tuple[int, int] | None,
     receiver: Path | None = None,
+    modes: Sequence[str] = MODES,
 ) -> tuple[list[ShipResult], list[ShipResult]]:
     """Each size `reps` times through each capture (alternating, the first one rotating), then the
     burst once through each. The pattern is set, under the lock, for one mode's crashes at a time."""
@@ -353,14 +354,14 @@ def run_pipe_ship(
     try:
         with rig(target, logs, receiver) as setup:
             for rep in range(reps):
-                for mode in MODES[rep % 2 :] + MODES[: rep % 2]:
+                for mode in [*modes[rep % len(modes) :], *modes[: rep % len(modes)]]:
                     with pipe_core_pattern(pattern_for(mode, setup.helper, setup.watch), PIPE_LIMIT):
                         for mib in sizes:
                             singles.append(crash_and_ship(setup, mode, 1, mib, 600))
                             _say(singles[-1])
             if burst:
                 count, mib = burst
-                for mode in MODES:
+                for mode in modes:
                     with pipe_core_pattern(pattern_for(mode, setup.helper, setup.watch), PIPE_LIMIT):
                         bursts.append(crash_and_ship(setup, mode, count, mib, 120 + count * mib * MiB / 20e6))
                         _say(bursts[-1])
@@ -468,6 +469,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--burst", default="50,32", help="COUNT,MIB crashing at once (0,0: none)")
     parser.add_argument("--receiver", type=Path, help="another receiver build to measure")
+    parser.add_argument("--modes", default="pipe,file", help="captures to run, in this order")
     args = parser.parse_args(argv)
     load = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="cds-bench-") as work:
@@ -475,7 +477,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         logs.mkdir()
         with run_nullsink(logs) as sink, https_target("nullsink-https", sink, Path(work)) as target:
             singles, bursts = run_pipe_ship(
-                target, logs, parse_sizes(args.sizes), args.reps, parse_burst(args.burst)
+                target,
+                logs,
+                parse_sizes(args.sizes),
+                args.reps,
+                parse_burst(args.burst),
+                args.receiver,
+                args.modes.split(","),
             )
     print("\n\n".join(pipe_ship_section(singles, bursts, args.reps)))
     print(
