@@ -16,8 +16,8 @@ Figures, per capture and size (medians of the repetitions, the two captures alte
   the crash), the receiver (the kernel starts it outside any process of ours, so the line runs it
   through a two-line shell wrapper that moves itself into a cgroup v2 directory made for the run and
   execs the receiver: that cgroup's `cpu.stat` usage counts every receiver, exited ones included),
-  and the shipper (the daemon's utime + stime from /proc, from before the crash until it has deleted
-  the core);
+  and the shipper (the daemon, moved into a cgroup of its own at start: microseconds, where
+  /proc/PID/stat counts 10 ms ticks), from before the crash until it has deleted the core;
 - peak disk: the most the watched directory's files occupied (allocated blocks, sampled every 10 ms).
 
 Then a burst: COUNT processes crash at once; all received (core objects at the sink), time from
