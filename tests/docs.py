@@ -11,8 +11,8 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from coredump_shipper.config import SETTINGS
-from coredump_shipper.metrics import Metrics
+from coredump_shipper.config.settings import SETTINGS
+from coredump_shipper.ops.metrics import Metrics
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -93,21 +93,21 @@ _KUBE_CALL = re.compile(r"\.call\(\s*\"([a-z]+)\",\s*([A-Z_]+)\b|\.watch\(\s*([A
 
 
 # The chart's uninstall hook runs this module under a Role of its own, not the shipper's ClusterRole.
-HOOK_MODULE = "restorewait.py"
+HOOK_MODULE = "kube/restorewait.py"
 
 
 def kube_calls(*, hook: bool = False) -> set[tuple[str, str, str]]:
     """(API group, resource, verb) of every Kubernetes API call in the shipper's code (with `hook`:
     in the uninstall hook's module instead)."""
-    from coredump_shipper import kubeapi
+    from coredump_shipper.kube import api
 
     found = set()
-    for module in sorted(PACKAGE.glob("*.py")):
-        if (module.name == HOOK_MODULE) != hook:
+    for module in sorted(PACKAGE.rglob("*.py")):
+        if (module.relative_to(PACKAGE).as_posix() == HOOK_MODULE) != hook:
             continue
         for match in _KUBE_CALL.finditer(module.read_text()):
             verb = match.group(1) or "watch"
-            resource: kubeapi.Resource = getattr(kubeapi, match.group(2) or match.group(3))
+            resource: api.Resource = getattr(api, match.group(2) or match.group(3))
             found.add((resource.group, resource.plural, verb))
     return found
 

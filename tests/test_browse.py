@@ -20,19 +20,20 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import zstandard
 
-from coredump_shipper.afterupload import Leave
-from coredump_shipper.config import Config
-from coredump_shipper.fetch import IntegrityError, fetch_core, output_name, parse_location
-from coredump_shipper.listing import CoreEntry, Filters, entry_from_manifest, list_cores
-from coredump_shipper.manifest import SUFFIX as MANIFEST_SUFFIX
-from coredump_shipper.manifest import Manifest
-from coredump_shipper.metrics import Metrics
-from coredump_shipper.s3client import s3_client
-from coredump_shipper.s3reads import BrowseError, CoreNotFound
-from coredump_shipper.settings import client_settings, store_settings
-from coredump_shipper.shipper import Shipper
-from coredump_shipper.terminal import describe_fetch, display, human_size, render_json, render_table
-from coredump_shipper.uploader import S3Store
+from coredump_shipper.browse.fetch import IntegrityError, fetch_core, output_name, parse_location
+from coredump_shipper.browse.listing import CoreEntry, Filters, entry_from_manifest, list_cores
+from coredump_shipper.browse.safetext import display, human_size
+from coredump_shipper.browse.terminal import describe_fetch, render_json, render_table
+from coredump_shipper.bucket.manifest import SUFFIX as MANIFEST_SUFFIX
+from coredump_shipper.bucket.manifest import Manifest
+from coredump_shipper.config.settings import Config
+from coredump_shipper.ops.metrics import Metrics
+from coredump_shipper.s3.client import s3_client
+from coredump_shipper.s3.reads import BrowseError, CoreNotFound
+from coredump_shipper.s3.settings import client_settings, store_settings
+from coredump_shipper.s3.store import S3Store
+from coredump_shipper.ship.afterupload import Leave
+from coredump_shipper.ship.shipper import Shipper
 from tests.conftest import Bucket, ConfigFactory, running, wait_until
 from tests.cores import kernel_core, skip_reason
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from coredump_shipper.restorewait import restored_everywhere
+from coredump_shipper.kube.restorewait import restored_everywhere
 from tests import test_chart
 from tests.docs import kube_calls
 from tests.servers.kube import KubeServer

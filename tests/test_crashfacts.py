@@ -14,19 +14,21 @@ from typing import Any
 
 import pytest
 
-from coredump_shipper import __version__, afterupload, crashfacts
-from coredump_shipper.budget import DiskBudget
-from coredump_shipper.claims import Claims
-from coredump_shipper.config import SETTINGS_BY_NAME
-from coredump_shipper.corefacts import gather
-from coredump_shipper.corefile import CoreFile
-from coredump_shipper.corename import CoreNamePattern
-from coredump_shipper.corepattern import RECEIVER_DEFAULT_MAX_USE, parse_pipe_line, pipe_line
-from coredump_shipper.disklimit import DiskLimit
-from coredump_shipper.doctor import core_pattern_checks
+from coredump_shipper import __version__
+from coredump_shipper.bucket.keys import TEMPLATE_FIELDS, KeyTemplate
+from coredump_shipper.capture import crashfacts
+from coredump_shipper.capture.disklimit import DiskLimit
+from coredump_shipper.capture.pattern import RECEIVER_DEFAULT_MAX_USE, parse_pipe_line, pipe_line
+from coredump_shipper.config.settings import SETTINGS_BY_NAME
+from coredump_shipper.core.facts import gather
+from coredump_shipper.core.file import CoreFile
+from coredump_shipper.core.name import CoreNamePattern
+from coredump_shipper.diagnostics.doctor import core_pattern_checks
 from coredump_shipper.errors import ConfigError
-from coredump_shipper.metrics import Metrics
-from coredump_shipper.naming import TEMPLATE_FIELDS, KeyTemplate
+from coredump_shipper.ops.metrics import Metrics
+from coredump_shipper.ship import afterupload
+from coredump_shipper.ship.claims import Claims
+from coredump_shipper.ship.diskbudget import DiskBudget
 from tests.conftest import Bucket, ConfigFactory, running, wait_until
 from tests.receiver import build_receiver, receive
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from coredump_shipper import podrecord
-from coredump_shipper.afterupload import Delete, IgnoreFilter
-from coredump_shipper.capturefilter import CaptureFilter, Requirement, parse_selector
-from coredump_shipper.config import load_config
+from coredump_shipper.config.settings import load_config
 from coredump_shipper.errors import ConfigError
-from coredump_shipper.pods import Container, Pod
+from coredump_shipper.kube import podrecord
+from coredump_shipper.kube.podfilter import CaptureFilter, Requirement, parse_selector
+from coredump_shipper.kube.pods import Container, Pod
+from coredump_shipper.ship.afterupload import Delete, IgnoreFilter
 
 UID = "0f0e0d0c-0b0a-4908-8706-050403020100"
 POD = Pod(

@@ -20,8 +20,8 @@ from xml.etree import ElementTree
 import aiohttp
 import pytest
 
-from coredump_shipper.metrics import Metrics
-from coredump_shipper.service import Service
+from coredump_shipper.daemon.service import Service
+from coredump_shipper.ops.metrics import Metrics
 from tests.conftest import (
     Bucket,
     ConfigFactory,
@@ -343,7 +343,7 @@ async def test_an_idle_daemon_lets_go_of_the_buffers_a_burst_needed(
 ) -> None:
     """After a burst the part and read buffers are let go (and free heap pages trimmed), so an idle
     node does not keep a burst's peak memory for ever."""
-    monkeypatch.setattr("coredump_shipper.service.MEMORY_RELEASE_INTERVAL", 0.2)
+    monkeypatch.setattr("coredump_shipper.daemon.service.MEMORY_RELEASE_INTERVAL", 0.2)
     async with running(make_config(part_size="5MiB", compression="none")) as service:
         for n in range(2):  # multipart cores: part buffers and read buffers are taken and kept
             staged = watch_dir.parent / f"core.burst.{n}"

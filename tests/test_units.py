@@ -14,13 +14,13 @@ from botocore.exceptions import ClientError
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coredump_shipper.config import load_config, parse_disk_limit, parse_duration, parse_size
-from coredump_shipper.corename import CoreNamePattern
+from coredump_shipper.bucket.keys import KeyTemplate, header_safe, key_safe, metadata
+from coredump_shipper.config.settings import load_config, parse_disk_limit, parse_duration, parse_size
+from coredump_shipper.core.name import CoreNamePattern
 from coredump_shipper.errors import ConfigError
-from coredump_shipper.naming import KeyTemplate, header_safe, key_safe, metadata
-from coredump_shipper.parts import MAX_PARTS, MIN_PART, MiB, choose_part_size, compress_bound
-from coredump_shipper.retry import Backoff, describe, repeat_until
-from coredump_shipper.s3call import error_code
+from coredump_shipper.s3.call import error_code
+from coredump_shipper.s3.parts import MAX_PARTS, MIN_PART, MiB, choose_part_size, compress_bound
+from coredump_shipper.s3.retry import Backoff, describe, repeat_until
 
 FIELDS = ("cluster", "node", "filename", "crash_time")
 TiB = 1024**4
@@ -218,9 +218,10 @@ def test_core_names_narrowed_to_the_nodes_core_uses_pid(uses_pid: bool, name: st
 def test_the_s3_layer_and_the_disk_budget_do_not_import_the_config() -> None:
     code = (
         "import sys\n"
-        "import coredump_shipper.uploader, coredump_shipper.storageoptions, coredump_shipper.budget\n"
-        "import coredump_shipper.s3client, coredump_shipper.settings\n"
-        "print('coredump_shipper.config' in sys.modules)"
+        "import coredump_shipper.s3.store, coredump_shipper.config.storageoptions\n"
+        "import coredump_shipper.ship.diskbudget\n"
+        "import coredump_shipper.s3.client, coredump_shipper.s3.settings\n"
+        "print('coredump_shipper.config.settings' in sys.modules)"
     )
     answer = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert answer.stdout.strip() == "False"

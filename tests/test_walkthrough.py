@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from coredump_shipper.manifest import SUFFIX as MANIFEST_SUFFIX
+from coredump_shipper.bucket.manifest import SUFFIX as MANIFEST_SUFFIX
 from tests.conftest import Bucket, ConfigFactory, running, wait_until
 from tests.cores import kernel_core, skip_reason
 from tests.servers import S3Endpoint
