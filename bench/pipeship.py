@@ -55,8 +55,8 @@ from typing import Any
 from bench.daemon import Daemon, DaemonFailed, running
 from bench.inputs import GiB, MiB
 from bench.targets import NullSink, Target
-from coredump_shipper.corepattern import pipe_line
-from coredump_shipper.disklimit import DiskLimit
+from coredump_shipper.capture.disklimit import DiskLimit
+from coredump_shipper.capture.pattern import pipe_line
 from tests.receiver import TEMP_PREFIX, build_receiver, cgroup2_root, pipe_core_pattern, repair_core_pattern
 
 PIPE, FILE = "pipe", "file"
