@@ -36,6 +36,7 @@ from coredump_shipper.s3.store import S3Store
 from coredump_shipper.ship import afterupload
 from coredump_shipper.ship.diskbudget import DiskBudget
 from coredump_shipper.ship.kube import kube_features
+from coredump_shipper.ship.settings import kube_settings, shipper_settings
 from coredump_shipper.ship.shipper import Shipper
 from coredump_shipper.stopping import cancel_and_wait
 
@@ -105,8 +106,8 @@ class Service:
         # Built once; every part that acts on shipped files obeys this same object.
         self.after_upload = afterupload.for_daemon(config.after_upload, config.state_path)
         self.ignored = afterupload.IgnoreFilter(config.ignore, self.after_upload)
-        kube = await self._stack.enter_async_context(kube_features(config, self.metrics))
-        shipper = Shipper(config, self.store, self.metrics, self.after_upload, kube=kube)
+        kube = await self._stack.enter_async_context(kube_features(kube_settings(config), self.metrics))
+        shipper = Shipper(shipper_settings(config), self.store, self.metrics, self.after_upload, kube=kube)
         self.pipeline = Pipeline(
             config.watch_dir,
             shipper,
