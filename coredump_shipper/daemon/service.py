@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from coredump_shipper.capture import crashfacts, failures, heartbeat
+from coredump_shipper.capture import failures, heartbeat
 from coredump_shipper.config.settings import Config
+from coredump_shipper.core import companions
 from coredump_shipper.daemon import heap
 from coredump_shipper.daemon.pipeline import Pipeline
 from coredump_shipper.daemon.watcher import Watcher
@@ -26,7 +27,6 @@ from coredump_shipper.diagnostics import capturestate
 from coredump_shipper.diagnostics.checkrow import Check
 from coredump_shipper.diagnostics.s3store import self_test
 from coredump_shipper.errors import S3Error
-from coredump_shipper.kube import podrecord
 from coredump_shipper.ops import endpoints
 from coredump_shipper.ops.metrics import Labelled, Metrics
 from coredump_shipper.s3.client import s3_client
@@ -164,8 +164,7 @@ class Service:
 
     def _after_scan(self, names: set[str]) -> None:
         self.pipeline.forget_missing(names)
-        crashfacts.sweep(self.config.watch_dir, names, time.time())
-        podrecord.sweep(self.config.watch_dir, names, time.time())
+        companions.sweep(self.config.watch_dir, names, time.time())
 
     def stop(self) -> None:
         self._stop.set()
