@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from testkit.servers.kube import run_kube
-from tests.docs import kube_rules
+from tools.readme import kube_rules
 
 PROLOGUE = """
 import asyncio, os, sys

@@ -1,6 +1,6 @@
 """`make bench`: coredump-shipper against `aws s3 cp`, on the null sink and on moto.
 
-Prints Markdown tables (for the README) and writes the raw figures to bench/results/.
+Prints Markdown tables (for docs/performance.md) and writes the raw figures to bench/results/.
 Run from the repository root: `python -m bench.run [--reps 3] [--big] [--no-moto]`.
 """
 

@@ -18,7 +18,7 @@ from testkit.servers.kube import KubeServer
 from tests.chart import test_chart
 from tests.chart.test_chart import Manifest, render
 from tests.chart.test_kube_rbac import granted
-from tests.docs import kube_calls
+from tools.readme import kube_calls
 
 pytestmark = test_chart.pytestmark
 

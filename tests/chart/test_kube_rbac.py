@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tests.chart.test_chart import config_env, one, pod_spec, pytestmark, render
-from tests.docs import kube_calls, kube_rules
+from tools.readme import kube_calls, kube_rules
 
 __all__ = ["pytestmark"]  # helm is needed, as for the rest of the chart tests
 

@@ -1,7 +1,7 @@
 """Pod identity and CoreDumped Events against a real kube-apiserver (etcd, RBAC, service account tokens).
 
 The daemon runs as `run` wires it, with `--kubeconfig` holding a real service account token bound by
-the chart's own rules (tests/docs.py derives them from the code). Pods are real objects with real
+the chart's own rules (tools/readme.py derives them from the code). Pods are real objects with real
 owners (Deployment -> ReplicaSet -> Pod) on a node that has no kubelet: they stay Pending.
 """
 
@@ -43,7 +43,7 @@ from testkit.receiver import build_receiver, pod_cgroup, receive, sleeping_in
 from testkit.servers import free_port
 from testkit.servers.kube import KubeServer
 from testkit.waiting import wait_until
-from tests.docs import kube_rules
+from tools.readme import kube_rules
 
 pytestmark = pytest.mark.slow
 NODE = "node-1"

@@ -28,7 +28,7 @@ from testkit.daemon import ConfigFactory, running
 from testkit.servers import S3Endpoint
 from testkit.waiting import wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 DOC = ROOT / "docs" / "debugging.md"
 # A marked block: `<!-- walkthrough: NAME -->` right above a ```sh fence.
 BLOCK = re.compile(r"<!-- walkthrough: ([\w-]+) -->\n```sh\n(.*?)\n```", re.S)
