@@ -29,15 +29,15 @@ test: test-deps
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check coredump_shipper tests bench docker
-	$(BIN)/ruff format --check coredump_shipper tests bench docker
+	$(BIN)/ruff check coredump_shipper tests bench docker tools
+	$(BIN)/ruff format --check coredump_shipper tests bench docker tools
 	$(BIN)/ruff check e2e/tests
 	$(BIN)/ruff format --check e2e/tests
 	$(BIN)/mypy
 
 format: $(STAMP)
-	$(BIN)/ruff format coredump_shipper tests bench docker
-	$(BIN)/ruff check --fix coredump_shipper tests bench docker
+	$(BIN)/ruff format coredump_shipper tests bench docker tools
+	$(BIN)/ruff check --fix coredump_shipper tests bench docker tools
 	$(BIN)/ruff format e2e/tests
 	$(BIN)/ruff check --fix e2e/tests
 
@@ -103,7 +103,7 @@ image-multiarch-test: $(STAMP)
 
 # The chart and the image on a real single-node Kubernetes, scenarios in e2e/tests (e2e/run.sh).
 # Not part of `make test`: it needs root and ~1 GiB of memory, and the first run builds the cluster
-# binaries (~12-16 min, cached in /var/cache/coredump-shipper for later runs).
+# binaries (e2e/cluster/build.sh, ~12-16 min, cached in /var/cache/coredump-shipper for later runs).
 .PHONY: e2e
 e2e: $(STAMP)
 	e2e/run.sh

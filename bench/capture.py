@@ -28,8 +28,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from coredump_shipper.corepattern import pipe_line
-from coredump_shipper.disklimit import DiskLimit
+from coredump_shipper.capture.disklimit import DiskLimit
+from coredump_shipper.capture.pattern import pipe_line
 from tests.receiver import TEMP_PREFIX, build_receiver
 from tests.socketcapture import CORE_MODES, Server, kernel_core_pattern
 

@@ -18,9 +18,9 @@ import time
 
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
-from coredump_shipper.grouping import group_cores
-from coredump_shipper.listing import list_cores
-from coredump_shipper.s3client import s3_client
+from coredump_shipper.browse.grouping import group_cores
+from coredump_shipper.browse.listing import list_cores
+from coredump_shipper.s3.client import s3_client
 from tests.fleetseed import SIGNATURES, RequestCounter, fleet_objects
 from tests.servers import S3Endpoint
 from tests.servers.motoinproc import backend, indexed_listing, listing_settings, moto_in_process, put_all

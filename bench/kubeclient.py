@@ -19,8 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.docs import kube_rules
 from tests.servers.kube import run_kube
+from tools.readme import kube_rules
 
 PROLOGUE = """
 import asyncio, os, sys
@@ -30,10 +30,10 @@ def rss():
     for line in open('/proc/self/status'):
         if line.startswith('VmRSS:'):
             return int(line.split()[1]) / 1024
-import coredump_shipper.service
-from coredump_shipper.s3client import s3_client
-from coredump_shipper.settings import client_settings
-from coredump_shipper.config import load_config
+import coredump_shipper.daemon.service
+from coredump_shipper.s3.client import s3_client
+from coredump_shipper.s3.settings import client_settings
+from coredump_shipper.config.settings import load_config
 KUBECONFIG = sys.argv[1]
 async def baseline():
     config = load_config({'bucket': 'bench', 'watch_dir': '/tmp', 'endpoint_url': 'http://127.0.0.1:9'},
@@ -43,11 +43,11 @@ async def baseline():
 """
 
 VARIANTS = {
-    "aiohttp (coredump_shipper.kubeapi)": """
+    "aiohttp (coredump_shipper.kube.api)": """
 async def main():
     base = await baseline()
-    from coredump_shipper.kubeaccess import from_kubeconfig
-    from coredump_shipper.kubeapi import KubeClient, PODS
+    from coredump_shipper.kube.access import from_kubeconfig
+    from coredump_shipper.kube.api import KubeClient, PODS
     async with KubeClient(from_kubeconfig(KUBECONFIG)) as client:
         await client.call('list', PODS, params={'limit': '10'})
         return base, rss()

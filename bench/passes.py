@@ -35,8 +35,8 @@ from typing import Any
 import zstandard
 
 from bench.inputs import MiB, make_realistic_core, warm_page_cache
-from coredump_shipper import parts
-from coredump_shipper.background import Helper
+from coredump_shipper.s3 import parts
+from coredump_shipper.s3.background import Helper
 
 CHUNK = MiB
 

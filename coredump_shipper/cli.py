@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from coredump_shipper import __version__
-from coredump_shipper.config import (
+from coredump_shipper.capture.pattern import ALIVE_WINDOW, DEFAULT_HELPER, pipe_line
+from coredump_shipper.config.settings import (
     SETTINGS,
     SETTINGS_BY_NAME,
     Config,
@@ -26,16 +27,15 @@ from coredump_shipper.config import (
     parse_duration,
     raw_value,
 )
-from coredump_shipper.corepattern import ALIVE_WINDOW, DEFAULT_HELPER, pipe_line
 from coredump_shipper.errors import ConfigError, FileChanged, S3Error, ShipperError, SkipFile
-from coredump_shipper.logs import setup_logging
+from coredump_shipper.ops.logs import setup_logging
 
 # Each command imports what it needs when it runs (see _run, _ship, _ls, _fetch, _doctor): aiohttp,
 # botocore, prometheus-client and inotify cost about half a CPU-second to import, which a one-shot
 # command or an exec probe (`check`) would pay every time for nothing it uses.
 if TYPE_CHECKING:
-    from coredump_shipper.retry import Backoff
-    from coredump_shipper.shipper import Shipper
+    from coredump_shipper.s3.retry import Backoff
+    from coredump_shipper.ship.shipper import Shipper
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -173,7 +173,7 @@ def check_health(args: argparse.Namespace) -> int:
 
 
 def restore_wait(args: argparse.Namespace) -> int:
-    from coredump_shipper.restorewait import restore_wait as wait
+    from coredump_shipper.kube.restorewait import restore_wait as wait
 
     setup_logging("text", "info")
     done = asyncio.run(
@@ -186,15 +186,15 @@ def restore_wait(args: argparse.Namespace) -> int:
 
 
 async def _run(config: Config, args: argparse.Namespace) -> int:
-    from coredump_shipper.service import Service
+    from coredump_shipper.daemon.service import Service
 
     await Service(config).serve()
     return EXIT_OK
 
 
 async def _doctor(config: Config, args: argparse.Namespace) -> int:
-    from coredump_shipper.doctor import exit_status, run_doctor
-    from coredump_shipper.doctor import render_table as render_checks
+    from coredump_shipper.diagnostics.doctor import exit_status, run_doctor
+    from coredump_shipper.diagnostics.doctor import render_table as render_checks
 
     checks = await run_doctor(config, write_probe=not args.no_write_probe)
     sys.stdout.write(render_checks(checks))
@@ -202,11 +202,11 @@ async def _doctor(config: Config, args: argparse.Namespace) -> int:
 
 
 async def _ls(config: Config, args: argparse.Namespace) -> int:
-    from coredump_shipper.grouping import group_cores
-    from coredump_shipper.listing import list_cores
-    from coredump_shipper.s3client import s3_client
-    from coredump_shipper.settings import client_settings
-    from coredump_shipper.terminal import render_groups, render_groups_json, render_json, render_table
+    from coredump_shipper.browse.grouping import group_cores
+    from coredump_shipper.browse.listing import list_cores
+    from coredump_shipper.browse.terminal import render_groups, render_groups_json, render_json, render_table
+    from coredump_shipper.s3.client import s3_client
+    from coredump_shipper.s3.settings import client_settings
 
     since = timedelta(seconds=parse_duration(args.since)) if args.since else None
     async with s3_client(client_settings(config)) as client:
@@ -235,10 +235,10 @@ async def _ls(config: Config, args: argparse.Namespace) -> int:
 
 
 async def _fetch(config: Config, args: argparse.Namespace) -> int:
-    from coredump_shipper.fetch import fetch_core
-    from coredump_shipper.s3client import s3_client
-    from coredump_shipper.settings import client_settings
-    from coredump_shipper.terminal import describe_fetch
+    from coredump_shipper.browse.fetch import fetch_core
+    from coredump_shipper.browse.terminal import describe_fetch
+    from coredump_shipper.s3.client import s3_client
+    from coredump_shipper.s3.settings import client_settings
 
     progress = sys.stderr.isatty() and not args.no_progress
     async with s3_client(client_settings(config)) as client:
@@ -281,19 +281,20 @@ async def _core_pattern(config: Config, args: argparse.Namespace) -> int:
 
 async def _ship(config: Config, args: argparse.Namespace) -> int:
     """Ship each file with a bounded number of attempts; never deletes what it shipped."""
-    from coredump_shipper.afterupload import Leave
-    from coredump_shipper.metrics import Metrics
-    from coredump_shipper.s3client import s3_client
-    from coredump_shipper.settings import client_settings, store_settings
-    from coredump_shipper.shipper import Shipper
-    from coredump_shipper.uploader import S3Store
+    from coredump_shipper.ops.metrics import Metrics
+    from coredump_shipper.s3.client import s3_client
+    from coredump_shipper.s3.settings import client_settings, store_settings
+    from coredump_shipper.s3.store import S3Store
+    from coredump_shipper.ship.afterupload import Leave
+    from coredump_shipper.ship.settings import shipper_settings
+    from coredump_shipper.ship.shipper import Shipper
 
     files: Sequence[Path] = args.files
     metrics = Metrics(process=False)
     async with s3_client(client_settings(config)) as client:
         store = S3Store(client, store_settings(config), metrics)
         backoff = store.backoff
-        shipper = Shipper(config, store, metrics, Leave())
+        shipper = Shipper(shipper_settings(config), store, metrics, Leave())
         limit = asyncio.Semaphore(config.workers)
 
         async def one(path: Path) -> bool:

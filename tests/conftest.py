@@ -19,10 +19,10 @@ import pytest
 import zstandard
 from botocore.config import Config as BotoConfig
 
-from coredump_shipper.config import Config, load_config
-from coredump_shipper.fleetindex import is_index_key
-from coredump_shipper.metrics import Metrics
-from coredump_shipper.service import Service
+from coredump_shipper.bucket.fleetindex import is_index_key
+from coredump_shipper.config.settings import Config, load_config
+from coredump_shipper.daemon.service import Service
+from coredump_shipper.ops.metrics import Metrics
 from tests import skips
 from tests.receiver import repair_core_pattern
 from tests.servers import S3Endpoint, free_port

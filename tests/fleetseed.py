@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from coredump_shipper.fleetindex import entry_key
-from coredump_shipper.integrity import VERIFIED
-from coredump_shipper.manifest import Manifest, manifest_key
+from coredump_shipper.bucket.fleetindex import entry_key
+from coredump_shipper.bucket.integrity import VERIFIED
+from coredump_shipper.bucket.manifest import Manifest, manifest_key
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client

@@ -20,19 +20,21 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import zstandard
 
-from coredump_shipper.afterupload import Leave
-from coredump_shipper.config import Config
-from coredump_shipper.fetch import IntegrityError, fetch_core, output_name, parse_location
-from coredump_shipper.listing import CoreEntry, Filters, entry_from_manifest, list_cores
-from coredump_shipper.manifest import SUFFIX as MANIFEST_SUFFIX
-from coredump_shipper.manifest import Manifest
-from coredump_shipper.metrics import Metrics
-from coredump_shipper.s3client import s3_client
-from coredump_shipper.s3reads import BrowseError, CoreNotFound
-from coredump_shipper.settings import client_settings, store_settings
-from coredump_shipper.shipper import Shipper
-from coredump_shipper.terminal import describe_fetch, display, human_size, render_json, render_table
-from coredump_shipper.uploader import S3Store
+from coredump_shipper.browse.fetch import IntegrityError, fetch_core, output_name, parse_location
+from coredump_shipper.browse.listing import CoreEntry, Filters, entry_from_manifest, list_cores
+from coredump_shipper.browse.safetext import display, human_size
+from coredump_shipper.browse.terminal import describe_fetch, render_json, render_table
+from coredump_shipper.bucket.manifest import SUFFIX as MANIFEST_SUFFIX
+from coredump_shipper.bucket.manifest import Manifest
+from coredump_shipper.config.settings import Config
+from coredump_shipper.ops.metrics import Metrics
+from coredump_shipper.s3.client import s3_client
+from coredump_shipper.s3.reads import BrowseError, CoreNotFound
+from coredump_shipper.s3.settings import client_settings, store_settings
+from coredump_shipper.s3.store import S3Store
+from coredump_shipper.ship.afterupload import Leave
+from coredump_shipper.ship.settings import shipper_settings
+from coredump_shipper.ship.shipper import Shipper
 from tests.conftest import Bucket, ConfigFactory, running, wait_until
 from tests.cores import kernel_core, skip_reason
 
@@ -51,7 +53,7 @@ async def ship(client: S3Client, config: Config, path: Path, crashed: datetime) 
     os.utime(path, (crashed.timestamp(), crashed.timestamp()))
     metrics = Metrics(process=False)
     store = S3Store(client, store_settings(config), metrics)
-    key = await Shipper(config, store, metrics, Leave()).ship(path)
+    key = await Shipper(shipper_settings(config), store, metrics, Leave()).ship(path)
     assert key is not None
     return key
 
@@ -340,7 +342,7 @@ async def test_pod_program_and_storm_fields_from_the_shipper(
     async with s3_client(client_settings(config)) as client:
         metrics = Metrics(process=False)
         store = S3Store(client, store_settings(config), metrics)
-        shipper = Shipper(config, store, metrics, Leave())
+        shipper = Shipper(shipper_settings(config), store, metrics, Leave())
         for name in names:
             (watch_dir / name).write_bytes(os.urandom(1000))
             await shipper.ship(watch_dir / name)

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from coredump_shipper import capturecheck
-from coredump_shipper import service as service_module
-from coredump_shipper.corepattern import pipe_line
-from coredump_shipper.disklimit import DiskLimit
-from coredump_shipper.doctor import run_doctor
-from coredump_shipper.metrics import Metrics
+from coredump_shipper.capture.disklimit import DiskLimit
+from coredump_shipper.capture.pattern import pipe_line
+from coredump_shipper.daemon import service as service_module
+from coredump_shipper.diagnostics import capturestate
+from coredump_shipper.diagnostics.doctor import run_doctor
+from coredump_shipper.ops.metrics import Metrics
 from tests.conftest import ConfigFactory, running, wait_until
 from tests.receiver import CORE_PATTERN, PIPE_LIMIT, TEMP_PREFIX, core_pattern_lock
 
@@ -89,10 +89,10 @@ def test_what_counts_as_capture_configured(
         if "systemd-coredump" in pattern and mode == "auto" and not problem
         else WATCH
     )
-    expect = capturecheck.expectation(
+    expect = capturestate.expectation(
         mode, Path(watch), HELPER, 32 << 30, DiskLimit(percent=15), 600, pipe_limit=16
     )
-    state = capturecheck.check(expect, sysctls(tmp_path / "sys", pattern, pipe_limit, suid))
+    state = capturestate.check(expect, sysctls(tmp_path / "sys", pattern, pipe_limit, suid))
     assert state.configured == (problem is None)
     if problem is not None:
         assert state.problem is not None and problem in state.problem
@@ -101,10 +101,10 @@ def test_what_counts_as_capture_configured(
 
 def test_watching_systemd_coredumps_own_directory_counts_its_pipe(tmp_path: Path) -> None:
     systemd = "|/usr/lib/systemd/systemd-coredump %P %u %g %s %t %c %h"
-    expect = capturecheck.expectation(
+    expect = capturestate.expectation(
         "auto", Path("/var/lib/systemd/coredump"), HELPER, 0, DiskLimit(), 600, pipe_limit=16
     )
-    assert capturecheck.check(expect, sysctls(tmp_path / "sys", systemd)).configured
+    assert capturestate.check(expect, sysctls(tmp_path / "sys", systemd)).configured
 
 
 async def test_doctor_row_names_what_it_found_and_the_line(
@@ -140,7 +140,7 @@ async def test_daemon_sees_core_pattern_switched_off_and_back_under_it(
         value: float = metrics.capture_configured._value.get()
         return value
 
-    caplog.set_level(logging.INFO, "coredump_shipper.service")
+    caplog.set_level(logging.INFO, "coredump_shipper.daemon.service")
     with core_pattern_lock():
         old_pattern = CORE_PATTERN.read_text().rstrip("\n")
         old_limit = PIPE_LIMIT.read_text().strip()
@@ -167,7 +167,7 @@ async def test_daemon_sees_core_pattern_switched_off_and_back_under_it(
     said = [
         r.getMessage()
         for r in caplog.records
-        if r.name == "coredump_shipper.service" and "capture" in r.getMessage()
+        if r.name == "coredump_shipper.daemon.service" and "capture" in r.getMessage()
     ]
     off = [line for line in said if "NOT configured" in line]
     assert "kernel.core_pattern='core'" in off[0] and "not pipe cores to coredump-receive" in off[0]
@@ -205,7 +205,7 @@ def test_the_daemon_expects_the_line_node_setup_writes(make_config: ConfigFactor
         check=True,
     ).stdout.strip()
     assert " -x 1G " in printed and " -s all " in printed and " -a 1h " in printed
-    expect = capturecheck.expectation(
+    expect = capturestate.expectation(
         "pipe",
         Path(WATCH),
         config.receiver_path,

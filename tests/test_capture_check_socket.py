@@ -1,5 +1,5 @@
-"""The daemon's capture check (coredump_shipper/capturecheck.py) with socket capture: `@@PATH`, or the
-pipe line the server hands back while it is down, against stand-in sysctl files."""
+"""The daemon's capture check (coredump_shipper/diagnostics/capturestate.py) with socket capture:
+`@@PATH`, or the pipe line the server hands back while it is down, against stand-in sysctl files."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from coredump_shipper import capturecheck
-from coredump_shipper.disklimit import DiskLimit
+from coredump_shipper.capture.disklimit import DiskLimit
+from coredump_shipper.diagnostics import capturestate
 from tests.test_capture_check import HELPER, LINE, WATCH, sysctls
 
 SOCKET = "@@/run/coredump-shipper/coredump.sock"
@@ -27,8 +27,8 @@ SOCKET = "@@/run/coredump-shipper/coredump.sock"
     ],
 )
 def test_socket_patterns(tmp_path: Path, mode: str, pattern: str, problem: str | None) -> None:
-    expect = capturecheck.expectation(mode, Path(WATCH), HELPER, 32 << 30, DiskLimit(percent=15), 600, 16)
-    state = capturecheck.check(expect, sysctls(tmp_path / "sys", pattern, suid=2))
+    expect = capturestate.expectation(mode, Path(WATCH), HELPER, 32 << 30, DiskLimit(percent=15), 600, 16)
+    state = capturestate.check(expect, sysctls(tmp_path / "sys", pattern, suid=2))
     assert state.configured == (problem is None), state.problem
     if problem is not None:
         assert state.problem is not None and problem in state.problem

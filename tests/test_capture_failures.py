@@ -9,12 +9,12 @@ import os
 import stat
 from pathlib import Path
 
-from coredump_shipper import capturefailures
-from coredump_shipper.metrics import Metrics
+from coredump_shipper.capture import failures
+from coredump_shipper.ops.metrics import Metrics
 from tests.conftest import Bucket, ConfigFactory, running, wait_until
 from tests.receiver import build_receiver, receive
 
-SPOOL = capturefailures.SPOOL
+SPOOL = failures.SPOOL
 
 
 def counted(metrics: Metrics, reason: str) -> float:
@@ -55,11 +55,11 @@ def test_planted_records_are_hostile_input(tmp_path: Path) -> None:
     (spool / "8.good.json").write_text(
         json.dumps({"format": 1, "reason": "write-error", "comm": "db", "global_pid": 7})
     )
-    counts = capturefailures.collect(tmp_path)
+    counts = failures.collect(tmp_path)
     assert counts == {"invalid": 6, "write_error": 1}
     assert os.listdir(spool) == ["7.dir"]  # a directory is neither counted nor removed
     assert elsewhere.exists()  # the link was removed, not its target
-    assert capturefailures.collect(tmp_path) == {}  # never counted twice
+    assert failures.collect(tmp_path) == {}  # never counted twice
 
 
 def test_the_spool_as_a_link_is_not_followed(tmp_path: Path) -> None:
@@ -67,6 +67,6 @@ def test_the_spool_as_a_link_is_not_followed(tmp_path: Path) -> None:
     target.mkdir()
     (target / "1.json").write_text(json.dumps({"format": 1, "reason": "deadline"}))
     (tmp_path / SPOOL).symlink_to(target)
-    assert capturefailures.collect(tmp_path) == {}
+    assert failures.collect(tmp_path) == {}
     assert os.listdir(target) == ["1.json"]
     assert stat.S_ISLNK((tmp_path / SPOOL).lstat().st_mode)

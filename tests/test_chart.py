@@ -20,8 +20,8 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
-from coredump_shipper.config import SETTINGS, load_config
-from coredump_shipper.metrics import Metrics
+from coredump_shipper.config.settings import SETTINGS, load_config
+from coredump_shipper.ops.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "charts" / "coredump-shipper"

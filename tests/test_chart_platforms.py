@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from coredump_shipper.corepattern import HELPER_NAME, KERNEL_LIMIT, pipe_line
-from coredump_shipper.disklimit import DiskLimit
+from coredump_shipper.capture.disklimit import DiskLimit
+from coredump_shipper.capture.pattern import HELPER_NAME, KERNEL_LIMIT, pipe_line
 from tests import test_chart
 from tests.test_chart import CHART, pod_spec, render
 

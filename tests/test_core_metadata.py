@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from coredump_shipper.metrics import Metrics
+from coredump_shipper.ops.metrics import Metrics
 from tests.conftest import Bucket, ConfigFactory, running, wait_until
 from tests.cores import kernel_core, skip_reason
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from coredump_shipper.corename import SPECIFIERS, CoreFields, CoreNamePattern, signal_name
+from coredump_shipper.core.name import SPECIFIERS, CoreFields, CoreNamePattern, signal_name
 from coredump_shipper.errors import ConfigError
 
 SCRIPT_PATTERN = "core.%e.sig%s.%p.%t"

@@ -14,19 +14,22 @@ from typing import Any
 
 import pytest
 
-from coredump_shipper import __version__, afterupload, crashfacts
-from coredump_shipper.budget import DiskBudget
-from coredump_shipper.claims import Claims
-from coredump_shipper.config import SETTINGS_BY_NAME
-from coredump_shipper.corefacts import gather
-from coredump_shipper.corefile import CoreFile
-from coredump_shipper.corename import CoreNamePattern
-from coredump_shipper.corepattern import RECEIVER_DEFAULT_MAX_USE, parse_pipe_line, pipe_line
-from coredump_shipper.disklimit import DiskLimit
-from coredump_shipper.doctor import core_pattern_checks
+from coredump_shipper import __version__
+from coredump_shipper.bucket.keys import TEMPLATE_FIELDS, KeyTemplate
+from coredump_shipper.capture import crashfacts
+from coredump_shipper.capture.disklimit import DiskLimit
+from coredump_shipper.capture.pattern import RECEIVER_DEFAULT_MAX_USE, parse_pipe_line, pipe_line
+from coredump_shipper.config.settings import SETTINGS_BY_NAME
+from coredump_shipper.core import companions
+from coredump_shipper.core.facts import gather
+from coredump_shipper.core.file import CoreFile
+from coredump_shipper.core.name import CoreNamePattern
+from coredump_shipper.diagnostics.doctor import core_pattern_checks
 from coredump_shipper.errors import ConfigError
-from coredump_shipper.metrics import Metrics
-from coredump_shipper.naming import TEMPLATE_FIELDS, KeyTemplate
+from coredump_shipper.ops.metrics import Metrics
+from coredump_shipper.ship import afterupload
+from coredump_shipper.ship.claims import Claims
+from coredump_shipper.ship.diskbudget import DiskBudget
 from tests.conftest import Bucket, ConfigFactory, running, wait_until
 from tests.receiver import build_receiver, receive
 
@@ -372,6 +375,6 @@ def test_sweep_removes_orphaned_facts_and_stale_leftovers_only(tmp_path: Path) -
         (tmp_path / name).write_text("{}")
         os.utime(tmp_path / name, (mtime, mtime))
     names = set(os.listdir(tmp_path))
-    removed = crashfacts.sweep(tmp_path, names, now=old + 3030)
+    removed = companions.sweep(tmp_path, names, now=old + 3030)
     assert sorted(removed) == [".core.gone.crash.json", ".coredump-receive.7.core.tmp"]
     assert set(os.listdir(tmp_path)) == names - set(removed)

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, SSLError
 
-from coredump_shipper.checkrow import Check
-from coredump_shipper.config import Config
-from coredump_shipper.doctor import (
+from coredump_shipper.config.settings import Config
+from coredump_shipper.diagnostics.checkrow import Check
+from coredump_shipper.diagnostics.doctor import (
     core_pattern_checks,
     exit_status,
     filesystem_check,
@@ -31,7 +31,7 @@ from coredump_shipper.doctor import (
     run_doctor,
     watch_dir_checks,
 )
-from coredump_shipper.s3checks import probe_key, s3_problem
+from coredump_shipper.diagnostics.s3store import probe_key, s3_problem
 from tests.conftest import Bucket, ConfigFactory
 from tests.servers import free_port
 

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coredump_shipper.elfcore import (
+from coredump_shipper.core.elf import (
     MAX_ARGS_CHARS,
     NT_AUXV,
     NT_FILE,

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from coredump_shipper.metrics import Metrics
+from coredump_shipper.ops.metrics import Metrics
 from tests.conftest import (
     Bucket,
     ConfigFactory,

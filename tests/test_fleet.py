@@ -14,12 +14,12 @@ from subprocess import DEVNULL, PIPE, STDOUT
 
 import pytest
 
-from coredump_shipper.fleetindex import parse_entry
-from coredump_shipper.grouping import group_cores
-from coredump_shipper.listing import list_cores
-from coredump_shipper.manifest import SUFFIX as MANIFEST_SUFFIX
-from coredump_shipper.s3client import s3_client
-from coredump_shipper.settings import client_settings
+from coredump_shipper.browse.grouping import group_cores
+from coredump_shipper.browse.listing import list_cores
+from coredump_shipper.bucket.fleetindex import parse_entry
+from coredump_shipper.bucket.manifest import SUFFIX as MANIFEST_SUFFIX
+from coredump_shipper.s3.client import s3_client
+from coredump_shipper.s3.settings import client_settings
 from tests.conftest import Bucket, ConfigFactory, running, wait_until
 from tests.crashprograms import build_c, crash
 from tests.fleetseed import RequestCounter, fleet_objects, signature_counts
@@ -66,7 +66,7 @@ async def test_daemon_signs_indexes_and_groups(
     expected = {name: signature_of(path) for name, path in cores.items()}
     assert expected["core.crashy.sig6.1.1700000000"].short == expected["core.crashy.sig6.2.1700000000"].short
     config = make_config(key_template="{cluster}/{signature}/{node}.{filename}")
-    caplog.set_level(logging.INFO, logger="coredump_shipper.shipper")
+    caplog.set_level(logging.INFO, logger="coredump_shipper.ship.shipper")
     async with running(config):
         for name, path in cores.items():
             path.rename(watch_dir / name)

@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 
 from bench import nullsink
-from coredump_shipper.manifest import Manifest, manifest_key
+from coredump_shipper.bucket.manifest import Manifest, manifest_key
 from tests.conftest import Bucket, ConfigFactory, running, wait_until
 from tests.faultproxy import FaultProxy
 from tests.servers import S3Endpoint, free_port

@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from coredump_shipper.integrity import (
+from coredump_shipper.bucket.integrity import (
     VERIFIED,
     IntegrityError,
     answer_opaque_reason,

@@ -1,7 +1,7 @@
 """Pod identity and CoreDumped Events against a real kube-apiserver (etcd, RBAC, service account tokens).
 
 The daemon runs as `run` wires it, with `--kubeconfig` holding a real service account token bound by
-the chart's own rules (tests/docs.py derives them from the code). Pods are real objects with real
+the chart's own rules (tools/readme.py derives them from the code). Pods are real objects with real
 owners (Deployment -> ReplicaSet -> Pod) on a node that has no kubelet: they stay Pending.
 """
 
@@ -21,26 +21,26 @@ from typing import Any
 
 import pytest
 
-from coredump_shipper import kubeaccess
-from coredump_shipper import pods as pods_module
-from coredump_shipper.corefacts import CoreFacts
-from coredump_shipper.elfcore import CoreInfo
-from coredump_shipper.identity import PodIdentity
-from coredump_shipper.kubeaccess import from_kubeconfig
-from coredump_shipper.kubeapi import KubeClient
-from coredump_shipper.kubecheck import kube_checks
-from coredump_shipper.listing import list_cores
-from coredump_shipper.metrics import Metrics
-from coredump_shipper.naming import key_safe
-from coredump_shipper.pods import PodCache
-from coredump_shipper.s3client import s3_client
-from coredump_shipper.service import Service
-from coredump_shipper.settings import client_settings
+from coredump_shipper.browse.listing import list_cores
+from coredump_shipper.bucket.keys import key_safe
+from coredump_shipper.core.elf import CoreInfo
+from coredump_shipper.core.facts import CoreFacts
+from coredump_shipper.daemon.service import Service
+from coredump_shipper.diagnostics.kubernetes import kube_checks
+from coredump_shipper.kube import access
+from coredump_shipper.kube import pods as pods_module
+from coredump_shipper.kube.access import from_kubeconfig
+from coredump_shipper.kube.api import KubeClient
+from coredump_shipper.kube.pods import PodCache
+from coredump_shipper.ops.metrics import Metrics
+from coredump_shipper.s3.client import s3_client
+from coredump_shipper.s3.settings import client_settings
+from coredump_shipper.ship.podidentity import PodIdentity
 from tests.conftest import Bucket, ConfigFactory, running, wait_until, write_file
-from tests.docs import kube_rules
 from tests.receiver import build_receiver, pod_cgroup, receive, sleeping_in
 from tests.servers import free_port
 from tests.servers.kube import KubeServer
+from tools.readme import kube_rules
 
 pytestmark = pytest.mark.slow
 NODE = "node-1"
@@ -277,7 +277,7 @@ async def test_cores_without_one_sure_pod_ship_without_pod_fields(
         kubeconfig=cluster.kubeconfig(tmp_path), filename_pattern=PATTERN, pod_lookup_timeout="1s"
     )
     metrics = Metrics(process=False)
-    caplog.set_level(logging.WARNING, "coredump_shipper.identity")
+    caplog.set_level(logging.WARNING, "coredump_shipper.ship.podidentity")
     async with running(config, metrics) as service:
         await wait_until(cache_of(service).synced.is_set)
         names = [core_name(twin), core_name(host_net), core_name(elsewhere), core_name("nosuchpod", pid=1)]
@@ -509,7 +509,7 @@ async def test_in_cluster_config_from_the_service_host_token_and_ca(
     mounted.mkdir()
     (mounted / "token").write_text(cluster.tokens["shipper"])
     (mounted / "ca.crt").write_bytes((cluster.server.pki / "ca.crt").read_bytes())
-    monkeypatch.setattr(kubeaccess, "SERVICE_ACCOUNT_DIR", mounted)
+    monkeypatch.setattr(access, "SERVICE_ACCOUNT_DIR", mounted)
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
     monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(cluster.server.port))
     pod = cluster.pod("shop")
@@ -652,7 +652,7 @@ async def test_excluded_namespaces_selector_and_opted_out_pods_are_deleted_unshi
         pod_selector="tier!=batch",
     )
     metrics = Metrics(process=False)
-    caplog.set_level(logging.WARNING, "coredump_shipper.shipper")
+    caplog.set_level(logging.WARNING, "coredump_shipper.ship.shipper")
     async with running(config, metrics) as service:
         uids = [pod["metadata"]["uid"] for pod in (shipped_pod, opted_out, unselected, secret)]
         await wait_until(lambda: all(cache_of(service).by_uid(uid) is not None for uid in uids))

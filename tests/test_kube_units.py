@@ -10,17 +10,17 @@ from typing import Any
 
 import pytest
 
+from coredump_shipper.browse.listing import CoreEntry, Filters
+from coredump_shipper.bucket.keys import METADATA_LIMIT, KeyTemplate, label_field
 from coredump_shipper.cli import main
-from coredump_shipper.config import load_config
+from coredump_shipper.config.settings import load_config
 from coredump_shipper.errors import ConfigError
-from coredump_shipper.events import BURST, REFILL_SECONDS, CoreNotice, EventRecorder, note_for
-from coredump_shipper.identity import SHA256_RESERVE, choose_container, merge_metadata
-from coredump_shipper.kubeaccess import KubeAccess, from_kubeconfig, in_cluster, resolve
-from coredump_shipper.kubeapi import KubeClient
-from coredump_shipper.listing import CoreEntry, Filters
-from coredump_shipper.metrics import Metrics
-from coredump_shipper.naming import METADATA_LIMIT, KeyTemplate, label_field
-from coredump_shipper.pods import parse_pod, pod_hostname
+from coredump_shipper.kube.access import KubeAccess, from_kubeconfig, in_cluster, resolve
+from coredump_shipper.kube.api import KubeClient
+from coredump_shipper.kube.events import BURST, REFILL_SECONDS, CoreNotice, EventRecorder, note_for
+from coredump_shipper.kube.pods import parse_pod, pod_hostname
+from coredump_shipper.ops.metrics import Metrics
+from coredump_shipper.ship.podidentity import SHA256_RESERVE, choose_container, merge_metadata
 
 
 def kubeconfig(path: Path, user: dict[str, Any], cluster: dict[str, Any] | None = None) -> Path:

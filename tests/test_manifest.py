@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from coredump_shipper.integrity import VERIFIED, Verification
-from coredump_shipper.manifest import SUFFIX, Manifest, core_key, is_manifest_key, manifest_key
+from coredump_shipper.bucket.integrity import VERIFIED, Verification
+from coredump_shipper.bucket.manifest import SUFFIX, Manifest, core_key, is_manifest_key, manifest_key
 from tests.conftest import Bucket, ConfigFactory, running, wait_until, write_file
 
 META = {"size": "12", "exe": "python3", "pod": "api-0", "crash-time": "2026-01-02T03:04:05Z"}
@@ -99,13 +99,17 @@ async def test_the_daemon_writes_what_the_readers_read(
 def test_ls_and_fetch_do_not_import_the_write_side() -> None:
     # The command line as `ls` and `fetch` run it: cli plus the modules their commands import.
     code = (
-        "import sys, coredump_shipper.cli, coredump_shipper.listing, coredump_shipper.fetch\n"
-        "import coredump_shipper.terminal, coredump_shipper.s3client, coredump_shipper.settings\n"
+        "import sys, coredump_shipper.cli, coredump_shipper.browse.listing, coredump_shipper.browse.fetch\n"
+        "import coredump_shipper.browse.terminal, coredump_shipper.s3.client, coredump_shipper.s3.settings\n"
         "print(' '.join(sorted(m for m in sys.modules if m.startswith('coredump_shipper'))))"
     )
     loaded = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.split()
-    assert "coredump_shipper.manifest" in loaded
-    for writer in ("coredump_shipper.uploader", "coredump_shipper.shipper", "coredump_shipper.service"):
+    assert "coredump_shipper.bucket.manifest" in loaded
+    for writer in (
+        "coredump_shipper.s3.store",
+        "coredump_shipper.ship.shipper",
+        "coredump_shipper.daemon.service",
+    ):
         assert writer not in loaded

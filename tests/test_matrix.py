@@ -33,8 +33,8 @@ from typing import Any
 
 import pytest
 
-from coredump_shipper.config import Config, load_config
-from coredump_shipper.metrics import Metrics
+from coredump_shipper.config.settings import Config, load_config
+from coredump_shipper.ops.metrics import Metrics
 from tests.conftest import Bucket, collect_tls_leaks, ignores_tls_leaks, running, wait_until, write_file
 from tests.servers import S3Endpoint, free_port
 

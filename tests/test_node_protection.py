@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from coredump_shipper import service as service_module
-from coredump_shipper.afterupload import Delete, KeepAndRecord
-from coredump_shipper.budget import DiskBudget
-from coredump_shipper.claims import Claims
-from coredump_shipper.corefile import Identity
-from coredump_shipper.disklimit import DiskLimit
-from coredump_shipper.metrics import Metrics
-from coredump_shipper.record import ShippedRecord
-from coredump_shipper.storm import StormLimiter
+from coredump_shipper.capture.disklimit import DiskLimit
+from coredump_shipper.core.file import Identity
+from coredump_shipper.daemon import service as service_module
+from coredump_shipper.ops.metrics import Metrics
+from coredump_shipper.ship.afterupload import Delete, KeepAndRecord
+from coredump_shipper.ship.claims import Claims
+from coredump_shipper.ship.diskbudget import DiskBudget
+from coredump_shipper.ship.shippedrecord import ShippedRecord
+from coredump_shipper.ship.storm import StormLimiter
 from tests.conftest import Bucket, ConfigFactory, running, wait_until, write_file
 from tests.servers import free_port
 

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from coredump_shipper.config import SETTINGS_BY_NAME
-from coredump_shipper.corepattern import ALIVE_WINDOW, pipe_line
-from coredump_shipper.disklimit import DiskLimit
+from coredump_shipper.capture.disklimit import DiskLimit
+from coredump_shipper.capture.pattern import ALIVE_WINDOW, pipe_line
+from coredump_shipper.config.settings import SETTINGS_BY_NAME
 from tests.conftest import ConfigFactory, running, wait_until
 from tests.receiver import (
     CORE_PATTERN,

@@ -20,8 +20,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from coredump_shipper import __version__
-from coredump_shipper import service as service_module
-from coredump_shipper.config import Config
+from coredump_shipper.config.settings import Config
+from coredump_shipper.daemon import service as service_module
 from tests.conftest import Bucket, ConfigFactory, running, wait_until, wait_until_sync, write_file
 from tests.faultproxy import FaultProxy, ThreadedFaultProxy
 from tests.servers import S3Endpoint, free_port
@@ -159,8 +159,8 @@ async def test_not_ready_until_the_watch_is_established(make_config: ConfigFacto
 
 @contextlib.asynccontextmanager
 async def running_without_waiting(config: Config) -> AsyncIterator[None]:
-    from coredump_shipper.metrics import Metrics
-    from coredump_shipper.service import Service
+    from coredump_shipper.daemon.service import Service
+    from coredump_shipper.ops.metrics import Metrics
 
     service = Service(config, Metrics(process=False))
     await service.startup()

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from coredump_shipper import parts
-from coredump_shipper.background import cpus_available
-from coredump_shipper.parts import MIN_PART, MiB, PartSource
+from coredump_shipper.s3 import parts
+from coredump_shipper.s3.background import cpus_available
+from coredump_shipper.s3.parts import MIN_PART, MiB, PartSource
 
 PART = MIN_PART  # 5 MiB
 

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from coredump_shipper.corepattern import pipe_line
-from coredump_shipper.disklimit import DiskLimit
+from coredump_shipper.capture.disklimit import DiskLimit
+from coredump_shipper.capture.pattern import pipe_line
 from tests.conftest import Bucket, daemon_args, wait_until_sync
 from tests.receiver import (
     CORE_PATTERN,

@@ -26,8 +26,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from coredump_shipper.corepattern import pipe_line
-from coredump_shipper.disklimit import DiskLimit
+from coredump_shipper.capture.disklimit import DiskLimit
+from coredump_shipper.capture.pattern import pipe_line
 from tests.receiver import (
     CORE_PATTERN,
     POD_CGROUP_LAYOUTS,

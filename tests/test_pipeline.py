@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from coredump_shipper.metrics import Metrics
+from coredump_shipper.ops.metrics import Metrics
 from tests.conftest import Bucket, ConfigFactory, running, wait_until, write_file
 from tests.cores import cores_land_in_cwd, kernel_core, skip_reason
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from coredump_shipper.corefacts import gather
-from coredump_shipper.corefile import CoreFile
-from coredump_shipper.corename import CoreNamePattern
+from coredump_shipper.core.facts import gather
+from coredump_shipper.core.file import CoreFile
+from coredump_shipper.core.name import CoreNamePattern
 from tests.cores import gcore, kernel_core
 from tests.receiver import RECEIVER, ROOT, build_receiver, receive, unavailable
 

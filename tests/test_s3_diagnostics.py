@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from coredump_shipper.metrics import Metrics
-from coredump_shipper.s3checks import MULTIPART_PROBE_PART, PROBE_BODY, PROBE_NAME, s3_checks
+from coredump_shipper.diagnostics.s3store import MULTIPART_PROBE_PART, PROBE_BODY, PROBE_NAME, s3_checks
+from coredump_shipper.ops.metrics import Metrics
 from tests.conftest import Bucket, ConfigFactory, running, wait_until, write_file
 from tests.faultproxy import FaultProxy
 from tests.servers import S3Endpoint

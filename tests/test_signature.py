@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from coredump_shipper.elfcore import inspect_core
-from coredump_shipper.signature import HASH_FRAMES, Signature, compute
+from coredump_shipper.core.elf import inspect_core
+from coredump_shipper.core.signature import HASH_FRAMES, Signature, compute
 from tests.crashprograms import build_c, build_go, crash, gdb_backtrace, gdb_frames
 
 

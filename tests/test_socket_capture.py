@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from coredump_shipper.corepattern import pipe_line
-from coredump_shipper.disklimit import DiskLimit
+from coredump_shipper.capture.disklimit import DiskLimit
+from coredump_shipper.capture.pattern import pipe_line
 from tests.conftest import Bucket, wait_until_sync
 from tests.receiver import TEMP_PREFIX, build_receiver, pod_cgroup, unavailable
 from tests.socketcapture import (

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from coredump_shipper import __version__
-from coredump_shipper.doctor import core_pattern_checks
+from coredump_shipper.diagnostics.doctor import core_pattern_checks
 from tests.conftest import ConfigFactory
 from tests.receiver import build_receiver
 from tests.socketcapture import Server

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from coredump_shipper.bucket.keys import TEMPLATE_FIELDS
+from coredump_shipper.config.storageoptions import StorageOptions
 from coredump_shipper.errors import ConfigError
-from coredump_shipper.metrics import Metrics
-from coredump_shipper.naming import TEMPLATE_FIELDS
-from coredump_shipper.storageoptions import StorageOptions
+from coredump_shipper.ops.metrics import Metrics
 from tests.conftest import Bucket, ConfigFactory, running, wait_until, write_file
 from tests.faultproxy import FaultProxy
 from tests.servers import S3Endpoint, free_port

@@ -21,7 +21,7 @@ from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.s3.models import S3Backend, s3_backends
 from moto.server import ThreadedMotoServer
 
-from coredump_shipper.settings import ClientSettings
+from coredump_shipper.s3.settings import ClientSettings
 from tests.servers import S3Endpoint, free_port
 
 

@@ -1,0 +1,1 @@
+"""Reading what was shipped: `ls`, `ls --group`, `fetch`, and what they print."""

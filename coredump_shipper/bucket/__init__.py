@@ -1,0 +1,1 @@
+"""What is stored in the bucket: object keys and metadata, the manifest, ETags, the fleet index."""

@@ -1,0 +1,1 @@
+"""The running daemon: start-up, the watcher, the queue and workers, shutdown."""
