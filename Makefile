@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 STAMP := $(VENV)/.installed
 
-.PHONY: all install test test-deps lint format demo bench chart-lint image image-test clean lock receiver receiver-test
+.PHONY: all install test test-deps lint format demo bench chart-lint image image-test image-multiarch image-multiarch-test clean lock receiver receiver-test
 
 all: lint test
 
@@ -91,6 +91,15 @@ image: $(STAMP)
 
 image-test: $(STAMP)
 	docker/ci-image.sh test
+
+# linux/amd64 + linux/arm64 in one manifest list (localhost/coredump-shipper:ci-multiarch), the arm64
+# half under qemu-user-static through binfmt_misc (root); -test then runs the arm64 entry through
+# testkit/imagesmoke.py --arch arm64. Times and caches: docs/platforms.md.
+image-multiarch: $(STAMP)
+	docker/ci-image.sh multiarch
+
+image-multiarch-test: $(STAMP)
+	docker/ci-image.sh multiarch-test
 
 # The chart and the image on a real single-node Kubernetes, scenarios in e2e/tests (e2e/run.sh).
 # Not part of `make test`: it needs root and ~1 GiB of memory, and the first run builds the cluster
