@@ -19,7 +19,8 @@ import pytest
 import zstandard
 from botocore.config import Config as BotoConfig
 
-from coredump_shipper.bucket.fleetindex import is_index_key
+from coredump_shipper.bucket.fleetindex import DAYS_PREFIX, is_index_key
+from coredump_shipper.bucket.fleetindex import PREFIX as ENTRIES_PREFIX
 from coredump_shipper.config.settings import Config, load_config
 from coredump_shipper.daemon.service import Service
 from coredump_shipper.ops.metrics import Metrics
@@ -208,7 +209,12 @@ class Bucket:
         return [key for key in self.keys() if not key.endswith(".manifest.json") and not is_index_key(key)]
 
     def index_keys(self) -> list[str]:
-        return [key for key in self.keys() if is_index_key(key)]
+        """The signature entries: one per core."""
+        return [key for key in self.keys() if key.startswith(ENTRIES_PREFIX)]
+
+    def day_keys(self) -> list[str]:
+        """The day entries: one per core."""
+        return [key for key in self.keys() if key.startswith(DAYS_PREFIX)]
 
     def get(self, key: str) -> bytes:
         body: bytes = self.client.get_object(Bucket=self.name, Key=key)["Body"].read()
