@@ -94,7 +94,7 @@ image-test: $(STAMP)
 
 # The chart and the image on a real single-node Kubernetes, scenarios in e2e/tests (e2e/run.sh).
 # Not part of `make test`: it needs root and ~1 GiB of memory, and the first run builds the cluster
-# binaries (~12-16 min, cached in /var/cache/coredump-shipper for later runs).
+# binaries (e2e/cluster/build.sh, ~12-16 min, cached in /var/cache/coredump-shipper for later runs).
 .PHONY: e2e
 e2e: $(STAMP)
 	e2e/run.sh

@@ -131,10 +131,10 @@ class Daemon:
 
 
 @contextlib.contextmanager
-def running(endpoint: S3Endpoint, watch: Path, log: Path) -> Iterator[Daemon]:
+def running(endpoint: S3Endpoint, watch: Path, log: Path, extra: Sequence[str] = ()) -> Iterator[Daemon]:
     """A daemon for the duration of the block; killed (figures discarded) if the block fails."""
     watch.mkdir(exist_ok=True)
-    daemon = Daemon(endpoint, watch, log)
+    daemon = Daemon(endpoint, watch, log, extra)
     try:
         yield daemon
     except BaseException:

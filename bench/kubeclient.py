@@ -19,8 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.docs import kube_rules
 from tests.servers.kube import run_kube
+from tools.readme import kube_rules
 
 PROLOGUE = """
 import asyncio, os, sys

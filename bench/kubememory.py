@@ -18,8 +18,8 @@ from pathlib import Path
 from bench.daemon import Daemon, ship_through_daemon
 from bench.inputs import GiB, make_realistic_core
 from bench.targets import run_nullsink
-from tests.docs import kube_rules
 from tests.servers.kube import run_kube
+from tools.readme import kube_rules
 
 NODE = "bench-node"
 WATCHED = ("coredump_shipper_enrichment_total", "coredump_shipper_events_total")

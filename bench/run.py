@@ -1,6 +1,6 @@
 """`make bench`: coredump-shipper against `aws s3 cp`, on the null sink and on moto.
 
-Prints Markdown tables (for the README) and writes the raw figures to bench/results/.
+Prints Markdown tables (for docs/performance.md) and writes the raw figures to bench/results/.
 Run from the repository root: `python -m bench.run [--reps 3] [--big] [--no-moto]`.
 """
 
@@ -35,6 +35,7 @@ from bench.inputs import (
 from bench.measure import run_measured
 from bench.mixed import MixedResult, run_mixed_bench
 from bench.passes import overlap_table, passes_table
+from bench.pipeship import ShipResult, parse_burst, parse_sizes, pipe_ship_section, run_pipe_ship
 from bench.report import (
     Run,
     aggregate,
@@ -104,6 +105,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--capture-burst",
         default="50,8",
         help="COUNT,MIB: crashes at once through pipe and socket capture (root, Linux 6.17+; 0: skip)",
+    )
+    parser.add_argument(
+        "--pipe-ship-mib",
+        default="1,100,1024",
+        help="crash -> S3 through pipe capture against file capture: MiB per crash (root; empty: skip)",
+    )
+    parser.add_argument(
+        "--pipe-ship-burst",
+        default="50,32",
+        help="COUNT,MIB: crashes at once -> S3, pipe and file (0,0: skip)",
     )
     parser.add_argument("--idle-s", type=float, default=150.0, help="idle window (0: skip)")
     parser.add_argument("--no-passes", action="store_true", help="skip timing each pass over the bytes")
@@ -247,6 +258,8 @@ class Extras:
     mixed: MixedResult | None = None
     passes: str = ""  # Markdown: each pass over the bytes, and the helper thread's overlap
     captures: list[CaptureResult] = field(default_factory=list)
+    pipe_ship: list[ShipResult] = field(default_factory=list)
+    pipe_ship_bursts: list[ShipResult] = field(default_factory=list)
 
 
 def races(
@@ -362,6 +375,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         with run_nullsink(logs) as sink, https_target(HTTPS, sink, work) as https:
             runs += races(args, https, plain_target(PLAIN, sink), inputs, work, logs)
             daemon_rows(args, https, realistic.path, work, logs, extras)
+            sizes, burst = parse_sizes(args.pipe_ship_mib), parse_burst(args.pipe_ship_burst)
+            if sizes or burst:
+                extras.pipe_ship, extras.pipe_ship_bursts = timed(
+                    "crash -> S3, pipe and file capture",
+                    lambda: run_pipe_ship(https, logs, sizes, args.reps, burst),
+                )
         extras.captures = timed("crash burst", lambda: capture_bursts(args.capture_burst))
         if not args.no_passes:
             extras.passes = timed(
@@ -433,6 +452,7 @@ def report(
         sections += ["### Upload to moto server mode (realism)", upload_table(moto_rows, False)]
     sections += daemon_sections(extras, args)
     sections += capture_section(extras.captures)
+    sections += pipe_ship_section(extras.pipe_ship, extras.pipe_ship_bursts, reps)
     if extras.passes:
         sections += [
             f"### Passes over the bytes of the {args.size_mib} MiB realistic core (in the harness process)",
@@ -467,6 +487,7 @@ def report(
         "storms": [asdict(s) | {"rate": s.rate, "cpu_per_core": s.cpu_per_core} for s in extras.storms],
         "idle": asdict(extras.idle) if extras.idle else None,
         "captures": [asdict(c) | {"rate": c.rate} for c in extras.captures],
+        "pipe_ship": [asdict(r) for r in [*extras.pipe_ship, *extras.pipe_ship_bursts]],
     }
     path = RESULTS / f"{stamp}.json"
     path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")

@@ -272,6 +272,7 @@ async def _ship(config: Config, args: argparse.Namespace) -> int:
     from coredump_shipper.s3.settings import client_settings, store_settings
     from coredump_shipper.s3.store import S3Store
     from coredump_shipper.ship.afterupload import Leave
+    from coredump_shipper.ship.settings import shipper_settings
     from coredump_shipper.ship.shipper import Shipper
 
     files: Sequence[Path] = args.files
@@ -279,7 +280,7 @@ async def _ship(config: Config, args: argparse.Namespace) -> int:
     async with s3_client(client_settings(config)) as client:
         store = S3Store(client, store_settings(config), metrics)
         backoff = store.backoff
-        shipper = Shipper(config, store, metrics, Leave())
+        shipper = Shipper(shipper_settings(config), store, metrics, Leave())
         limit = asyncio.Semaphore(config.workers)
 
         async def one(path: Path) -> bool:

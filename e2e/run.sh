@@ -6,11 +6,12 @@
 #   K8S_LAB_STRACE=1 e2e/run.sh   # the same under strace, then `cluster.sh netaudit`: fails unless
 #                                 # every address the cluster and its pods used is loopback
 #
-# 1. the cluster binaries (e2e/cluster/cluster.sh build: ~12-16 min once, then cached outside the
+# 1. the cluster binaries (e2e/cluster/build.sh build: ~12-16 min once, then cached outside the
 #    clone under /var/cache/coredump-shipper, keyed on the source version and the build recipe);
 # 2. the product image (docker/ci-image.sh build, the image job's own podman build), saved with
 #    `podman save` and imported into the node's containerd;
-# 3. `cluster.sh start` in a fresh temporary WORK directory, the scenarios in e2e/tests (pytest),
+# 3. `cluster.sh start` in a fresh temporary WORK directory, the scenarios in e2e/tests (pytest;
+#    test_0_cluster.py checks the cluster itself first), the components' memory into the logs,
 #    `cluster.sh stop` in a trap;
 # 4. checks that nothing is left behind: no process of the run, no mount, no kubepods cgroup, no
 #    created host directory, and the machine's kernel.core_pattern, core_pipe_limit and
@@ -25,6 +26,7 @@ ROOT=$PWD
 # process may ask the EC2 metadata address (169.254.169.254, not loopback) for credentials.
 export AWS_EC2_METADATA_DISABLED=true
 CLUSTER=$ROOT/e2e/cluster/cluster.sh
+BUILD=$ROOT/e2e/cluster/build.sh
 IMAGE=${CDS_E2E_IMAGE:-localhost/coredump-shipper:e2e}
 PY=$ROOT/.venv/bin/python
 PATTERN=/proc/sys/kernel/core_pattern
@@ -63,9 +65,9 @@ for d in "${HOST_DIRS[@]}"; do [[ -e $d ]] || missing_dirs+=("$d"); done
 
 rm -rf "$LOGS"
 mkdir -p "$LOGS"
-log "cluster binaries: $(bash "$CLUSTER" bindir)"
+log "cluster binaries: $(bash "$BUILD" bindir)"
 t=$(date +%s)
-bash "$CLUSTER" build >"$LOGS/cluster-build.log" 2>&1 || { tail -n 30 "$LOGS/cluster-build.log" >&2; exit 1; }
+bash "$BUILD" build >"$LOGS/cluster-build.log" 2>&1 || { tail -n 30 "$LOGS/cluster-build.log" >&2; exit 1; }
 log "cluster binaries ready in $(($(date +%s) - t)) s"
 
 t=$(date +%s)
@@ -95,6 +97,8 @@ leftovers() {
 finish() {
   local status=$? found
   trap - EXIT INT TERM
+  # RSS of each component after the scenarios, for the record (measured here, asserted nowhere).
+  bash "$CLUSTER" mem "$WORK" >"$LOGS/cluster-mem.txt" 2>&1 || true
   log "stopping the cluster"
   bash "$CLUSTER" stop "$WORK" >"$LOGS/cluster-stop.log" 2>&1 || { status=1; cat "$LOGS/cluster-stop.log" >&2; }
   if [[ $(cat "$PATTERN") != "$saved_pattern" ]]; then
@@ -140,7 +144,7 @@ log "cluster up (node Ready) and image imported in $(($(date +%s) - t)) s"
 # started (moto, the fault proxy, kubectl logs -f) and did not stop.
 t=$(date +%s)
 set +e
-CDS_E2E_WORK=$WORK CDS_E2E_BIN=$(bash "$CLUSTER" bindir) CDS_E2E_IMAGE=$IMAGE CDS_E2E_LOGS=$LOGS \
+CDS_E2E_WORK=$WORK CDS_E2E_BIN=$(bash "$BUILD" bindir) CDS_E2E_IMAGE=$IMAGE CDS_E2E_LOGS=$LOGS \
   CDS_E2E_SAVED_PATTERN=$saved_pattern CDS_E2E_SAVED_PIPE_LIMIT=$saved_pipe_limit \
   CDS_E2E_SAVED_SUID_DUMPABLE=$saved_suid_dumpable \
   setsid --wait "$PY" -m pytest -p no:cacheprovider --timeout 400 --durations 0 e2e/tests ${PYTEST_ARGS:-} &

@@ -122,12 +122,12 @@ def pipe_core_pattern(line: str, pipe_limit: int = 16, suid_dumpable: int | None
 
 
 def repair_core_pattern() -> str | None:
-    """Put back `core` if a killed run left the pattern piping (or connecting) into one of its
-    temporary directories."""
+    """Put back `core` if a killed run left the pattern piping (or connecting, or writing files)
+    into one of its temporary directories (the bench's file-capture rows set a file pattern)."""
     try:
         with core_pattern_lock():
             pattern = CORE_PATTERN.read_text().strip()
-            if pattern.startswith(("|", "@")) and TEMP_PREFIX in pattern:  # pipe or socket
+            if TEMP_PREFIX in pattern:  # pipe, socket or file: only a run of ours names such a path
                 CORE_PATTERN.write_text("core\n")
                 PIPE_LIMIT.write_text("0\n")
                 return pattern

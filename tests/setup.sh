@@ -62,7 +62,7 @@ helm_present() { helm_path >/dev/null || { echo "no helm in .cache/tools, \$HELM
 
 apiserver_present() {
   local path
-  path=$(bash e2e/cluster/cluster.sh apiserver)
+  path=$(bash e2e/cluster/build.sh apiserver)
   [ -x "$path" ] || { echo "$path not built"; return 1; }
 }
 
@@ -95,7 +95,7 @@ fetch_helm() {  # into .cache/tools; needs no root
 }
 
 build_apiserver() {  # cached outside the clone, shared by every clone on the machine
-  bash e2e/cluster/cluster.sh build-apiserver
+  bash e2e/cluster/build.sh build-apiserver
 }
 
 repair_core_pattern() {

@@ -3,7 +3,7 @@
 Under CI=true (any of 1/true/yes), a skipped test is reported as failed unless a line of
 tests/ci-skip-allowlist.txt names it (a test id glob) and a text its skip reason contains. Every run
 ends with a "skip summary" section listing each skip, its reason and whether the allow-list covers it.
-Loaded by tests/conftest.py; documented in README's Testing section.
+Loaded by tests/conftest.py; documented in docs/development.md (Testing: set-up and skips under CI).
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ from coredump_shipper.s3.reads import BrowseError, CoreNotFound
 from coredump_shipper.s3.settings import client_settings, store_settings
 from coredump_shipper.s3.store import S3Store
 from coredump_shipper.ship.afterupload import Leave
+from coredump_shipper.ship.settings import shipper_settings
 from coredump_shipper.ship.shipper import Shipper
 from tests.conftest import Bucket, ConfigFactory, running, wait_until
 from tests.cores import kernel_core, skip_reason
@@ -54,7 +55,7 @@ async def ship(client: S3Client, config: Config, path: Path, crashed: datetime) 
     os.utime(path, (crashed.timestamp(), crashed.timestamp()))
     metrics = Metrics(process=False)
     store = S3Store(client, store_settings(config), metrics)
-    key = await Shipper(config, store, metrics, Leave()).ship(path)
+    key = await Shipper(shipper_settings(config), store, metrics, Leave()).ship(path)
     assert key is not None
     return key
 
@@ -348,7 +349,7 @@ async def test_pod_program_and_storm_fields_from_the_shipper(
     async with s3_client(client_settings(config)) as client:
         metrics = Metrics(process=False)
         store = S3Store(client, store_settings(config), metrics)
-        shipper = Shipper(config, store, metrics, Leave())
+        shipper = Shipper(shipper_settings(config), store, metrics, Leave())
         for name in names:
             (watch_dir / name).write_bytes(os.urandom(1000))
             await shipper.ship(watch_dir / name)

@@ -15,10 +15,10 @@ import pytest
 
 from coredump_shipper.kube.restorewait import restored_everywhere
 from tests import test_chart
-from tests.docs import kube_calls
 from tests.servers.kube import KubeServer
 from tests.test_chart import Manifest, render
 from tests.test_kube_rbac import granted
+from tools.readme import kube_calls
 
 pytestmark = test_chart.pytestmark
 

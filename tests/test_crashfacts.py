@@ -20,6 +20,7 @@ from coredump_shipper.capture import crashfacts
 from coredump_shipper.capture.disklimit import DiskLimit
 from coredump_shipper.capture.pattern import RECEIVER_DEFAULT_MAX_USE, parse_pipe_line, pipe_line
 from coredump_shipper.config.settings import SETTINGS_BY_NAME
+from coredump_shipper.core import companions
 from coredump_shipper.core.facts import gather
 from coredump_shipper.core.file import CoreFile
 from coredump_shipper.core.name import CoreNamePattern
@@ -374,6 +375,6 @@ def test_sweep_removes_orphaned_facts_and_stale_leftovers_only(tmp_path: Path) -
         (tmp_path / name).write_text("{}")
         os.utime(tmp_path / name, (mtime, mtime))
     names = set(os.listdir(tmp_path))
-    removed = crashfacts.sweep(tmp_path, names, now=old + 3030)
+    removed = companions.sweep(tmp_path, names, now=old + 3030)
     assert sorted(removed) == [".core.gone.crash.json", ".coredump-receive.7.core.tmp"]
     assert set(os.listdir(tmp_path)) == names - set(removed)

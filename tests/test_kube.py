@@ -1,7 +1,7 @@
 """Pod identity and CoreDumped Events against a real kube-apiserver (etcd, RBAC, service account tokens).
 
 The daemon runs as `run` wires it, with `--kubeconfig` holding a real service account token bound by
-the chart's own rules (tests/docs.py derives them from the code). Pods are real objects with real
+the chart's own rules (tools/readme.py derives them from the code). Pods are real objects with real
 owners (Deployment -> ReplicaSet -> Pod) on a node that has no kubelet: they stay Pending.
 """
 
@@ -38,10 +38,10 @@ from coredump_shipper.s3.client import s3_client
 from coredump_shipper.s3.settings import client_settings
 from coredump_shipper.ship.podidentity import PodIdentity
 from tests.conftest import Bucket, ConfigFactory, running, wait_until, write_file
-from tests.docs import kube_rules
 from tests.receiver import build_receiver, pod_cgroup, receive, sleeping_in
 from tests.servers import free_port
 from tests.servers.kube import KubeServer
+from tools.readme import kube_rules
 
 pytestmark = pytest.mark.slow
 NODE = "node-1"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.docs import kube_calls, kube_rules
 from tests.test_chart import config_env, one, pod_spec, pytestmark, render
+from tools.readme import kube_calls, kube_rules
 
 __all__ = ["pytestmark"]  # helm is needed, as for the rest of the chart tests
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from coredump_shipper.config.settings import load_config
+from coredump_shipper.core import companions
 from coredump_shipper.errors import ConfigError
 from coredump_shipper.kube import podrecord
 from coredump_shipper.kube.podfilter import CaptureFilter, Requirement, parse_selector
@@ -121,13 +122,15 @@ def test_records_are_never_shipped_and_go_with_or_after_their_core(tmp_path: Pat
     ignore = IgnoreFilter((), Delete())  # even with --ignore ''
     assert ignore(path.name) and ignore(f".core.1{podrecord.TEMP_SUFFIX}") and not ignore("core.1")
     names = set(os.listdir(tmp_path))
-    assert podrecord.sweep(tmp_path, names, now=os.stat(path).st_mtime + 3600) == [], "its core is there"
+    assert companions.sweep(tmp_path, names, now=os.stat(path).st_mtime + 3600) == [], "its core is there"
     os.unlink(tmp_path / "core.1")
     names = set(os.listdir(tmp_path))
-    assert podrecord.sweep(tmp_path, names, now=os.stat(path).st_mtime + 1) == [], "too young to be an orphan"
-    assert podrecord.sweep(tmp_path, names, now=os.stat(path).st_mtime + 3600) == [path.name]
+    assert companions.sweep(tmp_path, names, now=os.stat(path).st_mtime + 1) == [], (
+        "too young to be an orphan"
+    )
+    assert companions.sweep(tmp_path, names, now=os.stat(path).st_mtime + 3600) == [path.name]
     pinned(tmp_path, "core.2")
-    podrecord.remove(tmp_path, "core.2")
+    companions.remove(tmp_path, "core.2")
     assert os.listdir(tmp_path) == ["core.2"]
 
 

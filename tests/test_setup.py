@@ -21,12 +21,12 @@ from tests.receiver import unavailable
 ROOT = Path(__file__).resolve().parent.parent
 COPIED = [
     "tests/setup.sh",
-    "e2e/cluster/cluster.sh",
+    "e2e/cluster/build.sh",
     "e2e/cluster/mkimage.py",
     "e2e/cluster/get-helm.sh",
     "charts/tools/fetch-helm.sh",
 ]
-# What the script and `cluster.sh apiserver` use besides the parts they check.
+# What the script and `build.sh apiserver` use besides the parts they check.
 BASICS = [
     "bash", "sh", "cat", "sed", "sha256sum", "cut", "dirname", "readlink", "date", "grep", "mktemp",
     "env", "flock", "rm", "chmod", "tail", "touch", "mkdir", "bc", "dpkg-query",

@@ -18,9 +18,11 @@ from coredump_shipper.bucket.keys import KeyTemplate, header_safe, key_safe, met
 from coredump_shipper.config.settings import load_config, parse_disk_limit, parse_duration, parse_size
 from coredump_shipper.core.name import CoreNamePattern
 from coredump_shipper.errors import ConfigError
+from coredump_shipper.ops.metrics import METRICS, Metrics
 from coredump_shipper.s3.call import error_code
-from coredump_shipper.s3.parts import MAX_PARTS, MIN_PART, MiB, choose_part_size, compress_bound
+from coredump_shipper.s3.parts import MAX_PARTS, MIN_PART, MiB, UploadFormat, choose_part_size, compress_bound
 from coredump_shipper.s3.retry import Backoff, describe, repeat_until
+from coredump_shipper.s3.settings import store_settings
 
 FIELDS = ("cluster", "node", "filename", "crash_time")
 TiB = 1024**4
@@ -141,6 +143,25 @@ def test_part_size_table(size: int, configured: int, compressed: bool, part: int
 def test_part_size_for_a_store_capped_at_1000_parts() -> None:
     # Swift's s3api: 1,000 parts; a 10 GiB core then needs parts of 11 MiB, not the configured 8.
     assert choose_part_size(10 * 1024 * MiB, 8 * MiB, False, max_parts=1000) == 11 * MiB
+
+
+def test_the_stores_upload_format_comes_from_the_settings() -> None:
+    required = {"watch_dir": "/", "bucket": "cores", "node_name": "n"}
+    compressed = store_settings(
+        load_config({**required, "part_size": "16MiB", "max_parts": "1000"}, {})
+    ).upload_format
+    assert compressed == UploadFormat(16 * MiB, 1000, 1) and compressed.content_type == "application/zstd"
+    assert compressed.part_size_for(16_000 * MiB) == 17 * MiB  # compress_bound(16,000 MiB) / 1,000 parts
+    plain = store_settings(load_config({**required, "compression": "none"}, {})).upload_format
+    assert plain.compression_level is None and plain.content_type == "application/octet-stream"
+    assert plain.part_size_for(100) == plain.part_size == 8 * MiB
+
+
+def test_every_row_of_the_metrics_table_is_a_typed_attribute() -> None:
+    # Metrics declares each attribute's type for mypy; the table is what registers them.
+    declared = {name: kind for name, kind in Metrics.__annotations__.items()}
+    assert declared == {spec.attribute: spec.kind.__name__ for spec in METRICS}
+    assert len({spec.name for spec in METRICS}) == len(METRICS)
 
 
 @given(st.integers(0, 5 * TiB), st.integers(5 * MiB, 64 * MiB), st.booleans())

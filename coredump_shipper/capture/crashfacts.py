@@ -4,7 +4,8 @@ The receiver writes them to ``.<core>.crash.json`` and renames that in before th
 core that has facts has them complete when the watcher sees it. They are read as hostile input:
 bounded in size, opened without following links, every field type- and range-checked, and bound to
 the core by its inode and size (a stale or planted file describing another core is ignored). Names
-that start with a dot are never shipped, and the receiver's files are ignored whatever --ignore says.
+that start with a dot are never shipped; removing facts with their core and sweeping orphans is
+core/companions.py's job.
 """
 
 from __future__ import annotations
@@ -19,13 +20,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from coredump_shipper.capture.failures import SPOOL
-
 log = logging.getLogger(__name__)
 
 SUFFIX = ".crash.json"
 TEMP_PREFIX = ".coredump-receive."
-FAILURES_SPOOL = SPOOL
 MAX_BYTES = 16 * 1024  # the receiver writes at most 8 KiB
 FORMAT = 1
 _POD_UID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -41,11 +39,6 @@ _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 def sidecar_name(core_name: str) -> str:
     return f".{core_name}{SUFFIX}"
-
-
-def is_receiver_file(name: str) -> bool:
-    """The receiver's temporary files and crash facts: never cores, whatever --ignore says."""
-    return name.startswith(TEMP_PREFIX) or (name.startswith(".") and name.endswith(SUFFIX))
 
 
 @dataclass(frozen=True)
@@ -146,43 +139,3 @@ def read(directory: Path, core_name: str, inode: int, size: int) -> CrashFacts |
         return None
     finally:
         os.close(fd)
-
-
-# A receiver killed half-way (OOM, a node reboot) leaves its temporary files; facts whose core was
-# deleted by someone else are orphans. The receiver renames facts in just before the core, and its
-# deadline is minutes, so these ages never catch a crash still being received.
-ORPHAN_AGE = 60.0
-LEFTOVER_AGE = 86400.0
-
-
-def sweep(directory: Path, names: set[str], now: float) -> list[str]:
-    """After a full directory listing: delete orphaned facts and stale receiver leftovers."""
-    removed = []
-    for name in names:
-        if name == FAILURES_SPOOL:  # the receiver's failure records: capturefailures.py reads them
-            continue
-        if name.startswith(TEMP_PREFIX):
-            age = LEFTOVER_AGE
-        elif is_receiver_file(name) and name[1 : -len(SUFFIX)] not in names:
-            age = ORPHAN_AGE
-        else:
-            continue
-        try:
-            if now - os.lstat(directory / name).st_mtime > age:
-                os.unlink(directory / name)
-                removed.append(name)
-        except OSError:
-            continue
-    if removed:
-        log.info("removed %d leftover file(s) of the pipe receiver: %s", len(removed), sorted(removed)[:5])
-    return removed
-
-
-def remove(directory: Path, core_name: str) -> None:
-    """Delete the facts of a core that was deleted (a missing file is fine)."""
-    try:
-        os.unlink(directory / sidecar_name(core_name))
-    except FileNotFoundError:
-        pass
-    except OSError as error:
-        log.warning("crash facts of %r not removed: %s", core_name, error.strerror)

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from coredump_shipper.capture import crashfacts
+from coredump_shipper.core import companions
 from coredump_shipper.errors import FileChanged, SkipFile
-from coredump_shipper.kube import podrecord
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
@@ -111,8 +110,7 @@ class CoreFile:
             os.unlink(self.path)
         except FileNotFoundError:
             return False
-        crashfacts.remove(self.path.parent, self.name)
-        podrecord.remove(self.path.parent, self.name)
+        companions.remove(self.path.parent, self.name)
         return True
 
     def close(self) -> None:

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from coredump_shipper.capture import crashfacts, failures, heartbeat
+from coredump_shipper.capture import failures, heartbeat
 from coredump_shipper.config.settings import Config
+from coredump_shipper.core import companions
 from coredump_shipper.daemon import heap
 from coredump_shipper.daemon.pipeline import Pipeline
 from coredump_shipper.daemon.watcher import Watcher
@@ -26,7 +27,6 @@ from coredump_shipper.diagnostics import capturestate
 from coredump_shipper.diagnostics.checkrow import Check
 from coredump_shipper.diagnostics.s3store import self_test
 from coredump_shipper.errors import S3Error
-from coredump_shipper.kube import podrecord
 from coredump_shipper.ops import endpoints
 from coredump_shipper.ops.metrics import Labelled, Metrics
 from coredump_shipper.s3.client import s3_client
@@ -36,6 +36,7 @@ from coredump_shipper.s3.store import S3Store
 from coredump_shipper.ship import afterupload
 from coredump_shipper.ship.diskbudget import DiskBudget
 from coredump_shipper.ship.kube import kube_features
+from coredump_shipper.ship.settings import kube_settings, shipper_settings
 from coredump_shipper.ship.shipper import Shipper
 from coredump_shipper.stopping import cancel_and_wait
 
@@ -105,8 +106,8 @@ class Service:
         # Built once; every part that acts on shipped files obeys this same object.
         self.after_upload = afterupload.for_daemon(config.after_upload, config.state_path)
         self.ignored = afterupload.IgnoreFilter(config.ignore, self.after_upload)
-        kube = await self._stack.enter_async_context(kube_features(config, self.metrics))
-        shipper = Shipper(config, self.store, self.metrics, self.after_upload, kube=kube)
+        kube = await self._stack.enter_async_context(kube_features(kube_settings(config), self.metrics))
+        shipper = Shipper(shipper_settings(config), self.store, self.metrics, self.after_upload, kube=kube)
         self.pipeline = Pipeline(
             config.watch_dir,
             shipper,
@@ -163,8 +164,7 @@ class Service:
 
     def _after_scan(self, names: set[str]) -> None:
         self.pipeline.forget_missing(names)
-        crashfacts.sweep(self.config.watch_dir, names, time.time())
-        podrecord.sweep(self.config.watch_dir, names, time.time())
+        companions.sweep(self.config.watch_dir, names, time.time())
 
     def stop(self) -> None:
         self._stop.set()

@@ -300,11 +300,10 @@ async def _upload_probe(store: S3Store, config: Config, key: str, probe: ProbeFi
     return await store.upload(
         probe,
         key,
-        {},
-        part_size=min(probe.size, MULTIPART_PROBE_PART),
-        compression_level=None,
-        content_type="text/plain",
+        metadata={},
         object_args=_probe_args(config),
+        part_size=min(probe.size, MULTIPART_PROBE_PART),
+        content_type="text/plain",
     )
 
 

@@ -7,7 +7,7 @@ attempt, in this process or the next, reads it back and ships under the same nam
 key. This module is the file's one home: its name, its format, writing it (atomically: a temporary
 file renamed in), reading it (as hostile input: bounded, never following links, a regular file with
 one name owned by this uid and writable by no one else, every field checked, bound to the core by
-inode and size) and removing it with its core or when it is orphaned.
+inode and size). Removing it with its core or when it is orphaned: core/companions.py.
 """
 
 from __future__ import annotations
@@ -33,17 +33,15 @@ _UID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _SECTIONS = frozenset({"containers", "initContainers", "ephemeralContainers"})
-# An orphan (its core deleted by someone else) is removed by the next full scan after this long.
-ORPHAN_AGE = 60.0
 
 
 def record_name(core_name: str) -> str:
     return f".{core_name}{SUFFIX}"
 
 
-def is_record_file(name: str) -> bool:
-    """The shipper's own pod records and their temporary files: never cores, whatever --ignore says."""
-    return name.startswith(".") and name.endswith((SUFFIX, TEMP_SUFFIX))
+def temp_name(core_name: str) -> str:
+    """The record while it is written, renamed to record_name() once complete."""
+    return f".{core_name}{TEMP_SUFFIX}"
 
 
 def _pod_json(pod: Pod, container: Container | None) -> dict[str, Any]:
@@ -73,7 +71,7 @@ def write(
 ) -> None:
     """Pin `pod` to the core with this inode and size. Blocking; raises OSError."""
     final = directory / record_name(core_name)
-    temp = directory / f".{core_name}{TEMP_SUFFIX}"
+    temp = directory / temp_name(core_name)
     body = json.dumps(
         {"format": FORMAT, "inode": inode, "size": size, "pod": _pod_json(pod, container)}, sort_keys=True
     ).encode()
@@ -178,34 +176,3 @@ def read(directory: Path, core_name: str, inode: int, size: int) -> tuple[Pod, C
         return None
     finally:
         os.close(fd)
-
-
-def remove(directory: Path, core_name: str) -> None:
-    """Delete the record of a core that was deleted (a missing file is fine)."""
-    for name in (record_name(core_name), f".{core_name}{TEMP_SUFFIX}"):
-        try:
-            os.unlink(directory / name)
-        except FileNotFoundError:
-            pass
-        except OSError as error:
-            log.warning("pod record %r not removed: %s", name, error.strerror)
-
-
-def sweep(directory: Path, names: set[str], now: float) -> list[str]:
-    """After a full directory listing: delete records whose core is gone."""
-    removed = []
-    for name in names:
-        if not is_record_file(name):
-            continue
-        suffix = TEMP_SUFFIX if name.endswith(TEMP_SUFFIX) else SUFFIX
-        if name[1 : -len(suffix)] in names:
-            continue
-        try:
-            if now - os.lstat(directory / name).st_mtime > ORPHAN_AGE:
-                os.unlink(directory / name)
-                removed.append(name)
-        except OSError:
-            continue
-    if removed:
-        log.info("removed %d pod record(s) whose core is gone: %s", len(removed), sorted(removed)[:5])
-    return removed

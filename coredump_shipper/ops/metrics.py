@@ -1,9 +1,11 @@
-"""Every metric the shipper exports, registered on an injected registry (a fresh one per test)."""
+"""Every metric the shipper exports, one table row each, registered on an injected registry (a fresh
+one per test)."""
 
 from __future__ import annotations
 
 import platform
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 
 from prometheus_client import (
     CollectorRegistry,
@@ -42,8 +44,263 @@ EVENT_RESULTS = ("created", "updated", "rate_limited", "dropped", "failed")
 EXCLUDE_REASONS = ("namespace", "pod_selector", "pod_annotation")
 
 
+@dataclass(frozen=True)
+class Spec:
+    """One metric: the Metrics attribute that holds it, its kind, name (after the prefix), help and labels.
+
+    `values` are the label values whose series exist from the start (at 0), so rules and dashboards
+    see every reason before the first one happens; `initial` is a gauge's value before it is first set.
+    """
+
+    attribute: str
+    kind: type[Counter] | type[Gauge] | type[Histogram]
+    name: str
+    help: str
+    labels: tuple[str, ...] = ()
+    values: tuple[str, ...] = ()
+    initial: float | None = None
+
+
+# Registered in this order, which is the order of the README's metrics table.
+METRICS: tuple[Spec, ...] = (
+    Spec("cores_detected", Counter, "cores_detected", "Core files found in the watched directory."),
+    Spec(
+        "uploads",
+        Counter,
+        "uploads",
+        "Upload attempts of whole files, by result.",
+        ("result",),
+        ("success", "failure"),
+    ),
+    Spec("upload_bytes", Counter, "upload_bytes", "Bytes sent to S3 (after compression)."),
+    Spec("core_bytes", Counter, "core_bytes", "Bytes of core files shipped (before compression)."),
+    Spec(
+        "upload_duration",
+        Histogram,
+        "upload_duration_seconds",
+        "Time to ship one core, from opening it to its object being complete.",
+    ),
+    Spec("upload_retries", Counter, "upload_retries", "S3 calls and whole-file uploads tried again."),
+    Spec("queue_depth", Gauge, "queue_depth", "Files waiting for a worker."),
+    Spec("pending_files", Gauge, "pending_files", "Cores on disk found but not yet shipped."),
+    Spec("pending_bytes", Gauge, "pending_bytes", "Bytes of cores on disk found but not yet shipped."),
+    Spec(
+        "skipped_files",
+        Counter,
+        "skipped_files",
+        "Files not shipped (not regular, vanished...), by reason.",
+        ("reason",),
+        SKIP_REASONS,
+    ),
+    Spec(
+        "dropped",
+        Counter,
+        "dropped",
+        "Cores deleted or not shipped to protect the node, by reason.",
+        ("reason",),
+        DROP_REASONS,
+    ),
+    Spec(
+        "capture_failures",
+        Counter,
+        "capture_failures",
+        "Cores the pipe receiver did not store, or stored cut short, by reason.",
+        ("reason",),
+        CAPTURE_FAILURE_REASONS,
+    ),
+    Spec(
+        "inotify_overflows", Counter, "inotify_overflows", "inotify queue overflows (each triggers a rescan)."
+    ),
+    Spec("last_success", Gauge, "last_success_timestamp_seconds", "Unix time of the last shipped core."),
+    Spec(
+        "truncated_cores",
+        Counter,
+        "truncated_cores",
+        "Cores shipped whose ELF headers say they are incomplete.",
+    ),
+    Spec(
+        "disk_usage",
+        Gauge,
+        "disk_usage_bytes",
+        "Space (allocated blocks) the cores in the watched directory take.",
+    ),
+    Spec(
+        "disk_limit",
+        Gauge,
+        "disk_limit_bytes",
+        "The disk budget in force: --max-use and --keep-free in bytes.",
+        ("limit",),
+        ("max_use", "keep_free"),
+    ),
+    Spec(
+        "storm_limit",
+        Gauge,
+        "storm_limit_cores",
+        "Cores of one program of one workload shipped per window before rate limiting.",
+    ),
+    Spec(
+        "storm_window",
+        Gauge,
+        "storm_window_seconds",
+        "The window of the storm limit (per workload and program).",
+    ),
+    Spec(
+        "integrity_failures",
+        Counter,
+        "integrity_failures",
+        "Objects whose ETag shows the store kept other bytes than were sent (removed; the core is kept).",
+    ),
+    # s3_reachable, healthy and oldest_pending_age are read when scraped (set_function, by the
+    # daemon), so they are never stale.
+    Spec(
+        "s3_reachable",
+        Gauge,
+        "s3_reachable",
+        "1 while S3 answers: the last periodic check (HeadBucket every 15 s) succeeded and an S3 call"
+        " succeeded in the last minute; 0 otherwise, also before the first answer.",
+    ),
+    Spec(
+        "s3_last_success",
+        Gauge,
+        "s3_last_success_timestamp_seconds",
+        "Unix time of the last S3 call that succeeded (the periodic check or an upload); 0: none yet.",
+    ),
+    Spec(
+        "start_time",
+        Gauge,
+        "start_time_seconds",
+        "Unix time this shipper process started (a change means a restart).",
+    ),
+    Spec(
+        "self_test",
+        Gauge,
+        "self_test_success",
+        "1 if the start-up S3 self-test passed, 0 if it failed, -1 before it ran or when it is off.",
+        initial=-1,
+    ),
+    Spec(
+        "self_test_warnings",
+        Gauge,
+        "self_test_warnings",
+        "Checks of the start-up S3 self-test that passed with a warning (e.g. no ListMultipartUploads).",
+    ),
+    Spec(
+        "healthy",
+        Gauge,
+        "healthy",
+        "1 while /healthz passes (watcher running, no wedged or dead worker), else 0.",
+        initial=1,
+    ),
+    Spec(
+        "workers_wedged",
+        Gauge,
+        "workers_wedged",
+        "Workers busy with no S3 call finished for --stall-timeout, or dead: each fails /healthz.",
+    ),
+    Spec("watcher_running", Gauge, "watcher_running", "1 while the directory watcher runs, else 0."),
+    Spec(
+        "oldest_pending_age",
+        Gauge,
+        "oldest_pending_age_seconds",
+        "Age of the oldest core waiting to be shipped, from its modification time (0: none waits).",
+    ),
+    Spec(
+        "most_failed_attempts",
+        Gauge,
+        "pending_failed_attempts_max",
+        "The most failed upload attempts of one core still waiting to be shipped.",
+    ),
+    # Pod identity and Events: what the Kubernetes API gave and what was said to it.
+    Spec(
+        "enrichment",
+        Counter,
+        "enrichment",
+        "Cores looked up in the Kubernetes API for their pod, by result (matched or why not).",
+        ("result",),
+        ENRICHMENT_RESULTS,
+    ),
+    Spec(
+        "events",
+        Counter,
+        "events",
+        "CoreDumped Events on pods: created, updated (series), rate_limited, dropped, failed.",
+        ("result",),
+        EVENT_RESULTS,
+    ),
+    # What is captured at all: cores excluded by choice, and whether the kernel sends cores here.
+    Spec(
+        "excluded",
+        Counter,
+        "excluded",
+        "Cores deleted unshipped because their pod is excluded: namespace, pod_selector, pod_annotation.",
+        ("reason",),
+        EXCLUDE_REASONS,
+    ),
+    Spec(
+        "capture_configured",
+        Gauge,
+        "capture_configured",
+        "1 if the node's core_pattern (and core_pipe_limit) send cores to this shipper, 0 if not, "
+        "-1 before the first check or with --capture-mode off.",
+        initial=-1,
+    ),
+)
+
+
+def register(spec: Spec, registry: CollectorRegistry) -> Counter | Gauge | Histogram:
+    """The metric of one table row, registered, with its fixed label values' series created."""
+    name = f"{PREFIX}_{spec.name}"
+    metric: Counter | Gauge | Histogram
+    if spec.kind is Histogram:
+        metric = Histogram(name, spec.help, spec.labels, buckets=DURATION_BUCKETS, registry=registry)
+    else:
+        metric = spec.kind(name, spec.help, spec.labels, registry=registry)
+    for value in spec.values:
+        metric.labels(value)
+    if spec.initial is not None and isinstance(metric, Gauge):
+        metric.set(spec.initial)
+    return metric
+
+
 class Metrics:
-    """The shipper's metrics. Label values are fixed sets: never file, pod or key names."""
+    """The shipper's metrics (the METRICS table, plus build info). Label values are fixed sets: never
+    file, pod or key names."""
+
+    # One attribute per row of METRICS (tests/test_units.py checks that they match).
+    cores_detected: Counter
+    uploads: Counter
+    upload_bytes: Counter
+    core_bytes: Counter
+    upload_duration: Histogram
+    upload_retries: Counter
+    queue_depth: Gauge
+    pending_files: Gauge
+    pending_bytes: Gauge
+    skipped_files: Counter
+    dropped: Counter
+    capture_failures: Counter
+    inotify_overflows: Counter
+    last_success: Gauge
+    truncated_cores: Counter
+    disk_usage: Gauge
+    disk_limit: Gauge
+    storm_limit: Gauge
+    storm_window: Gauge
+    integrity_failures: Counter
+    s3_reachable: Gauge
+    s3_last_success: Gauge
+    start_time: Gauge
+    self_test: Gauge
+    self_test_warnings: Gauge
+    healthy: Gauge
+    workers_wedged: Gauge
+    watcher_running: Gauge
+    oldest_pending_age: Gauge
+    most_failed_attempts: Gauge
+    enrichment: Counter
+    events: Counter
+    excluded: Counter
+    capture_configured: Gauge
 
     def __init__(self, registry: CollectorRegistry | None = None, *, process: bool = True) -> None:
         # A `*_created` gauge per counter and histogram doubles the series and no rule reads them.
@@ -55,201 +312,10 @@ class Metrics:
             process_collector.ProcessCollector(registry=r)
             platform_collector.PlatformCollector(registry=r)
             gc_collector.GCCollector(registry=r)
-
-        def name(short: str) -> str:
-            return f"{PREFIX}_{short}"
-
-        self.build_info = Info(name("build"), "Version of the running shipper.", registry=r)
+        self.build_info = Info(f"{PREFIX}_build", "Version of the running shipper.", registry=r)
         self.build_info.info({"version": __version__, "python": platform.python_version()})
-        self.cores_detected = Counter(
-            name("cores_detected"), "Core files found in the watched directory.", registry=r
-        )
-        self.uploads = Counter(
-            name("uploads"), "Upload attempts of whole files, by result.", ["result"], registry=r
-        )
-        self.upload_bytes = Counter(name("upload_bytes"), "Bytes sent to S3 (after compression).", registry=r)
-        self.core_bytes = Counter(
-            name("core_bytes"), "Bytes of core files shipped (before compression).", registry=r
-        )
-        self.upload_duration = Histogram(
-            name("upload_duration_seconds"),
-            "Time to ship one core, from opening it to its object being complete.",
-            buckets=DURATION_BUCKETS,
-            registry=r,
-        )
-        self.upload_retries = Counter(
-            name("upload_retries"), "S3 calls and whole-file uploads tried again.", registry=r
-        )
-        self.queue_depth = Gauge(name("queue_depth"), "Files waiting for a worker.", registry=r)
-        self.pending_files = Gauge(
-            name("pending_files"), "Cores on disk found but not yet shipped.", registry=r
-        )
-        self.pending_bytes = Gauge(
-            name("pending_bytes"), "Bytes of cores on disk found but not yet shipped.", registry=r
-        )
-        self.skipped_files = Counter(
-            name("skipped_files"),
-            "Files not shipped (not regular, vanished...), by reason.",
-            ["reason"],
-            registry=r,
-        )
-        self.dropped = Counter(
-            name("dropped"),
-            "Cores deleted or not shipped to protect the node, by reason.",
-            ["reason"],
-            registry=r,
-        )
-        self.capture_failures = Counter(
-            name("capture_failures"),
-            "Cores the pipe receiver did not store, or stored cut short, by reason.",
-            ["reason"],
-            registry=r,
-        )
-        self.inotify_overflows = Counter(
-            name("inotify_overflows"),
-            "inotify queue overflows (each triggers a rescan).",
-            registry=r,
-        )
-        self.last_success = Gauge(
-            name("last_success_timestamp_seconds"),
-            "Unix time of the last shipped core.",
-            registry=r,
-        )
-        self.truncated_cores = Counter(
-            name("truncated_cores"),
-            "Cores shipped whose ELF headers say they are incomplete.",
-            registry=r,
-        )
-        self.disk_usage = Gauge(
-            name("disk_usage_bytes"),
-            "Space (allocated blocks) the cores in the watched directory take.",
-            registry=r,
-        )
-        self.disk_limit = Gauge(
-            name("disk_limit_bytes"),
-            "The disk budget in force: --max-use and --keep-free in bytes.",
-            ["limit"],
-            registry=r,
-        )
-        self.storm_limit = Gauge(
-            name("storm_limit_cores"),
-            "Cores of one program of one workload shipped per window before rate limiting.",
-            registry=r,
-        )
-        self.storm_window = Gauge(
-            name("storm_window_seconds"),
-            "The window of the storm limit (per workload and program).",
-            registry=r,
-        )
-        self.integrity_failures = Counter(
-            name("integrity_failures"),
-            "Objects whose ETag shows the store kept other bytes than were sent (removed; the core is kept).",
-            registry=r,
-        )
-        # Read when scraped (set_function), from the shipper's periodic S3 check.
-        self.s3_reachable = Gauge(
-            name("s3_reachable"),
-            "1 while S3 answers: the last periodic check (HeadBucket every 15 s) succeeded and an S3 call"
-            " succeeded in the last minute; 0 otherwise, also before the first answer.",
-            registry=r,
-        )
-        self.s3_last_success = Gauge(
-            name("s3_last_success_timestamp_seconds"),
-            "Unix time of the last S3 call that succeeded (the periodic check or an upload); 0: none yet.",
-            registry=r,
-        )
-        self.start_time = Gauge(
-            name("start_time_seconds"),
-            "Unix time this shipper process started (a change means a restart).",
-            registry=r,
-        )
-        self.self_test = Gauge(
-            name("self_test_success"),
-            "1 if the start-up S3 self-test passed, 0 if it failed, -1 before it ran or when it is off.",
-            registry=r,
-        )
-        self.self_test.set(-1)
-        self.self_test_warnings = Gauge(
-            name("self_test_warnings"),
-            "Checks of the start-up S3 self-test that passed with a warning (e.g. no ListMultipartUploads).",
-            registry=r,
-        )
-        # Health and backlog age are read when scraped (set_function), so they are never stale.
-        self.healthy = Gauge(
-            name("healthy"),
-            "1 while /healthz passes (watcher running, no wedged or dead worker), else 0.",
-            registry=r,
-        )
-        self.healthy.set(1)
-        self.workers_wedged = Gauge(
-            name("workers_wedged"),
-            "Workers busy with no S3 call finished for --stall-timeout, or dead: each fails /healthz.",
-            registry=r,
-        )
-        self.watcher_running = Gauge(
-            name("watcher_running"), "1 while the directory watcher runs, else 0.", registry=r
-        )
-        self.oldest_pending_age = Gauge(
-            name("oldest_pending_age_seconds"),
-            "Age of the oldest core waiting to be shipped, from its modification time (0: none waits).",
-            registry=r,
-        )
-        self.most_failed_attempts = Gauge(
-            name("pending_failed_attempts_max"),
-            "The most failed upload attempts of one core still waiting to be shipped.",
-            registry=r,
-        )
-        self._kubernetes_metrics(r)
-        self._capture_metrics(r)
-        for limit in ("max_use", "keep_free"):
-            self.disk_limit.labels(limit)
-        for result in ("success", "failure"):
-            self.uploads.labels(result)
-        for reason in SKIP_REASONS:
-            self.skipped_files.labels(reason)
-        for counter, reasons in (
-            (self.dropped, DROP_REASONS),
-            (self.capture_failures, CAPTURE_FAILURE_REASONS),
-        ):
-            for reason in reasons:
-                counter.labels(reason)
-
-    def _kubernetes_metrics(self, r: CollectorRegistry) -> None:
-        """Pod identity and Events: what the Kubernetes API gave and what was said to it."""
-        self.enrichment = Counter(
-            f"{PREFIX}_enrichment",
-            "Cores looked up in the Kubernetes API for their pod, by result (matched or why not).",
-            ["result"],
-            registry=r,
-        )
-        self.events = Counter(
-            f"{PREFIX}_events",
-            "CoreDumped Events on pods: created, updated (series), rate_limited, dropped, failed.",
-            ["result"],
-            registry=r,
-        )
-        for result in ENRICHMENT_RESULTS:
-            self.enrichment.labels(result)
-        for result in EVENT_RESULTS:
-            self.events.labels(result)
-
-    def _capture_metrics(self, r: CollectorRegistry) -> None:
-        """What is captured at all: cores excluded by choice, and whether the kernel sends cores here."""
-        self.excluded = Counter(
-            f"{PREFIX}_excluded",
-            "Cores deleted unshipped because their pod is excluded: namespace, pod_selector, pod_annotation.",
-            ["reason"],
-            registry=r,
-        )
-        self.capture_configured = Gauge(
-            f"{PREFIX}_capture_configured",
-            "1 if the node's core_pattern (and core_pipe_limit) send cores to this shipper, 0 if not, "
-            "-1 before the first check or with --capture-mode off.",
-            registry=r,
-        )
-        self.capture_configured.set(-1)
-        for reason in EXCLUDE_REASONS:
-            self.excluded.labels(reason)
+        for spec in METRICS:
+            setattr(self, spec.attribute, register(spec, r))
 
 
 class Labelled(Collector):

@@ -17,6 +17,7 @@ import hashlib
 import math
 import os
 import threading
+from dataclasses import dataclass
 
 import zstandard
 
@@ -99,6 +100,25 @@ def choose_part_size(size: int, configured: int, compressed: bool, max_parts: in
     if part > MAX_PART:
         raise ValueError(f"a {size}-byte file cannot be uploaded in {max_parts} parts of at most 5 GiB")
     return part
+
+
+@dataclass(frozen=True)
+class UploadFormat:
+    """How the store turns a file into an object: its part size, its most parts, zstd or not.
+
+    The store owns it (StoreSettings), so the parts that ship cores name only what they store.
+    """
+
+    part_size: int = 8 * MiB  # as configured; choose_part_size raises it for a large file
+    max_parts: int = MAX_PARTS
+    compression_level: int | None = None  # None: stored as is
+
+    @property
+    def content_type(self) -> str:
+        return "application/zstd" if self.compression_level is not None else "application/octet-stream"
+
+    def part_size_for(self, size: int) -> int:
+        return choose_part_size(size, self.part_size, self.compression_level is not None, self.max_parts)
 
 
 class PartSource:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from coredump_shipper.s3.parts import UploadFormat
 from coredump_shipper.s3.retry import Backoff
 
 if TYPE_CHECKING:
@@ -35,13 +36,15 @@ class ClientSettings:
 
 @dataclass(frozen=True)
 class StoreSettings:
-    """What the store needs: where to upload, how often and how long to try each call, part memory."""
+    """What the store needs: where to upload, how often and how long to try each call, part memory,
+    and how a file becomes an object (part size, compression)."""
 
     bucket: str
     backoff: Backoff
     parts_in_flight: int
     call_attempts: int = 5
     call_timeout: float = 120.0
+    upload_format: UploadFormat = field(default_factory=UploadFormat)
 
 
 def client_settings(config: Config) -> ClientSettings:
@@ -67,6 +70,11 @@ def store_settings(config: Config) -> StoreSettings:
         parts_in_flight=config.parts_in_flight,
         call_attempts=config.max_attempts,
         call_timeout=config.call_timeout,
+        upload_format=UploadFormat(
+            part_size=config.part_size,
+            max_parts=config.max_parts,
+            compression_level=config.compression_level if config.compression == "zstd" else None,
+        ),
     )
 
 

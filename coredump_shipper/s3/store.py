@@ -109,6 +109,7 @@ class S3Store:
         self.backoff = settings.backoff
         self.call_attempts = settings.call_attempts
         self.call_timeout = settings.call_timeout
+        self.format = settings.upload_format
         self._buffers = PartBuffers(settings.parts_in_flight)
         # Monotonic times of the last S3 call that ended (well or badly) and that succeeded:
         # liveness looks at the first, readiness at the second.
@@ -170,19 +171,28 @@ class S3Store:
         self,
         core: Source,
         key: str,
+        *,
         metadata: Mapping[str, str],
-        part_size: int,
-        compression_level: int | None,
-        content_type: str,
         object_args: Mapping[str, Any],
+        part_size: int | None = None,
+        content_type: str | None = None,
     ) -> UploadResult:
-        """Upload `core` under `key`. Raises FileChanged if the file changed before completion.
+        """Upload `core` under `key` in the store's format. Raises FileChanged if the file changed
+        before completion.
 
         `object_args` are extra PutObject / CreateMultipartUpload arguments (encryption, tags...).
+        `part_size` and `content_type` replace the format's choice (the diagnostics' probes).
         """
-        source = PartSource(core.fd, core.size, part_size, compression_level)
+        if part_size is None:
+            part_size = self.format.part_size_for(core.size)
+        source = PartSource(core.fd, core.size, part_size, self.format.compression_level)
         # What PutObject and CreateMultipartUpload share.
-        create = {"Bucket": self.bucket, "Key": key, "ContentType": content_type, **object_args}
+        create = {
+            "Bucket": self.bucket,
+            "Key": key,
+            "ContentType": content_type or self.format.content_type,
+            **object_args,
+        }
         try:
             if core.size <= part_size:
                 return await self._put(core, source, key, metadata, create)

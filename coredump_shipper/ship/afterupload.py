@@ -14,10 +14,9 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from coredump_shipper.capture.crashfacts import is_receiver_file
+from coredump_shipper.core import companions
 from coredump_shipper.core.file import CoreFile, Identity
 from coredump_shipper.errors import FileChanged
-from coredump_shipper.kube.podrecord import is_record_file
 from coredump_shipper.ship.shippedrecord import ShippedRecord
 
 
@@ -90,6 +89,6 @@ class IgnoreFilter:
         self.policy = policy
 
     def __call__(self, name: str) -> bool:
-        if is_receiver_file(name) or is_record_file(name):  # crash facts, pinned pods, their temporaries
+        if companions.is_companion(name):  # crash facts, pinned pods, their temporaries
             return True
         return self.policy.owns(name) or any(fnmatch.fnmatchcase(name, glob) for glob in self.globs)

@@ -15,9 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from coredump_shipper.capture import crashfacts
 from coredump_shipper.capture.disklimit import DiskLimit
-from coredump_shipper.kube import podrecord
+from coredump_shipper.core import companions
 from coredump_shipper.ops.metrics import Metrics
 from coredump_shipper.ship.afterupload import AfterUpload
 from coredump_shipper.ship.claims import Claims
@@ -97,8 +96,7 @@ class DiskBudget:
             # A core that occupies no blocks (all holes) frees nothing: deleting it would only lose it.
             if core.allocated == 0 or not claims.delete_unclaimed(self.watch_dir / core.name, core.inode):
                 continue
-            crashfacts.remove(self.watch_dir, core.name)  # the pipe receiver's facts of that core
-            podrecord.remove(self.watch_dir, core.name)  # and its pinned pod
+            companions.remove(self.watch_dir, core.name)  # the receiver's facts, the pinned pod
             used -= core.allocated
             free += core.allocated
             if core.shipped:

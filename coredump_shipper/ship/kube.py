@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from coredump_shipper.config.settings import Config
 from coredump_shipper.core.facts import CoreFacts
 from coredump_shipper.errors import ConfigError
 from coredump_shipper.kube.access import resolve
@@ -25,6 +24,7 @@ from coredump_shipper.kube.events import CoreNotice, EventRecorder
 from coredump_shipper.kube.pods import Pod, PodCache
 from coredump_shipper.ops.metrics import Metrics
 from coredump_shipper.ship.podidentity import PodIdentity
+from coredump_shipper.ship.settings import KubeSettings
 from coredump_shipper.ship.sightings import Sighting
 from coredump_shipper.stopping import cancel_and_wait
 
@@ -71,14 +71,14 @@ class Kube:
 
 
 @contextlib.asynccontextmanager
-async def kube_features(config: Config, metrics: Metrics) -> AsyncIterator[Kube | None]:
-    access = resolve(config.kubernetes, config.kubeconfig, os.environ)
+async def kube_features(settings: KubeSettings, metrics: Metrics) -> AsyncIterator[Kube | None]:
+    access = resolve(settings.kubernetes, settings.kubeconfig, os.environ)
     if access is None:
-        if config.capture_filter.configured:
+        if settings.capture_filter.configured:
             log.warning(
                 "no Kubernetes API: --exclude-namespaces and --pod-selector cannot apply; every core ships"
             )
-        elif config.kubernetes != "off":
+        elif settings.kubernetes != "off":
             log.info("no Kubernetes API (not in a pod, no --kubeconfig): cores get no pod fields or Events")
         yield None
         return
@@ -89,10 +89,10 @@ async def kube_features(config: Config, metrics: Metrics) -> AsyncIterator[Kube 
         raise ConfigError("--kubeconfig", f"{access.source}: {error}") from None
     try:
         # The selector's labels are kept too: the capture filter reads them from the pinned pod.
-        labels = tuple(dict.fromkeys((*config.pod_labels, *config.capture_filter.label_keys)))
-        cache = PodCache(client, config.node_name, labels)
-        identity = PodIdentity(cache, config.pod_labels, config.pod_lookup_timeout, metrics)
-        recorder = EventRecorder(client, config.node_name, metrics) if config.events else None
+        labels = tuple(dict.fromkeys((*settings.pod_labels, *settings.capture_filter.label_keys)))
+        cache = PodCache(client, settings.node_name, labels)
+        identity = PodIdentity(cache, settings.pod_labels, settings.pod_lookup_timeout, metrics)
+        recorder = EventRecorder(client, settings.node_name, metrics) if settings.events else None
         tasks = [asyncio.create_task(cache.run(), name="pod-cache")]
         if recorder is not None:
             tasks.append(asyncio.create_task(recorder.run(), name="pod-events"))
@@ -100,11 +100,11 @@ async def kube_features(config: Config, metrics: Metrics) -> AsyncIterator[Kube 
             "Kubernetes API at %s (%s): pods of node %s%s",
             access.server,
             access.source,
-            config.node_name,
+            settings.node_name,
             ", CoreDumped Events on" if recorder else "",
         )
         try:
-            yield Kube(cache, identity, recorder, config.bucket)
+            yield Kube(cache, identity, recorder, settings.bucket)
         finally:
             if recorder is not None:
                 await recorder.drain(EVENT_DRAIN_SECONDS)

@@ -16,18 +16,17 @@ from typing import TYPE_CHECKING, Any
 
 from coredump_shipper.bucket.fleetindex import entry_key
 from coredump_shipper.bucket.manifest import Manifest, manifest_key
-from coredump_shipper.config.settings import Config
 from coredump_shipper.core.facts import CoreFacts, core_uses_pid, gather, truncation_hint
 from coredump_shipper.core.file import CoreFile
 from coredump_shipper.core.signature import describe as describe_signature
 from coredump_shipper.errors import FileChanged, S3Error
 from coredump_shipper.kube.pods import CAPTURE_ANNOTATION
 from coredump_shipper.ops.metrics import Metrics
-from coredump_shipper.s3.parts import choose_part_size
 from coredump_shipper.s3.store import S3Store, UploadResult
 from coredump_shipper.ship.afterupload import AfterUpload
 from coredump_shipper.ship.dayindex import DayIndex
 from coredump_shipper.ship.pinning import PodPins
+from coredump_shipper.ship.settings import ShipperSettings
 from coredump_shipper.ship.sightings import Sighting, Sightings
 from coredump_shipper.ship.storm import StormLimiter, storm_key, storm_scope
 
@@ -56,31 +55,30 @@ async def _close_deleted(core: CoreFile) -> None:
 class Shipper:
     def __init__(
         self,
-        config: Config,
+        settings: ShipperSettings,
         store: S3Store,
         metrics: Metrics,
         after_upload: AfterUpload,
         *,
         kube: Kube | None = None,
     ) -> None:
-        self.config = config
+        self.settings = settings
         self.store = store
         self.metrics = metrics
         self.after_upload = after_upload
         self.kube = kube
-        self.fields = config.template_fields
-        self.compressed = config.compression == "zstd"
-        self.keys = config.keys
-        self.pattern = config.core_names.with_uses_pid(core_uses_pid())
-        self.storm = StormLimiter(config.storm_limit, config.storm_window)
-        self.storage = config.storage
-        self.capture_filter = config.capture_filter
+        self.fields = settings.template_fields
+        self.keys = settings.keys
+        self.pattern = settings.core_names.with_uses_pid(core_uses_pid())
+        self.storm = StormLimiter(settings.storm_limit, settings.storm_window)
+        self.storage = settings.storage
+        self.capture_filter = settings.capture_filter
         self._said_excluded: set[tuple[str, str, str]] = set()
         self.pins = PodPins(kube.identity, self._gather) if kube is not None else None
-        self.sightings = Sightings(store.client, store.bucket, config.cluster_name)
-        self.day_index = DayIndex(store, config.cluster_name)
-        metrics.storm_limit.set(config.storm_limit)
-        metrics.storm_window.set(config.storm_window)
+        self.sightings = Sightings(store.client, store.bucket, settings.cluster_name)
+        self.day_index = DayIndex(store, settings.cluster_name)
+        metrics.storm_limit.set(settings.storm_limit)
+        metrics.storm_window.set(settings.storm_window)
 
     async def ship(self, path: Path) -> str | None:
         """Ship one file; its key, or None when no core object was stored (shipped before, in keep
@@ -152,9 +150,8 @@ class Shipper:
 
     def _gather(self, core: CoreFile) -> CoreFacts:
         """Blocking: what the name, the headers and the receiver's facts say about the core."""
-        facts = gather(
-            core, self.pattern, self.config.cluster_name, self.config.node_name, self.config.compression
-        )
+        settings = self.settings
+        facts = gather(core, self.pattern, settings.cluster_name, settings.node_name, settings.compression)
         # Every template field present (None when unknown).
         values = {name: None for name in self.fields} | facts.template_values
         return dataclasses.replace(facts, template_values=values)
@@ -195,17 +192,8 @@ class Shipper:
         await self.day_index.record(manifest.fields, object_args)
 
     async def _upload(self, core: CoreFile, key: str, facts: CoreFacts) -> UploadResult:
-        part_size = choose_part_size(core.size, self.config.part_size, self.compressed, self.config.max_parts)
         object_args = self.storage.args(facts.template_values)
-        result = await self.store.upload(
-            core,
-            key,
-            facts.metadata,
-            part_size,
-            self.config.compression_level if self.compressed else None,
-            "application/zstd" if self.compressed else "application/octet-stream",
-            object_args,
-        )
+        result = await self.store.upload(core, key, metadata=facts.metadata, object_args=object_args)
         # Written last: a manifest means its core object is complete.
         manifest = Manifest.for_core(
             key,

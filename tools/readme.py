@@ -1,20 +1,28 @@
-"""Generated parts of README.md, so the docs cannot drift from the code.
+"""Generated parts of the user docs (README.md and docs/*.md), so the docs cannot drift from the code.
 
-`python -m tests.docs` rewrites the blocks between `<!-- NAME:start -->` and `<!-- NAME:end -->`;
-tests/test_docs.py fails when README.md differs from what this would write.
+    python -m tools.readme          # rewrite every generated block where it lives
+    python -m tools.readme --check  # exit 1 if a page is out of date
+
+A block is the text between `<!-- NAME:start -->` and `<!-- NAME:end -->` for a NAME of BLOCKS; it
+may live on any page of `pages()`, and moving it to another page needs no change here.
+tests/docs/test_docs.py fails when a page differs from what this would write, or when a block is
+missing or appears twice.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from coredump_shipper.config.settings import SETTINGS
 from coredump_shipper.ops.metrics import Metrics
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
 
 
 def settings_table() -> str:
@@ -45,8 +53,8 @@ def metrics_table() -> str:
     return "\n".join(rows)
 
 
-# Every S3 call the daemon makes, and the IAM action that allows it (tests/test_security_docs.py
-# checks this against the code, so the README's policy is exactly what the code needs).
+# Every S3 call the daemon makes, and the IAM action that allows it (tests/docs/test_security_docs.py
+# checks this against the code, so the documented policy is exactly what the code needs).
 DAEMON_CALLS = {
     "put_object": "s3:PutObject",
     "create_multipart_upload": "s3:PutObject",
@@ -87,7 +95,7 @@ def iam_policy() -> str:
     return "```json\n" + json.dumps(policy, indent=2) + "\n```"
 
 
-PACKAGE = README.parent / "coredump_shipper"
+PACKAGE = ROOT / "coredump_shipper"
 # Kubernetes API calls are written `client.call("verb", RESOURCE, ...)` and `client.watch(RESOURCE, ...)`.
 _KUBE_CALL = re.compile(r"\.call\(\s*\"([a-z]+)\",\s*([A-Z_]+)\b|\.watch\(\s*([A-Z_]+)\b")
 
@@ -144,10 +152,19 @@ BLOCKS: dict[str, Callable[[], str]] = {
 }
 
 
+def pages() -> list[Path]:
+    """Every page a generated block may live on: the README and the guides under docs/."""
+    return [README, *sorted(DOCS.glob("*.md"))]
+
+
+def _pattern(name: str) -> re.Pattern[str]:
+    return re.compile(rf"(<!-- {name}:start -->\n)(.*?)(\n<!-- {name}:end -->)", re.S)
+
+
 def render(text: str) -> str:
+    """The text with every generated block in it rewritten from the code."""
     for name, make in BLOCKS.items():
-        pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(\n<!-- {name}:end -->)", re.S)
-        text = pattern.sub(rf"\g<1>{_escape(make())}\g<2>", text)
+        text = _pattern(name).sub(rf"\g<1>{_escape(make())}\g<3>", text)
     return text
 
 
@@ -155,5 +172,43 @@ def _escape(replacement: str) -> str:
     return replacement.replace("\\", "\\\\")
 
 
+def homes() -> dict[str, list[Path]]:
+    """Each block's name and the pages that hold it (one, when the docs are right)."""
+    found: dict[str, list[Path]] = {name: [] for name in BLOCKS}
+    for page in pages():
+        text = page.read_text()
+        for name in BLOCKS:
+            found[name] += [page] * len(_pattern(name).findall(text))
+    return found
+
+
+def block(name: str) -> str:
+    """The current text of block `name`, read from the page it lives on."""
+    found = homes()[name]
+    if len(found) != 1:
+        raise LookupError(f"block {name} is on {len(found)} pages, not one: {found}")
+    match = _pattern(name).search(found[0].read_text())
+    return match.group(2) if match else ""
+
+
+def stale() -> list[Path]:
+    """The pages whose generated blocks differ from what the code says."""
+    return [page for page in pages() if render(text := page.read_text()) != text]
+
+
+def main(argv: list[str]) -> int:
+    if "--check" in argv:
+        out_of_date = stale()
+        for page in out_of_date:
+            print(f"{page.relative_to(ROOT)} is out of date: python -m tools.readme", file=sys.stderr)
+        return 1 if out_of_date else 0
+    for page in pages():
+        text = page.read_text()
+        if (new := render(text)) != text:
+            page.write_text(new)
+            print(f"rewrote {page.relative_to(ROOT)}")
+    return 0
+
+
 if __name__ == "__main__":
-    README.write_text(render(README.read_text()))
+    sys.exit(main(sys.argv[1:]))

@@ -1,4 +1,5 @@
-"""README promises that had no test of their own, each checked through the daemon as `run` wires it."""
+"""Promises of the docs (README.md, docs/how-it-works.md, docs/guarantees.md, docs/operations.md,
+docs/performance.md) that had no test of their own, each checked through the daemon as `run` wires it."""
 
 from __future__ import annotations
 
