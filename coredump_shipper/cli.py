@@ -287,7 +287,10 @@ async def _ship(config: Config, args: argparse.Namespace) -> int:
             async with limit:
                 return await _ship_one(shipper, path, config.ship_attempts, backoff)
 
-        results = await asyncio.gather(*(one(path) for path in files))
+        try:
+            results = await asyncio.gather(*(one(path) for path in files))
+        finally:
+            await shipper.close()  # a day summary being written is left to the daemons
     return EXIT_OK if all(results) else EXIT_FAILED
 
 
