@@ -29,20 +29,20 @@ test: test-deps
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check coredump_shipper tests bench docker tools
-	$(BIN)/ruff format --check coredump_shipper tests bench docker tools
+	$(BIN)/ruff check coredump_shipper testkit tests bench docker tools
+	$(BIN)/ruff format --check coredump_shipper testkit tests bench docker tools
 	$(BIN)/ruff check e2e/tests
 	$(BIN)/ruff format --check e2e/tests
 	$(BIN)/mypy
 
 format: $(STAMP)
-	$(BIN)/ruff format coredump_shipper tests bench docker tools
-	$(BIN)/ruff check --fix coredump_shipper tests bench docker tools
+	$(BIN)/ruff format coredump_shipper testkit tests bench docker tools
+	$(BIN)/ruff check --fix coredump_shipper testkit tests bench docker tools
 	$(BIN)/ruff format e2e/tests
 	$(BIN)/ruff check --fix e2e/tests
 
 demo: $(STAMP)
-	$(PY) -m tests.demo
+	$(PY) -m testkit.demo
 
 # The AWS CLI v1 pins its own botocore: it gets a venv of its own (with py-spy for bench.profile).
 BENCH_VENV := .cache/bench-venv

@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.fleet                                  # 10,000 cores
     .venv/bin/python -m bench.fleet --count 100000 --indexed-listing --no-legacy
 
-The cores are seeded straight into an in-process moto (tests/servers/motoinproc.py): a 1-byte core
+The cores are seeded straight into an in-process moto (testkit/servers/motoinproc.py): a 1-byte core
 object, the manifest the shipper writes, and its fleet index entries and day summaries as the bucket
 kind has them. `ls` then runs as the command does, over HTTP on loopback, and every request it sends
 is counted. The buckets:
@@ -36,9 +36,9 @@ from moto.moto_server.werkzeug_app import DomainDispatcherApplication
 from coredump_shipper.browse.grouping import group_cores
 from coredump_shipper.browse.listing import list_cores
 from coredump_shipper.s3.client import s3_client
-from tests.fleetseed import NOW, SIGNATURES, RequestCounter, fleet_objects
-from tests.servers import S3Endpoint
-from tests.servers.motoinproc import backend, indexed_listing, listing_settings, moto_in_process, put_all
+from testkit.fleetseed import NOW, SIGNATURES, RequestCounter, fleet_objects
+from testkit.servers import S3Endpoint
+from testkit.servers.motoinproc import backend, indexed_listing, listing_settings, moto_in_process, put_all
 
 # (name, fleet_objects arguments)
 KINDS: list[tuple[str, dict[str, Any]]] = [

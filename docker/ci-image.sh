@@ -4,7 +4,7 @@
 # through it to a local S3 server.
 #
 #   docker/ci-image.sh build     # image only
-#   docker/ci-image.sh test      # build, then the smoke test (tests/image/smoke.py)
+#   docker/ci-image.sh test      # build, then the smoke test (testkit/imagesmoke.py)
 #
 # What is cached under $CDS_CACHE_DIR (default .cache/image) so that reruns are fast:
 #   - the debootstrap tarball of the base image (keyed by suite and package list),
@@ -171,6 +171,6 @@ ensure_wheelhouse
 build_image
 if [[ $MODE == test ]]; then
   log "smoke test"
-  "$PYTHON" -m tests.image.smoke --image "$IMAGE"
+  "$PYTHON" -m testkit.imagesmoke --image "$IMAGE"
 fi
 log "done in $(($(date +%s) - started)) s"

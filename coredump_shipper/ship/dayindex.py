@@ -56,23 +56,32 @@ class DayIndex:
         self._compaction: asyncio.Task[list[date]] | None = None
 
     async def record(self, fields: Mapping[str, str], object_args: Mapping[str, Any]) -> None:
-        """The day entry of a core whose manifest holds `fields`, and any entry left over before."""
-        self._pending.append(fields)
-        while self._pending:
-            entry = day_entry_key(self._pending[0], self.clock().date())
-            if entry is not None:
-                try:
-                    await self.store.put_small(entry, b"{}", "application/json", object_args)
-                except S3Error as error:
-                    log.warning(
-                        "day index entry for %r not written (written with the next core): %s",
-                        self._pending[0].get("key"),
-                        error,
-                        extra={"event": "index_failed", "key": self._pending[0].get("key")},
-                    )
-                    return
-            self._pending.popleft()
+        """The day entry of a core whose manifest holds `fields`, then any entry left over before."""
+        if not await self._write(fields, object_args):
+            return
+        # Workers record at once: each left-over entry is taken off the queue before it is written,
+        # so no two write the same one (a failed one goes back).
+        for _ in range(len(self._pending)):
+            if not self._pending or not await self._write(self._pending.popleft(), object_args):
+                break
         self._start_compaction(object_args)
+
+    async def _write(self, fields: Mapping[str, str], object_args: Mapping[str, Any]) -> bool:
+        entry = day_entry_key(fields, self.clock().date())
+        if entry is None:
+            return True  # its key alone is too long for a name: ls --full shows it
+        try:
+            await self.store.put_small(entry, b"{}", "application/json", object_args)
+        except S3Error as error:
+            log.warning(
+                "day index entry for %r not written (written with the next core): %s",
+                fields.get("key"),
+                error,
+                extra={"event": "index_failed", "key": fields.get("key")},
+            )
+            self._pending.append(fields)
+            return False
+        return True
 
     @property
     def pending(self) -> int:
