@@ -13,18 +13,18 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Coroutine, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from coredump_shipper import __version__
+from coredump_shipper.browse.filters import Filters
 from coredump_shipper.capture.pattern import ALIVE_WINDOW, DEFAULT_HELPER, pipe_line
 from coredump_shipper.config.settings import (
     SETTINGS,
     SETTINGS_BY_NAME,
     Config,
     load_config,
-    parse_duration,
     raw_value,
 )
 from coredump_shipper.errors import ConfigError, FileChanged, S3Error, ShipperError, SkipFile
@@ -67,11 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-write-probe", action="store_true", help="read-only S3 checks: no probe object or upload"
     )
     ls = commands.add_parser("ls", help="list shipped cores, newest first")
-    for name in ("cluster", "node", "pod", "exe", "namespace", "workload"):
-        ls.add_argument(f"--{name}", dest=f"filter_{name}", metavar="GLOB", help=f"only this {name} (glob)")
-    ls.add_argument("--since", help="only cores that crashed within this duration (e.g. 2h)")
+    Filters.add_arguments(ls)
     ls.add_argument("--limit", type=int, help="at most this many cores")
-    ls.add_argument("--prefix", default="", help="only keys under this prefix (faster on big buckets)")
     ls.add_argument("--json", action="store_true", help="JSON for scripts")
     ls.add_argument(
         "--group", action="store_true", help="one row per crash signature: count, first/last seen, where"
@@ -208,21 +205,10 @@ async def _ls(config: Config, args: argparse.Namespace) -> int:
     from coredump_shipper.s3.client import s3_client
     from coredump_shipper.s3.settings import client_settings
 
-    since = timedelta(seconds=parse_duration(args.since)) if args.since else None
+    filters = Filters.from_args(vars(args), datetime.now(UTC))
     async with s3_client(client_settings(config)) as client:
         entries = await list_cores(
-            client,
-            config.bucket,
-            prefix=args.prefix,
-            cluster=args.filter_cluster,
-            node=args.filter_node,
-            pod=args.filter_pod,
-            exe=args.filter_exe,
-            namespace=args.filter_namespace,
-            workload=args.filter_workload,
-            since=since,
-            limit=None if args.group else args.limit,
-            full=args.full,
+            client, config.bucket, filters, limit=None if args.group else args.limit, full=args.full
         )
     if args.group:
         groups = (
@@ -301,7 +287,10 @@ async def _ship(config: Config, args: argparse.Namespace) -> int:
             async with limit:
                 return await _ship_one(shipper, path, config.ship_attempts, backoff)
 
-        results = await asyncio.gather(*(one(path) for path in files))
+        try:
+            results = await asyncio.gather(*(one(path) for path in files))
+        finally:
+            await shipper.close()  # a day summary being written is left to the daemons
     return EXIT_OK if all(results) else EXIT_FAILED
 
 

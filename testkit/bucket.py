@@ -6,7 +6,8 @@ from typing import Any
 
 import zstandard
 
-from coredump_shipper.bucket.fleetindex import is_index_key
+from coredump_shipper.bucket.fleetindex import DAYS_PREFIX, is_index_key
+from coredump_shipper.bucket.fleetindex import PREFIX as ENTRIES_PREFIX
 from testkit.servers import S3Endpoint
 
 
@@ -31,7 +32,12 @@ class Bucket:
         return [key for key in self.keys() if not key.endswith(".manifest.json") and not is_index_key(key)]
 
     def index_keys(self) -> list[str]:
-        return [key for key in self.keys() if is_index_key(key)]
+        """The signature entries: one per core."""
+        return [key for key in self.keys() if key.startswith(ENTRIES_PREFIX)]
+
+    def day_keys(self) -> list[str]:
+        """The day entries: one per core."""
+        return [key for key in self.keys() if key.startswith(DAYS_PREFIX)]
 
     def get(self, key: str) -> bytes:
         body: bytes = self.client.get_object(Bucket=self.name, Key=key)["Body"].read()

@@ -22,7 +22,7 @@ from typing import IO, TYPE_CHECKING, Any, Final, cast
 
 import zstandard
 
-from coredump_shipper.browse.listing import program_name, program_path
+from coredump_shipper.browse.coreentry import program_name, program_path
 from coredump_shipper.browse.progress import Progress
 from coredump_shipper.browse.safetext import display
 from coredump_shipper.bucket.manifest import Manifest, core_key, manifest_key

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from coredump_shipper.browse.listing import CoreEntry, field_text
+from coredump_shipper.browse.coreentry import CoreEntry, field_text
 
 NO_SIGNATURE = "-"
 

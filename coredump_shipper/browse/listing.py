@@ -1,8 +1,11 @@
-"""`ls`: which cores were shipped, read from their manifests, filtered, newest first.
+"""`ls`: which cores were shipped, filtered, newest first.
 
-Each core's manifest (`<key>.manifest.json`, written after the core object, so its presence means the
-object is complete) says what the core is: filters use its fields, never the key layout, which is
-configurable. The field readers here (program, signal) also serve `fetch`'s gdb hint.
+What a core is comes from its fleet index entries (the fields `ls` uses), read through the day index
+(browse/dayindex.py: one summary per closed day, a listing of the days not summed up yet). A bucket
+shipped before the day index existed, and `--full`, are read from the cores' manifests
+(`<key>.manifest.json`, written after the core object, so its presence means the object is complete),
+with the signature entries standing in for the manifests they repeat. Filters use the recorded
+fields, never the key layout, which is configurable.
 """
 
 from __future__ import annotations
@@ -10,18 +13,17 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import posixpath
-import signal
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from fnmatch import fnmatchcase
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
-from coredump_shipper.browse.safetext import display
-from coredump_shipper.bucket.fleetindex import PREFIX as INDEX_PREFIX
+from coredump_shipper.browse.coreentry import CoreEntry, entry_from_fields, entry_from_manifest
+from coredump_shipper.browse.dayindex import CLOCK_SLACK, read_day_index
+from coredump_shipper.browse.filters import Filters
+from coredump_shipper.bucket.fleetindex import PREFIX as ENTRIES_PREFIX
+from coredump_shipper.bucket.fleetindex import ROOT as INDEX_ROOT
 from coredump_shipper.bucket.fleetindex import cluster_prefix, is_index_key, parse_entry
-from coredump_shipper.bucket.manifest import Manifest, core_key, is_manifest_key
+from coredump_shipper.bucket.manifest import core_key, is_manifest_key
 from coredump_shipper.s3.reads import CoreNotFound, NotAManifest, read_manifest, read_s3
 
 if TYPE_CHECKING:
@@ -33,156 +35,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 LIST_CONCURRENCY: Final = 8
-# SigV4 rejects requests signed by a clock more than 15 minutes off, so a manifest cannot have been
-# stored more than that before the crash it describes (node clock) happened.
-CLOCK_SLACK: Final = timedelta(minutes=15)
-
-
-@dataclass(frozen=True)
-class CoreEntry:
-    """One shipped core as its manifest describes it. Text attributes are for display (printable).
-
-    `fields` holds the manifest as stored (values are printable ASCII with %XX escapes).
-    """
-
-    key: str
-    crash_time: datetime | None
-    cluster: str
-    node: str
-    pod: str
-    exe: str
-    signal: str
-    size: int
-    stored_bytes: int
-    sha256: str
-    fields: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def truncated(self) -> bool:
-        return self.fields.get("truncated") == "true"
-
-    @property
-    def stored(self) -> bool:
-        """False for a core over the node's storm limit: only its manifest was written."""
-        return self.fields.get("rate-limited") != "true"
-
-
-# --- what a manifest says -----------------------------------------------------------------------
-
-
-def field_text(fields: Mapping[str, str], *names: str) -> str:
-    for name in names:
-        if fields.get(name):
-            return display(fields[name])
-    return ""
-
-
-def _int(fields: Mapping[str, str], name: str) -> int:
-    try:
-        return max(0, int(fields.get(name, "")))
-    except ValueError:
-        return 0
-
-
-def _time(fields: Mapping[str, str]) -> datetime | None:
-    text = fields.get("crash-time") or fields.get("crash_time") or ""
-    try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
-
-
-def signal_text(fields: Mapping[str, str]) -> str:
-    """'SIGSEGV (11)' from the signal number and/or name recorded; '' when neither is."""
-    number = fields.get("signal", "").strip()
-    name = display(fields.get("signal-name", "") or fields.get("signal_name", ""))
-    if not number:
-        return name
-    if not number.isdigit():
-        return display(number)
-    if not name:
-        try:
-            name = signal.Signals(int(number)).name
-        except ValueError:
-            return number
-    return f"{name} ({number})"
-
-
-def program_path(fields: Mapping[str, str]) -> str:
-    """The crashed executable's path, if recorded (%E names spell '/' as '!')."""
-    path = display(fields.get("exe-path", "") or fields.get("exe_path", ""))
-    if path.startswith("!") and "/" not in path:
-        path = path.replace("!", "/")
-    return path
-
-
-def program_name(fields: Mapping[str, str]) -> str:
-    return field_text(fields, "exe", "comm", "exe-name") or posixpath.basename(program_path(fields))
-
-
-def entry_from_manifest(manifest_key: str, manifest: Manifest) -> CoreEntry:
-    return entry_from_fields(core_key(manifest_key), manifest.fields, manifest.sha256)
-
-
-def entry_from_fields(key: str, fields: dict[str, str], sha256: str = "") -> CoreEntry:
-    """A core from its manifest's fields, or from the subset its fleet index entry carries."""
-    return CoreEntry(
-        key=key,
-        crash_time=_time(fields),
-        cluster=field_text(fields, "cluster"),
-        node=field_text(fields, "node"),
-        pod=field_text(fields, "pod"),
-        exe=program_name(fields),
-        signal=signal_text(fields),
-        size=_int(fields, "size"),
-        stored_bytes=_int(fields, "stored-bytes"),
-        sha256=sha256 or fields.get("sha256", ""),
-        fields=fields,
-    )
-
-
-@dataclass(frozen=True)
-class Filters:
-    """What `ls` keeps. Values are exact names or shell globs (`api-*`), matched case-sensitively."""
-
-    cluster: str | None = None
-    node: str | None = None
-    pod: str | None = None
-    exe: str | None = None
-    since: datetime | None = None
-    namespace: str | None = None
-    workload: str | None = None
-
-    def match(self, entry: CoreEntry) -> bool:
-        if self.since is not None and (entry.crash_time is None or entry.crash_time < self.since):
-            return False
-        checks = (
-            (self.cluster, (entry.cluster,)),
-            (self.node, (entry.node,)),
-            (self.pod, (entry.pod,)),
-            (self.namespace, (field_text(entry.fields, "namespace"),)),
-            (self.workload, (field_text(entry.fields, "workload"),)),
-        )
-        if any(wanted is not None and not _any_match(wanted, values) for wanted, values in checks):
-            return False
-        return self.exe is None or _any_match(self.exe, _programs(entry))
-
-
-def _programs(entry: CoreEntry) -> tuple[str, ...]:
-    # comm is cut to 15 characters by the kernel: let the path and its base name match too.
-    path = program_path(entry.fields)
-    return (
-        entry.exe,
-        field_text(entry.fields, "comm"),
-        field_text(entry.fields, "exe-name"),
-        path,
-        posixpath.basename(path),
-    )
-
-
-def _any_match(pattern: str, values: Iterable[str]) -> bool:
-    return any(value and fnmatchcase(value, pattern) for value in values)
 
 
 async def _keys(
@@ -228,23 +80,22 @@ async def _manifest_keys(
             return False
         return stored_after is None or modified is None or modified >= stored_after
 
-    if prefix.startswith(INDEX_PREFIX):
+    if prefix.startswith(INDEX_ROOT):
         return []
-    if not INDEX_PREFIX.startswith(prefix):
+    if not INDEX_ROOT.startswith(prefix):
         return await _keys(client, bucket, prefix, keep=keep)
-    # Every key that starts with INDEX_PREFIX sorts before INDEX_PREFIX with its last "/" raised by one.
-    past_index = INDEX_PREFIX[:-1] + chr(ord(INDEX_PREFIX[-1]) + 1)
+    # Every key that starts with INDEX_ROOT sorts before INDEX_ROOT with its last "/" raised by one.
+    past_index = INDEX_ROOT[:-1] + chr(ord(INDEX_ROOT[-1]) + 1)
     before, after = await asyncio.gather(
-        _keys(client, bucket, prefix, stop_at=INDEX_PREFIX, keep=keep),
+        _keys(client, bucket, prefix, stop_at=INDEX_ROOT, keep=keep),
         _keys(client, bucket, prefix, start_after=past_index, keep=keep),
     )
     return before + after
 
 
 async def _index_entries(client: S3Client, bucket: str, cluster: str | None) -> dict[str, dict[str, str]]:
-    """Core key -> its fields, from the fleet index (fleetindex.py), of one cluster when named exactly."""
-    exact = cluster is not None and not any(ch in cluster for ch in "*?[")
-    prefix = cluster_prefix(cluster) if exact and cluster is not None else INDEX_PREFIX
+    """Core key -> its fields, from the signature entries (fleetindex.py), of one cluster when named."""
+    prefix = cluster_prefix(cluster) if cluster is not None else ENTRIES_PREFIX
     entries: dict[str, dict[str, str]] = {}
 
     def keep(key: str, modified: datetime | None) -> bool:
@@ -284,30 +135,41 @@ async def _bounded(items: Sequence[str], work: Callable[[str], Awaitable[T]], li
 async def list_cores(
     store_client: S3Client,
     bucket: str,
+    filters: Filters | None = None,
     *,
-    prefix: str = "",
-    cluster: str | None = None,
-    node: str | None = None,
-    pod: str | None = None,
-    exe: str | None = None,
-    since: timedelta | None = None,
     limit: int | None = None,
-    namespace: str | None = None,
-    workload: str | None = None,
-    now: datetime | None = None,
     concurrency: int = LIST_CONCURRENCY,
     full: bool = False,
 ) -> list[CoreEntry]:
-    """Shipped cores under `prefix` that pass the filters, newest crash first.
+    """Shipped cores that pass the filters, newest crash first.
 
-    Only cores with a manifest are listed: one without is still being uploaded (or its upload failed).
-    A core's fields come from its fleet index entry (the fields `ls` uses), or with `full` from its
-    manifest (every field, one read per core).
+    From the day index (the fields `ls` uses), or, in a bucket without one and with `full`, from the
+    cores' manifests: only cores with a manifest are listed there (one without is still being
+    uploaded, or its upload failed), each from its signature entry, or with `full` (every field, one
+    read per core) or without an entry from its manifest.
     """
-    cutoff = (now or datetime.now(UTC)) - since if since is not None else None
+    filters = filters or Filters()
+
+    def bounded(items: Sequence[Any], work: Callable[[Any], Awaitable[T]]) -> Awaitable[list[T]]:
+        return _bounded(items, work, concurrency)
+
+    index = None if full else await read_day_index(store_client, bucket, filters, bounded)
+    if index is not None:
+        found: list[CoreEntry | None] = [entry_from_fields(key, fields) for key, fields in index.items()]
+    else:
+        found = await _from_manifests(store_client, bucket, filters, concurrency, full=full)
+    entries = [e for e in found if e is not None and filters.match(e)]
+    entries.sort(key=lambda e: (e.crash_time or datetime.min.replace(tzinfo=UTC), e.key), reverse=True)
+    return entries if limit is None else entries[: max(0, limit)]
+
+
+async def _from_manifests(
+    store_client: S3Client, bucket: str, filters: Filters, concurrency: int, *, full: bool
+) -> list[CoreEntry | None]:
+    stored_after = filters.since - CLOCK_SLACK if filters.since is not None else None
     keys, index = await asyncio.gather(
-        _manifest_keys(store_client, bucket, prefix, cutoff - CLOCK_SLACK if cutoff else None),
-        _index_entries(store_client, bucket, cluster) if not full else _nothing(),
+        _manifest_keys(store_client, bucket, filters.prefix, stored_after),
+        _index_entries(store_client, bucket, filters.exact_cluster) if not full else _nothing(),
     )
 
     async def read(key: str) -> CoreEntry | None:
@@ -319,7 +181,7 @@ async def list_cores(
             log.warning("skipping %s: %s", key, error)
             return None
 
-    # A core's index entry stands for its manifest; only cores without one (shipped before the
+    # A core's signature entry stands for its manifest; only cores without one (shipped before the
     # index, or whose entry was not written) cost a read. Entries without a manifest are not shown.
     found: list[CoreEntry | None] = []
     unindexed: list[str] = []
@@ -329,8 +191,4 @@ async def list_cores(
             unindexed.append(key)
         else:
             found.append(entry_from_fields(core_key(key), fields))
-    found += await _bounded(unindexed, read, concurrency)
-    filters = Filters(cluster, node, pod, exe, cutoff, namespace, workload)
-    entries = [e for e in found if e is not None and filters.match(e)]
-    entries.sort(key=lambda e: (e.crash_time or datetime.min.replace(tzinfo=UTC), e.key), reverse=True)
-    return entries if limit is None else entries[: max(0, limit)]
+    return found + await _bounded(unindexed, read, concurrency)

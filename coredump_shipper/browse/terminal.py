@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any, Final
 from coredump_shipper.browse.safetext import cell, display, human_size
 
 if TYPE_CHECKING:
+    from coredump_shipper.browse.coreentry import CoreEntry
     from coredump_shipper.browse.fetch import FetchResult
     from coredump_shipper.browse.grouping import Group
-    from coredump_shipper.browse.listing import CoreEntry
 
 
 def _time_text(moment: datetime | None) -> str:

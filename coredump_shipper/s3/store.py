@@ -430,8 +430,14 @@ class S3Store:
 
     async def put_json(self, key: str, document: Mapping[str, Any], object_args: Mapping[str, Any]) -> None:
         body = json.dumps(document, indent=2, sort_keys=True).encode()
-        # A Content-MD5 (a signed header) makes the store check the manifest's body even when
-        # payloads are not signed: the manifest's sha256 is what vouches for the core.
+        await self.put_small(key, body, "application/json", object_args)
+
+    async def put_small(
+        self, key: str, body: bytes, content_type: str, object_args: Mapping[str, Any]
+    ) -> None:
+        """One object in one PutObject: manifests, index entries, day summaries."""
+        # A Content-MD5 (a signed header) makes the store check the body even when payloads are not
+        # signed: the manifest's sha256 is what vouches for the core, a summary stands for a day.
         digest = base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode()
         await self._call(
             "PutObject",
@@ -440,7 +446,7 @@ class S3Store:
                 Key=key,
                 Body=zero_copy_body(body),
                 ContentMD5=digest,
-                ContentType="application/json",
+                ContentType=content_type,
                 **object_args,
             ),
         )

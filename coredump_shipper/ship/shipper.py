@@ -24,6 +24,7 @@ from coredump_shipper.kube.pods import CAPTURE_ANNOTATION
 from coredump_shipper.ops.metrics import Metrics
 from coredump_shipper.s3.store import S3Store, UploadResult
 from coredump_shipper.ship.afterupload import AfterUpload
+from coredump_shipper.ship.dayindex import DayIndex
 from coredump_shipper.ship.pinning import PodPins
 from coredump_shipper.ship.settings import ShipperSettings
 from coredump_shipper.ship.sightings import Sighting, Sightings
@@ -75,6 +76,7 @@ class Shipper:
         self._said_excluded: set[tuple[str, str, str]] = set()
         self.pins = PodPins(kube.identity, self._gather) if kube is not None else None
         self.sightings = Sightings(store.client, store.bucket, settings.cluster_name)
+        self.day_index = DayIndex(store, settings.cluster_name)
         metrics.storm_limit.set(settings.storm_limit)
         metrics.storm_window.set(settings.storm_window)
 
@@ -142,6 +144,7 @@ class Shipper:
             self.pins.found(path)
 
     async def close(self) -> None:
+        await self.day_index.close()
         if self.pins is not None:
             await self.pins.close()
 
@@ -171,21 +174,22 @@ class Shipper:
         self.kube.core_shipped(pod, facts, key, metadata_only=metadata_only, sighting=sighting)
 
     async def _write_manifest(self, manifest: Manifest, object_args: dict[str, Any]) -> None:
-        """The manifest, then the core's fleet index entry (fleetindex.py). The entry is a
-        convenience: if it cannot be written, `ls` reads the manifest instead, so shipping goes on."""
+        """The manifest, then the core's fleet index entries (fleetindex.py): by signature (the
+        Event's count) and by day (`ls`, dayindex.py). They are a convenience: shipping goes on if
+        they cannot be written (a day entry is written with the next core's)."""
         await self.store.put_json(manifest_key(manifest.key), manifest.to_json(), object_args)
         entry = entry_key(manifest.fields)
-        if entry is None:
-            return
-        try:
-            await self.store.put_json(entry, {}, object_args)
-        except S3Error as error:
-            log.warning(
-                "fleet index entry for %r not written (ls reads its manifest instead): %s",
-                manifest.key,
-                error,
-                extra={"event": "index_failed", "key": manifest.key},
-            )
+        if entry is not None:
+            try:
+                await self.store.put_json(entry, {}, object_args)
+            except S3Error as error:
+                log.warning(
+                    "fleet index entry for %r not written (its signature's count misses it): %s",
+                    manifest.key,
+                    error,
+                    extra={"event": "index_failed", "key": manifest.key},
+                )
+        await self.day_index.record(manifest.fields, object_args)
 
     async def _upload(self, core: CoreFile, key: str, facts: CoreFacts) -> UploadResult:
         object_args = self.storage.args(facts.template_values)

@@ -20,8 +20,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import zstandard
 
+from coredump_shipper.browse.coreentry import CoreEntry, entry_from_manifest
 from coredump_shipper.browse.fetch import IntegrityError, fetch_core, output_name, parse_location
-from coredump_shipper.browse.listing import CoreEntry, Filters, entry_from_manifest, list_cores
+from coredump_shipper.browse.filters import Filters
+from coredump_shipper.browse.listing import list_cores
 from coredump_shipper.browse.safetext import display, human_size
 from coredump_shipper.browse.terminal import describe_fetch, render_json, render_table
 from coredump_shipper.bucket.manifest import SUFFIX as MANIFEST_SUFFIX
@@ -129,9 +131,9 @@ LS_CASES: list[tuple[dict[str, Any], list[str]]] = [
     ({"node": "node-*"}, ["core.new", "core.mid", "core.old"]),
     ({"node": "node"}, []),
     ({"cluster": "nope"}, []),
-    ({"since": timedelta(hours=2)}, ["core.new", "core.mid"]),
-    ({"since": timedelta(minutes=30)}, ["core.new"]),
-    ({"since": timedelta(minutes=30), "cluster": "test"}, []),
+    ({"since": NOW - timedelta(hours=2)}, ["core.new", "core.mid"]),
+    ({"since": NOW - timedelta(minutes=30)}, ["core.new"]),
+    ({"since": NOW - timedelta(minutes=30), "cluster": "test"}, []),
     ({"limit": 2}, ["core.new", "core.mid"]),
     ({"prefix": "test/"}, ["core.mid", "core.old"]),
     ({"exe": "anything"}, []),  # no program recorded for these cores
@@ -140,9 +142,12 @@ LS_CASES: list[tuple[dict[str, Any], list[str]]] = [
 
 
 async def test_ls_filters_on_manifest_fields(shipped: Shipped) -> None:
-    for filters, expected in LS_CASES:
-        entries = await list_cores(shipped.client, shipped.bucket.name, now=NOW, **filters)
-        assert keys_of(entries) == [shipped.keys[name] for name in expected], filters
+    for arguments, expected in LS_CASES:
+        options = {name: arguments[name] for name in ("limit", "concurrency") if name in arguments}
+        filters = Filters(**{name: v for name, v in arguments.items() if name not in options})
+        for full in (False, True):  # the day index, and every manifest
+            entries = await list_cores(shipped.client, shipped.bucket.name, filters, full=full, **options)
+            assert keys_of(entries) == [shipped.keys[name] for name in expected], (arguments, full)
 
 
 async def test_ls_renders_a_table_and_valid_json(shipped: Shipped) -> None:
@@ -305,10 +310,12 @@ async def test_kernel_core_from_the_daemon_to_gdb(
     config = make_config()
     async with running(config):
         core.rename(watch_dir / "core.kernel")
-        await wait_until(lambda: any(k.endswith(MANIFEST_SUFFIX) for k in bucket.keys()))
+        await wait_until(lambda: len(bucket.day_keys()) == 1)  # written after the manifest
 
     async with s3_client(client_settings(config)) as client:
-        entries = await list_cores(client, bucket.name, node="node-1", since=timedelta(minutes=5))
+        entries = await list_cores(
+            client, bucket.name, Filters(node="node-1", since=datetime.now(UTC) - timedelta(minutes=5))
+        )
         assert [e.fields["filename"] for e in entries] == ["core.kernel"]
         result = await fetch_core(client, bucket.name, entries[0].key, tmp_path, progress=False)
     assert result.path.read_bytes() == original
@@ -355,8 +362,11 @@ async def test_pod_program_and_storm_fields_from_the_shipper(
             ("api-7f9c-x2k", "python3", "SIGSEGV (11)", True),
         ]
         assert [e.crash_time for e in entries] == [NOW - timedelta(seconds=s) for s in (0, 60, 120)]
-        assert [e.fields["pid"] for e in await list_cores(client, bucket.name, pod="api-*")] == ["42", "41"]
-        assert [e.pod for e in await list_cores(client, bucket.name, exe="nginx")] == ["web-0"]
+        assert [e.fields["pid"] for e in await list_cores(client, bucket.name, Filters(pod="api-*"))] == [
+            "42",
+            "41",
+        ]
+        assert [e.pod for e in await list_cores(client, bucket.name, Filters(exe="nginx"))] == ["web-0"]
         assert "(not stored)" in render_table(entries).splitlines()[2]
         with pytest.raises(CoreNotFound, match="not stored: over the node's --storm-limit"):
             await fetch_core(client, bucket.name, entries[1].key, tmp_path, progress=False)

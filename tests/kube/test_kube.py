@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from coredump_shipper.browse.filters import Filters
 from coredump_shipper.browse.listing import list_cores
 from coredump_shipper.bucket.keys import key_safe
 from coredump_shipper.core.elf import CoreInfo
@@ -258,9 +259,9 @@ async def test_core_names_its_pod_workload_container_and_image_and_the_pod_gets_
     assert metrics.enrichment.labels("matched")._value.get() == 3
 
     async with s3_client(client_settings(config)) as client:
-        found = await list_cores(client, bucket.name, namespace="shop", workload=workload)
+        found = await list_cores(client, bucket.name, Filters(namespace="shop", workload=workload))
         assert len(found) == 3
-        assert await list_cores(client, bucket.name, namespace="other") == []
+        assert await list_cores(client, bucket.name, Filters(namespace="other")) == []
 
 
 async def test_cores_without_one_sure_pod_ship_without_pod_fields(

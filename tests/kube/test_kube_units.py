@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from coredump_shipper.browse.listing import CoreEntry, Filters
+from coredump_shipper.browse.coreentry import CoreEntry
+from coredump_shipper.browse.filters import Filters
 from coredump_shipper.bucket.keys import METADATA_LIMIT, KeyTemplate, label_field
 from coredump_shipper.cli import main
 from coredump_shipper.config.settings import load_config

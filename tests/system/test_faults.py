@@ -231,7 +231,7 @@ def test_sigkill_mid_multipart_then_restart_ships_once_and_cleans_up(
     completed = stats.requests.get("CompleteMultipartUpload", 0) + again.get("CompleteMultipartUpload", 0)
     assert completed == 1, f"the core was stored {completed} times"
     puts = stats.requests.get("PutObject", 0) + again.get("PutObject", 0)
-    assert puts == 2, "one manifest and one fleet index entry, once"
+    assert puts == 3, "one manifest and the two fleet index entries (signature, day), once"
     assert again.get("AbortMultipartUpload", 0) == 1, "the orphan is aborted by the second run"
     figures = ledger(bucket, {"core.killed": sha(data)}, watch, key_suffix="")
     record("sigkill_mid_multipart", figures | {"orphans_cleaned": len(orphaned)}, stats)
