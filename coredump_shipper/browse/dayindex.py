@@ -9,7 +9,6 @@ read or decoded is replaced by a listing of its day: the day's entries are what 
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import date, timedelta
@@ -19,7 +18,8 @@ from coredump_shipper.browse.filters import Filters
 from coredump_shipper.bucket import daysummary
 from coredump_shipper.bucket.fleetindex import DAYS_PREFIX, parse_entry
 from coredump_shipper.bucket.keys import key_safe
-from coredump_shipper.s3.reads import CoreNotFound, read_s3
+from coredump_shipper.s3.pages import list_pages
+from coredump_shipper.s3.reads import CoreNotFound, list_call, read_s3
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -41,23 +41,16 @@ Bounded = Callable[[Sequence[Day], Callable[[Day], Awaitable[Entries]]], Awaitab
 async def list_names(
     client: S3Client, bucket: str, prefix: str, *, delimiter: str = "", max_keys: int = 1000
 ) -> list[str]:
-    """Every key (or with `delimiter`, every common prefix) under `prefix`, 1,000 a request."""
+    """Every key (or with `delimiter`, every common prefix) under `prefix`, 1,000 a request; with a
+    smaller `max_keys`, only the first page (to see whether there is any)."""
     names: list[str] = []
-    token: str | None = None
-    while True:
-        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": max_keys}
-        if delimiter:
-            kwargs["Delimiter"] = delimiter
-        if token:
-            kwargs["ContinuationToken"] = token
-        page = await read_s3(
-            "ListObjectsV2", bucket, prefix, functools.partial(client.list_objects_v2, **kwargs)
-        )
+    call = list_call(client, bucket, prefix)
+    async for page in list_pages(call, bucket, prefix, delimiter=delimiter, max_keys=max_keys):
         names += [obj.get("Key", "") for obj in page.get("Contents", [])]
         names += [common.get("Prefix", "") for common in page.get("CommonPrefixes", [])]
-        token = page.get("NextContinuationToken")
-        if not page.get("IsTruncated") or not token or max_keys < 1000:
-            return names
+        if max_keys < 1000:
+            break
+    return names
 
 
 async def read_day_index(client: S3Client, bucket: str, filters: Filters, bounded: Bounded) -> Entries | None:

@@ -11,7 +11,6 @@ fields, never the key layout, which is configurable.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
@@ -24,7 +23,8 @@ from coredump_shipper.bucket.fleetindex import PREFIX as ENTRIES_PREFIX
 from coredump_shipper.bucket.fleetindex import ROOT as INDEX_ROOT
 from coredump_shipper.bucket.fleetindex import cluster_prefix, is_index_key, parse_entry
 from coredump_shipper.bucket.manifest import core_key, is_manifest_key
-from coredump_shipper.s3.reads import CoreNotFound, NotAManifest, read_manifest, read_s3
+from coredump_shipper.s3.pages import list_pages
+from coredump_shipper.s3.reads import CoreNotFound, NotAManifest, list_call, read_manifest
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -48,25 +48,15 @@ async def _keys(
 ) -> list[str]:
     """Keys under `prefix` (after `start_after`, before `stop_at`) that `keep` accepts, 1,000 a request."""
     keys: list[str] = []
-    token: str | None = None
-    while True:
-        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
-        if token:
-            kwargs["ContinuationToken"] = token
-        elif start_after:
-            kwargs["StartAfter"] = start_after
-        page = await read_s3(
-            "ListObjectsV2", bucket, prefix, functools.partial(client.list_objects_v2, **kwargs)
-        )
+    pages = list_pages(list_call(client, bucket, prefix), bucket, prefix, start_after=start_after)
+    async for page in pages:
         for obj in page.get("Contents", []):
             key = obj.get("Key", "")
             if stop_at is not None and key >= stop_at:
                 return keys
             if keep(key, obj.get("LastModified")):
                 keys.append(key)
-        token = page.get("NextContinuationToken")
-        if not page.get("IsTruncated") or not token:
-            return keys
+    return keys
 
 
 async def _manifest_keys(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -12,11 +13,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 from coredump_shipper.bucket.manifest import Manifest
 from coredump_shipper.errors import S3Error, ShipperError
 from coredump_shipper.s3.call import call_s3
+from coredump_shipper.s3.pages import ListCall
 from coredump_shipper.s3.retry import Backoff
 
 if TYPE_CHECKING:
     from aiobotocore.response import StreamingBody
     from types_aiobotocore_s3 import S3Client
+    from types_aiobotocore_s3.type_defs import ListObjectsV2OutputTypeDef
 else:
     S3Client = Any
     StreamingBody = Any
@@ -56,6 +59,15 @@ async def read_s3(operation: str, bucket: str, key: str, call: Callable[[], Awai
         if error.code in _NOT_FOUND:
             raise CoreNotFound(f"{url}: no such object") from None
         raise BrowseError(f"{operation} {url} failed: {error.message}") from error
+
+
+def list_call(client: S3Client, bucket: str, prefix: str) -> ListCall:
+    """ListObjectsV2 under `prefix` as `read_s3` makes it, for `list_pages`."""
+
+    def call(kwargs: dict[str, Any]) -> Awaitable[ListObjectsV2OutputTypeDef]:
+        return read_s3("ListObjectsV2", bucket, prefix, functools.partial(client.list_objects_v2, **kwargs))
+
+    return call
 
 
 async def _read_body(body: StreamingBody, limit: int, url: str) -> bytes:

@@ -18,7 +18,7 @@ import functools
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
@@ -26,9 +26,12 @@ from coredump_shipper.bucket import daysummary
 from coredump_shipper.bucket.fleetindex import day_entry_key, day_prefix, parse_entry
 from coredump_shipper.errors import S3Error
 from coredump_shipper.s3.call import call_s3
+from coredump_shipper.s3.pages import list_pages
 from coredump_shipper.s3.retry import Backoff
 
 if TYPE_CHECKING:
+    from types_aiobotocore_s3.type_defs import ListObjectsV2OutputTypeDef
+
     from coredump_shipper.s3.store import S3Store
 
 log = logging.getLogger(__name__)
@@ -142,23 +145,9 @@ class DayIndex:
         return [fields for key in keys if (fields := parse_entry(key)) is not None]
 
     async def _list(self, prefix: str, *, start_after: str = "") -> list[str]:
-        client = self.store.client
-        keys: list[str] = []
-        token: str | None = None
-        while True:
-            kwargs: dict[str, Any] = {"Bucket": self.store.bucket, "Prefix": prefix}
-            if token:
-                kwargs["ContinuationToken"] = token
-            elif start_after:
-                kwargs["StartAfter"] = start_after
-            page = await call_s3(
-                "ListObjectsV2",
-                functools.partial(client.list_objects_v2, **kwargs),
-                attempts=3,
-                backoff=_BACKOFF,
-                deadline=30.0,
-            )
-            keys += [obj.get("Key", "") for obj in page.get("Contents", [])]
-            token = page.get("NextContinuationToken")
-            if not page.get("IsTruncated") or not token:
-                return keys
+        def call(kwargs: dict[str, Any]) -> Awaitable[ListObjectsV2OutputTypeDef]:
+            list_page = functools.partial(self.store.client.list_objects_v2, **kwargs)
+            return call_s3("ListObjectsV2", list_page, attempts=3, backoff=_BACKOFF, deadline=30.0)
+
+        pages = list_pages(call, self.store.bucket, prefix, start_after=start_after)
+        return [obj.get("Key", "") async for page in pages for obj in page.get("Contents", [])]
