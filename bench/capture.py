@@ -1,8 +1,9 @@
 """A crash burst through pipe capture and through socket capture, on the real kernel.
 
 N processes, each holding CORE_MIB of random memory, wait at a barrier and then all crash at once
-(SIGSEGV). kernel.core_pattern points at the pipe receiver (`core_pipe_limit` 16, as the chart sets
-it) or at `coredump-receive serve` (`@@PATH`, 16 slots, more wait). Both store into a directory of
+(SIGSEGV). kernel.core_pattern points at the pipe receiver (`core_pipe_limit` 128 and `-s all`, as
+the chart sets them: the crashers are in no pod) or at `coredump-receive serve` (`@@PATH`, 16 slots,
+more wait). Both store into a directory of
 their own; the shipper and S3 are left out, because everything after the directory is the same code
 for both (the daemon rows measure it).
 
@@ -34,6 +35,7 @@ from testkit.receiver import TEMP_PREFIX, build_receiver
 from testkit.socketcapture import CORE_MODES, Server, kernel_core_pattern
 
 PIPE, SOCKET = "pipe", "socket"
+PIPE_LIMIT = 128  # the chart's capture.pipeLimit
 _CRASHER = (
     "import os, signal, sys, time\n"
     "data = bytearray(os.urandom(int(sys.argv[1]) * 1024 * 1024))\n"
@@ -128,8 +130,8 @@ def capture_burst(mode: str, count: int, core_mib: int) -> CaptureResult:
         directory = Path(base) / "cores"
         directory.mkdir()
         if mode == PIPE:
-            line = pipe_line(str(receiver), str(directory), 0, DiskLimit(), 600)
-            with kernel_core_pattern(line, pipe_limit=16):
+            line = pipe_line(str(receiver), str(directory), 0, DiskLimit(), 600, scope="all")
+            with kernel_core_pattern(line, pipe_limit=PIPE_LIMIT):
                 _burst(directory, count, core_mib, result)
             return result
         sock = Path(base) / "coredump.sock"

@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.capture import PIPE_LIMIT
 from bench.daemon import Daemon, DaemonFailed, running
 from bench.inputs import GiB, MiB
 from bench.targets import NullSink, Target
@@ -62,7 +63,7 @@ from testkit.receiver import TEMP_PREFIX, build_receiver, cgroup2_root, pipe_cor
 PIPE, FILE = "pipe", "file"
 MODES = (PIPE, FILE)
 NAME_PATTERN = "core.%h.%e.sig%s.%p.%t"  # the chart's filenamePattern and file-mode corePattern
-PIPE_LIMIT = 128  # the chart's capture.pipeLimit
+
 KEEP_FREE = DiskLimit(percent=15)  # the daemon's and the chart's default
 
 _CRASHER = """\

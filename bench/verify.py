@@ -15,11 +15,11 @@ import zstandard
 from aiobotocore.session import get_session
 from types_aiobotocore_s3 import S3Client
 
+from coredump_shipper.bucket.fleetindex import is_index_key
+from coredump_shipper.bucket.manifest import is_manifest_key
 from testkit.servers import S3Endpoint
 
 _CHUNK = 1 << 20
-# The shipper writes a small JSON manifest next to each core; only the core itself is compared.
-_SIDECAR_SUFFIX = ".json"
 
 T = TypeVar("T")
 
@@ -83,7 +83,8 @@ def core_object_matches(endpoint: S3Endpoint, bucket: str, expected_sha256: str)
     """The bucket holds exactly one core object and it restores to the input."""
 
     async def go(client: S3Client) -> bool:
-        keys = [k for k in await _keys(client, bucket) if not k.endswith(_SIDECAR_SUFFIX)]
+        # Beside each core: its manifest and its fleet index entries; only the core is compared.
+        keys = [k for k in await _keys(client, bucket) if not (is_manifest_key(k) or is_index_key(k))]
         return len(keys) == 1 and await _stored_sha256(client, bucket, keys[0]) == expected_sha256
 
     return _with_client(endpoint, go)
