@@ -9,7 +9,7 @@ Alone (`make bench` runs it once among the daemon rows), with medians of several
 daemon's CPU seconds for the burst:
 
     .venv/bin/python -m bench.mixed --reps 3
-    .venv/bin/python -m bench.mixed --reps 3 --env MALLOC_ARENA_MAX=8   # compare a C library setting
+    .venv/bin/python -m bench.mixed --reps 3 --env MALLOC_TRIM_THRESHOLD_=131072   # a glibc tunable
 """
 
 from __future__ import annotations
