@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 STAMP := $(VENV)/.installed
 
-.PHONY: all install test test-deps lint format demo bench chart-lint image image-test clean lock receiver receiver-test
+.PHONY: all install test test-deps lint format demo bench chart-lint image image-test image-multiarch image-multiarch-test clean lock receiver receiver-test
 
 all: lint test
 
@@ -29,20 +29,20 @@ test: test-deps
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check coredump_shipper tests bench docker tools
-	$(BIN)/ruff format --check coredump_shipper tests bench docker tools
+	$(BIN)/ruff check coredump_shipper testkit tests bench docker tools
+	$(BIN)/ruff format --check coredump_shipper testkit tests bench docker tools
 	$(BIN)/ruff check e2e/tests
 	$(BIN)/ruff format --check e2e/tests
 	$(BIN)/mypy
 
 format: $(STAMP)
-	$(BIN)/ruff format coredump_shipper tests bench docker tools
-	$(BIN)/ruff check --fix coredump_shipper tests bench docker tools
+	$(BIN)/ruff format coredump_shipper testkit tests bench docker tools
+	$(BIN)/ruff check --fix coredump_shipper testkit tests bench docker tools
 	$(BIN)/ruff format e2e/tests
 	$(BIN)/ruff check --fix e2e/tests
 
 demo: $(STAMP)
-	$(PY) -m tests.demo
+	$(PY) -m testkit.demo
 
 # The AWS CLI v1 pins its own botocore: it gets a venv of its own (with py-spy for bench.profile).
 BENCH_VENV := .cache/bench-venv
@@ -91,6 +91,15 @@ image: $(STAMP)
 
 image-test: $(STAMP)
 	docker/ci-image.sh test
+
+# linux/amd64 + linux/arm64 in one manifest list (localhost/coredump-shipper:ci-multiarch), the arm64
+# half under qemu-user-static through binfmt_misc (root); -test then runs the arm64 entry through
+# testkit/imagesmoke.py --arch arm64. Times and caches: docs/platforms.md.
+image-multiarch: $(STAMP)
+	docker/ci-image.sh multiarch
+
+image-multiarch-test: $(STAMP)
+	docker/ci-image.sh multiarch-test
 
 # The chart and the image on a real single-node Kubernetes, scenarios in e2e/tests (e2e/run.sh).
 # Not part of `make test`: it needs root and ~1 GiB of memory, and the first run builds the cluster

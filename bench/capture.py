@@ -12,7 +12,7 @@ CPU seconds per stored core for the whole machine (/proc/stat, dumping included:
 so this is noisy) and, for socket capture, of the server alone (/proc/<pid>/stat).
 
 Needs root on a kernel with `socket` in /proc/sys/kernel/core_modes; core_pattern is changed only
-under tests/receiver.py's lock and always restored.
+under testkit/receiver.py's lock and always restored.
 
     .venv/bin/python -m bench.capture [COUNT CORE_MIB]     # or `make bench` (--capture-burst)
 """
@@ -30,8 +30,8 @@ from pathlib import Path
 
 from coredump_shipper.capture.disklimit import DiskLimit
 from coredump_shipper.capture.pattern import pipe_line
-from tests.receiver import TEMP_PREFIX, build_receiver
-from tests.socketcapture import CORE_MODES, Server, kernel_core_pattern
+from testkit.receiver import TEMP_PREFIX, build_receiver
+from testkit.socketcapture import CORE_MODES, Server, kernel_core_pattern
 
 PIPE, SOCKET = "pipe", "socket"
 _CRASHER = (

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.servers import S3Endpoint
+from testkit.servers import S3Endpoint
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPER = REPO / ".venv" / "bin" / "coredump-shipper"

@@ -16,7 +16,7 @@ from pathlib import Path
 from bench.contestants import BUCKET, SHIPPER, child_env
 from bench.inputs import GiB, MiB, warm_page_cache
 from bench.targets import NullSink, Target
-from tests.servers import S3Endpoint, free_port
+from testkit.servers import S3Endpoint, free_port
 
 
 @dataclass

@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.fleet                      # 10,000 cores: today's path and the index
     .venv/bin/python -m bench.fleet --count 100000 --indexed-listing
 
-The cores are seeded straight into an in-process moto (tests/servers/motoinproc.py): a 1-byte core
+The cores are seeded straight into an in-process moto (testkit/servers/motoinproc.py): a 1-byte core
 object, the manifest the shipper writes, and its fleet index entry. `ls` then runs as the command
 does, over HTTP on loopback, and every request it sends is counted. "no index" is the bucket as
 shipped before the index existed: `ls` lists the keys and reads one manifest per core.
@@ -21,9 +21,9 @@ os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 from coredump_shipper.browse.grouping import group_cores
 from coredump_shipper.browse.listing import list_cores
 from coredump_shipper.s3.client import s3_client
-from tests.fleetseed import SIGNATURES, RequestCounter, fleet_objects
-from tests.servers import S3Endpoint
-from tests.servers.motoinproc import backend, indexed_listing, listing_settings, moto_in_process, put_all
+from testkit.fleetseed import SIGNATURES, RequestCounter, fleet_objects
+from testkit.servers import S3Endpoint
+from testkit.servers.motoinproc import backend, indexed_listing, listing_settings, moto_in_process, put_all
 
 
 async def measure(endpoint: S3Endpoint, bucket: str, group: bool) -> tuple[int, float, float, int]:

@@ -4,7 +4,7 @@
 
 Each variant runs in a fresh process: the daemon's imports and one S3 client first (the baseline),
 then the Kubernetes client is imported, built from a kubeconfig (a real service account token for a
-real kube-apiserver on loopback, tests/servers/kube.py) and lists pods once. Printed: RSS
+real kube-apiserver on loopback, testkit/servers/kube.py) and lists pods once. Printed: RSS
 after the baseline and after the client, in MiB. kubernetes_asyncio and lightkube are optional
 (install them into a directory with `pip install --target DIR` and pass --extra-path DIR).
 """
@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.servers.kube import run_kube
+from testkit.servers.kube import run_kube
 from tools.readme import kube_rules
 
 PROLOGUE = """

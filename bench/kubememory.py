@@ -2,7 +2,7 @@
 
     python -m bench.kubememory [--size-gib 4] [--pods 100]
 
-A real kube-apiserver (tests/servers/kube.py) holds `--pods` pods on the daemon's node; the daemon
+A real kube-apiserver (testkit/servers/kube.py) holds `--pods` pods on the daemon's node; the daemon
 uses a real service account token bound by the chart's rules, lists and watches them, names the
 core's pod and sends its Event. The core goes to the body-discarding null sink.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 from bench.daemon import Daemon, ship_through_daemon
 from bench.inputs import GiB, make_realistic_core
 from bench.targets import run_nullsink
-from tests.servers.kube import run_kube
+from testkit.servers.kube import run_kube
 from tools.readme import kube_rules
 
 NODE = "bench-node"

@@ -28,7 +28,7 @@ The crashing process keeps its N MiB in a shared anonymous mapping and sets its 
 and the core is the size asked for. The memory cycles 1 MiB runs of random bytes and written zeros
 (half random, as the realistic core of the other rows).
 
-Needs root and a cgroup v2 hierarchy; core_pattern is changed only under tests/receiver.py's lock,
+Needs root and a cgroup v2 hierarchy; core_pattern is changed only under testkit/receiver.py's lock,
 always restored, and a run killed half-way is repaired at the next start (its paths carry
 TEMP_PREFIX).
 
@@ -57,7 +57,7 @@ from bench.inputs import GiB, MiB
 from bench.targets import NullSink, Target
 from coredump_shipper.capture.disklimit import DiskLimit
 from coredump_shipper.capture.pattern import pipe_line
-from tests.receiver import TEMP_PREFIX, build_receiver, cgroup2_root, pipe_core_pattern, repair_core_pattern
+from testkit.receiver import TEMP_PREFIX, build_receiver, cgroup2_root, pipe_core_pattern, repair_core_pattern
 
 PIPE, FILE = "pipe", "file"
 MODES = (PIPE, FILE)

@@ -51,8 +51,8 @@ from bench.report import (
 )
 from bench.storm import StormResult, storm_daemon, storm_script
 from bench.targets import Target, https_target, plain_target, run_nullsink
-from tests.servers import S3Endpoint
-from tests.servers.moto import run_moto
+from testkit.servers import S3Endpoint
+from testkit.servers.moto import run_moto
 
 RESULTS = REPO / "bench" / "results"
 DEFAULT_LABEL = CONTESTANTS[0].label

@@ -22,7 +22,7 @@ from bench.contestants import BUCKET, REPO, child_env
 from bench.inputs import MiB
 from bench.measure import run_measured
 from bench.targets import run_nullsink
-from tests.servers import S3Endpoint
+from testkit.servers import S3Endpoint
 
 PYTHON = REPO / ".venv" / "bin" / "python"
 

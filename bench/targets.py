@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from tests.servers import S3Endpoint, free_port, stop, wait_for_port
-from tests.servers.tls import behind_tls, make_certificates
+from testkit.servers import S3Endpoint, free_port, stop, wait_for_port
+from testkit.servers.tls import behind_tls, make_certificates
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ def https_target(name: str, sink: NullSink, work_dir: Path) -> Iterator[Target]:
 
 
 # A terminator made for it, not the contestants' bottleneck: haproxy in C with OpenSSL moves several
-# GB/s per core, where the tests' asyncio front (tests.servers.tls) capped `aws s3 cp` at ~200 MB/s.
+# GB/s per core, where the tests' asyncio front (testkit.servers.tls) capped `aws s3 cp` at ~200 MB/s.
 # One thread: the contestants and the sink need the other CPU time on a 2-core machine.
 HAPROXY_CONFIG = """\
 global

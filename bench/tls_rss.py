@@ -21,7 +21,7 @@ from pathlib import Path
 from bench.contestants import BUCKET, SHIPPER, child_env
 from bench.inputs import MiB, make_realistic_core
 from bench.targets import haproxy_front, run_nullsink
-from tests.servers import free_port
+from testkit.servers import free_port
 
 
 def vm_hwm_mib(pid: int) -> float:

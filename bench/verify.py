@@ -15,7 +15,7 @@ import zstandard
 from aiobotocore.session import get_session
 from types_aiobotocore_s3 import S3Client
 
-from tests.servers import S3Endpoint
+from testkit.servers import S3Endpoint
 
 _CHUNK = 1 << 20
 # The shipper writes a small JSON manifest next to each core; only the core itself is compared.

@@ -1,39 +1,34 @@
-"""Shared fixtures: a real S3 server on loopback, fresh buckets, configs, the service in-process."""
+"""Shared fixtures: real S3 servers on loopback, fresh buckets, configs, a clean environment.
+
+The tools these fixtures use (Bucket, running, wait_until, the servers) live in testkit/, shared with
+bench/, e2e/ and `make demo`.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import gc
 import itertools
 import logging
 import os
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-import zstandard
-from botocore.config import Config as BotoConfig
 
-from coredump_shipper.bucket.fleetindex import is_index_key
 from coredump_shipper.config.settings import Config, load_config
-from coredump_shipper.daemon.service import Service
-from coredump_shipper.ops.metrics import Metrics
+from testkit.bucket import Bucket
+from testkit.daemon import ConfigFactory
+from testkit.receiver import repair_core_pattern
+from testkit.servers import S3Endpoint, free_port
+from testkit.servers import ceph as ceph_server
+from testkit.servers import kube as kube_servers
+from testkit.servers import rclone as rclone_server
+from testkit.servers import swift as swift_server
+from testkit.servers.moto import run_moto
+from testkit.servers.tls import tls_front
 from tests import skips
-from tests.receiver import repair_core_pattern
-from tests.servers import S3Endpoint, free_port
-from tests.servers import ceph as ceph_server
-from tests.servers import kube as kube_servers
-from tests.servers import rclone as rclone_server
-from tests.servers import swift as swift_server
-from tests.servers.moto import run_moto
-from tests.servers.tls import tls_front
 
-ConfigFactory = Callable[..., Config]
 _counter = itertools.count()
 
 
@@ -174,64 +169,6 @@ def _aws_env(monkeypatch: pytest.MonkeyPatch, s3_server: S3Endpoint) -> None:
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
 
 
-class Bucket:
-    """A fresh bucket on an S3 server, read back with plain boto3 (a separate, real client).
-
-    The client trusts the endpoint's private CA, sends no CRC32 checksums (which some stores
-    reject) and tries again on a 503 (Swift under load): it only reads what the shipper stored.
-    """
-
-    def __init__(self, endpoint: S3Endpoint, name: str) -> None:
-        self.endpoint = endpoint
-        self.name = name
-        self.client = boto3.client(
-            "s3",
-            endpoint_url=endpoint.url,
-            aws_access_key_id=endpoint.access_key,
-            aws_secret_access_key=endpoint.secret_key,
-            region_name=endpoint.region,
-            verify=endpoint.ca_bundle,
-            config=BotoConfig(
-                request_checksum_calculation="when_required",
-                response_checksum_validation="when_required",
-                retries={"mode": "standard", "total_max_attempts": 5},
-            ),
-        )
-        self.client.create_bucket(Bucket=name)
-
-    def keys(self) -> list[str]:
-        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.name)
-        return sorted(obj["Key"] for page in pages for obj in page.get("Contents", []))
-
-    def core_keys(self) -> list[str]:
-        """Core objects: neither manifests nor fleet index entries."""
-        return [key for key in self.keys() if not key.endswith(".manifest.json") and not is_index_key(key)]
-
-    def index_keys(self) -> list[str]:
-        return [key for key in self.keys() if is_index_key(key)]
-
-    def get(self, key: str) -> bytes:
-        body: bytes = self.client.get_object(Bucket=self.name, Key=key)["Body"].read()
-        return body
-
-    def head(self, key: str) -> dict[str, Any]:
-        head: dict[str, Any] = self.client.head_object(Bucket=self.name, Key=key)
-        return head
-
-    def content(self, key: str) -> bytes:
-        """The core as shipped: decompressed when the key says zstd."""
-        data = self.get(key)
-        if key.endswith(".zst"):
-            return zstandard.ZstdDecompressor().decompressobj().decompress(data)
-        return data
-
-    def incomplete_uploads(self) -> list[dict[str, Any]]:
-        uploads: list[dict[str, Any]] = self.client.list_multipart_uploads(Bucket=self.name).get(
-            "Uploads", []
-        )
-        return uploads
-
-
 @pytest.fixture
 def bucket(s3_server: S3Endpoint) -> Bucket:
     return Bucket(s3_server, f"cores-{next(_counter)}-{uuid.uuid4().hex[:8]}")
@@ -267,78 +204,3 @@ def make_config(s3_server: S3Endpoint, bucket: Bucket, watch_dir: Path) -> Confi
         return load_config(values, env=os.environ, command="run")
 
     return make
-
-
-@contextlib.asynccontextmanager
-async def running(config: Config, metrics: Metrics | None = None) -> AsyncIterator[Service]:
-    """The whole service in-process, reachable over real HTTP on config.listen."""
-    service = Service(config, metrics or Metrics(process=False))
-    await service.startup()
-    try:
-        await wait_until(lambda: service.watcher.watching, timeout=10)
-        yield service
-    finally:
-        await service.shutdown()
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 20.0, interval: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(interval)
-
-
-def wait_until_sync(predicate: Callable[[], bool], timeout: float = 20.0, interval: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(interval)
-
-
-def write_file(path: Path, data: bytes) -> None:
-    """Write like the kernel does: one open, writes, one close (a single IN_CLOSE_WRITE)."""
-    with path.open("wb") as handle:
-        handle.write(data)
-
-
-def daemon_args(watch_dir: Path, bucket: str, endpoint: str, *extra: str) -> list[str]:
-    """`coredump-shipper run` arguments for a subprocess: fast retries, no self-test objects."""
-    return [
-        "run",
-        "--watch-dir",
-        str(watch_dir),
-        "--bucket",
-        bucket,
-        "--endpoint-url",
-        endpoint,
-        "--node-name",
-        "node-1",
-        "--cluster-name",
-        "test",
-        "--listen",
-        f"127.0.0.1:{free_port()}",
-        "--retry-base-delay",
-        "0.05",
-        "--retry-max-delay",
-        "0.5",
-        "--self-test",
-        "off",
-        *extra,
-    ]
-
-
-def collect_tls_leaks() -> None:
-    """Collect, here, the transports a failed TLS handshake leaves open.
-
-    asyncio on Python 3.11 does not close the transport of a handshake that fails, and aiohttp keeps
-    no handle on it: it is reported as an unclosed-transport ResourceWarning whenever the garbage
-    collector finds it, which may be in some later test. Tests that provoke handshake failures call
-    this at their end, under a filter for exactly that warning.
-    """
-    gc.collect()
-
-
-# Marks the tests that call collect_tls_leaks().
-ignores_tls_leaks = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")

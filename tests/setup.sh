@@ -11,7 +11,7 @@
 # for want of set-up.
 #
 # To add a part, add one `part` line to parts() below. Debian packages need nothing more: check them
-# with `have COMMAND...` and every missing package goes into one apt-get run (tests/test_setup.py
+# with `have COMMAND...` and every missing package goes into one apt-get run (tests/tooling/test_setup.py
 # reads the list and covers a new line as it is). Any other set-up is a command (prefixed `root` when
 # it needs root); its check is a function below that prints why the part is missing and fails.
 set -euo pipefail
@@ -19,17 +19,17 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 parts() {
-  #    name           present when                set up by                   what needs it
-  part go             "have go"                   "apt golang-go"             "the Go pipe receiver (make receiver): test_receiver, test_pipe_capture"
-  part qemu           "have qemu-aarch64-static"  "apt qemu-user-static"     "the arm64 receiver's tests under emulation: test_receiver"
-  part util-linux     "have unshare setpriv"      "apt util-linux"            "the pipe capture test's namespaces and uid changes"
-  part gdb            "have gdb gcore"            "apt gdb"                   "gcore cores and the gdb walkthrough: test_elfcore, test_browse, test_walkthrough"
-  part prometheus     "have promtool prometheus"  "apt prometheus"            "the chart's alert rules: test_alerts (promtool), test_alerts_live (server)"
-  part swift          "have $SWIFT_COMMANDS"      "apt $SWIFT_PACKAGES"       "OpenStack Swift s3api in the S3 compatibility matrix: test_matrix, test_s3_servers"
-  part ceph           "have $CEPH_COMMANDS"       "apt $CEPH_PACKAGES"        "Ceph's RADOS Gateway in the S3 compatibility matrix: test_matrix"
-  part etcd           "have etcd openssl"         "apt etcd-server openssl"   "the Kubernetes API server's store: test_kube"
-  part helm           "helm_present"              "fetch_helm"                "rendering the chart: test_chart, test_alerts"
-  part kube-apiserver "apiserver_present"         "root build_apiserver"      "test_kube (built once from Debian's source, ~6 min, cached in /var/cache/coredump-shipper)"
+  #    name           present when                set up by                   what needs it (tests/...)
+  part go             "have go"                   "apt golang-go"             "the Go pipe receiver (make receiver): capture/test_receiver, kernel/test_pipe_capture"
+  part qemu           "have qemu-aarch64-static"  "apt qemu-user-static"     "the arm64 receiver's tests under emulation: capture/test_receiver"
+  part util-linux     "have unshare setpriv"      "apt util-linux"            "namespaces and uid changes: kernel/test_pipe_capture"
+  part gdb            "have gdb gcore"            "apt gdb"                   "gcore cores and the gdb walkthrough: core/test_elfcore, browse/test_browse, test_walkthrough"
+  part prometheus     "have promtool prometheus"  "apt prometheus"            "the chart's alert rules: chart/test_alerts (promtool), chart/test_alerts_live (server)"
+  part swift          "have $SWIFT_COMMANDS"      "apt $SWIFT_PACKAGES"       "OpenStack Swift s3api in the S3 compatibility matrix: system/test_matrix, s3/test_s3_servers"
+  part ceph           "have $CEPH_COMMANDS"       "apt $CEPH_PACKAGES"        "Ceph's RADOS Gateway in the S3 compatibility matrix: system/test_matrix"
+  part etcd           "have etcd openssl"         "apt etcd-server openssl"   "the Kubernetes API server's store: kube/test_kube"
+  part helm           "helm_present"              "fetch_helm"                "rendering the chart: chart/test_chart, chart/test_alerts"
+  part kube-apiserver "apiserver_present"         "root build_apiserver"      "kube/test_kube (built once from Debian's source, ~6 min, cached in /var/cache/coredump-shipper)"
   part core-pattern   "plain_core_pattern"        "root repair_core_pattern"  "real kernel cores written into the crashing process's directory: most core tests"
 }
 
@@ -37,10 +37,10 @@ SWIFT_COMMANDS="swift-proxy-server swift-object-server swift-container-server sw
 SWIFT_PACKAGES="swift swift-proxy swift-object swift-container swift-account memcached"
 CEPH_COMMANDS="ceph-mon ceph-osd radosgw radosgw-admin ceph ceph-authtool monmaptool"
 CEPH_PACKAGES="ceph-mon ceph-osd radosgw ceph-common"
-# The machine's files; tests/test_setup.py points these elsewhere.
+# The machine's files; tests/tooling/test_setup.py points these elsewhere.
 CORE_PATTERN=${CDS_CORE_PATTERN:-/proc/sys/kernel/core_pattern}
 POLICY_RC_D=${CDS_POLICY_RC_D:-/usr/sbin/policy-rc.d}
-CORE_PATTERN_LOCK=${CDS_CORE_PATTERN_LOCK:-/tmp/cds-core-pattern.lock}  # tests/receiver.py's, for every change
+CORE_PATTERN_LOCK=${CDS_CORE_PATTERN_LOCK:-/tmp/cds-core-pattern.lock}  # testkit/receiver.py's, for every change
 
 # ---------------------------------------------------------------------------- checks
 # Each prints why the part is missing (one phrase) and fails, or succeeds silently.
@@ -50,7 +50,7 @@ have() {
   [ ${#absent[@]} -eq 0 ] || { echo "${absent[*]} not found"; return 1; }
 }
 
-helm_path() {  # where tests/test_chart.py looks, in its order
+helm_path() {  # where tests/chart/test_chart.py looks, in its order
   local candidate
   for candidate in "${HELM:-}" "$ROOT/.cache/tools/helm"; do
     [ -n "$candidate" ] && [ -x "$candidate" ] && { echo "$candidate"; return 0; }
@@ -82,7 +82,7 @@ plain_core_pattern() {
   return 1
 }
 
-lock_core_pattern() {  # fd 8: the lock every change of core_pattern takes (tests/receiver.py, e2e/run.sh)
+lock_core_pattern() {  # fd 8: the lock every change of core_pattern takes (testkit/receiver.py, e2e/run.sh)
   { exec 8<>"$CORE_PATTERN_LOCK" || exec 8<"$CORE_PATTERN_LOCK"; } 2>/dev/null || return 0
   flock -w 1 8 && return 0
   echo "test set-up: waiting for $CORE_PATTERN_LOCK (a test or make e2e is changing kernel.core_pattern)" >&2

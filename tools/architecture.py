@@ -6,7 +6,7 @@
 Each subpackage of `coredump_shipper` is one area. The areas form layers: a module may import from
 its own area and from areas below it, never from one above, so the one-way data flow of the daemon
 (watcher -> queue -> worker -> S3 -> after-upload) is also the direction of the imports. The layers,
-lowest first, are LAYERS; `tests/test_architecture.py` fails on an import that goes up, on a cycle
+lowest first, are LAYERS; `tests/tooling/test_architecture.py` fails on an import that goes up, on a cycle
 between modules, on a subpackage `__init__` that does more than name its area, and on a stale map.
 """
 

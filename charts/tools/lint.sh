@@ -7,7 +7,7 @@
 # (without and with the monitoring.coreos.com/v1 API, so the Prometheus Operator objects are rendered
 # too) and `kubernetes-validate --strict` for the oldest and newest Kubernetes versions the chart
 # supports. Custom resources (ServiceMonitor, PodMonitor, PrometheusRule) have no schema there; their
-# contents are checked by tests/test_chart.py.
+# contents are checked by tests/chart/test_chart.py.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 

@@ -5,7 +5,7 @@ loaded for S3 and /metrics, so the client costs well under 1 MiB where the other
 to a daemon that must fit in 128Mi while shipping a 4 GiB core.
 
 Every call names its RBAC verb and resource (`call("list", PODS, ...)`): the chart's ClusterRole is
-checked against exactly these (tests/test_kube_rbac.py).
+checked against exactly these (tests/chart/test_kube_rbac.py).
 """
 
 from __future__ import annotations

@@ -266,7 +266,7 @@ class Metrics:
     """The shipper's metrics (the METRICS table, plus build info). Label values are fixed sets: never
     file, pod or key names."""
 
-    # One attribute per row of METRICS (tests/test_units.py checks that they match).
+    # One attribute per row of METRICS (tests/ops/test_metrics.py checks that they match).
     cores_detected: Counter
     uploads: Counter
     upload_bytes: Counter

@@ -21,7 +21,7 @@ HERE=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")
 # The build cache lives outside the clone so that it survives between runs on one machine. Its key is
 # the Debian source version plus the hash of the build recipe (the build section below and the image
 # and helm helpers): editing cluster.sh's start/stop reuses the binaries, editing the recipe does not.
-# A new key costs every machine a 12-25 min cold build; tests/test_cluster_build_key.py pins it.
+# A new key costs every machine a 12-25 min cold build; tests/tooling/test_cluster_build_key.py pins it.
 build_key() {
   # The recipe moved here from cluster.sh, where the header of its next section ("pki") ended the
   # hashed region: that line stays the last hashed line so that the key, and every cache, stayed.
@@ -32,7 +32,7 @@ build_key() {
 }
 KEY=$(build_key)
 CACHE=${K8S_LAB_CACHE:-${CDS_CACHE_DIR:-/var/cache/coredump-shipper}/k8s-1.20.2-$KEY}
-# The test suite needs only kube-apiserver (tests/servers/kube.py): `build-apiserver` runs the same
+# The test suite needs only kube-apiserver (testkit/servers/kube.py): `build-apiserver` runs the same
 # recipe (build_k8s) for that one binary, ~6 min instead of ~12-16, into a cache of its own. The full
 # build's binary is used instead whenever it is there.
 APISERVER_CACHE=${K8S_LAB_APISERVER_CACHE:-${CDS_CACHE_DIR:-/var/cache/coredump-shipper}/kube-apiserver-1.20.2-$KEY}

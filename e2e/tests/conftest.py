@@ -23,10 +23,11 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Bucket
-from tests.faultproxy import ThreadedFaultProxy
-from tests.servers import S3Endpoint, free_port
-from tests.servers.moto import run_moto
+from testkit import waiting
+from testkit.bucket import Bucket
+from testkit.faultproxy import ThreadedFaultProxy
+from testkit.servers import S3Endpoint, free_port
+from testkit.servers.moto import run_moto
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "coredump-shipper"
@@ -45,15 +46,8 @@ T = TypeVar("T")
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float, interval: float = 0.5) -> T:
-    """Poll until `probe` returns something other than None (or False)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = probe()
-        if result is not None and result is not False:
-            return result
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not after {timeout:.0f}s")
-        time.sleep(interval)
+    """testkit's wait_for at the pace of cluster probes: most of them run kubectl."""
+    return waiting.wait_for(what, probe, timeout, interval)
 
 
 @dataclass(frozen=True)

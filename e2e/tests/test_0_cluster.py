@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from e2e.tests.conftest import BUSYBOX, NODE, Kube, is_ready, restarts, wait_for
-from tests.servers import free_port
+from testkit.servers import free_port
 
 NS = "cluster-check"
 # The API server's address is the first one of the service range, so in-cluster clients reach it

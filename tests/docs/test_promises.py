@@ -23,17 +23,12 @@ import pytest
 
 from coredump_shipper.daemon.service import Service
 from coredump_shipper.ops.metrics import Metrics
-from tests.conftest import (
-    Bucket,
-    ConfigFactory,
-    daemon_args,
-    running,
-    wait_until,
-    wait_until_sync,
-    write_file,
-)
-from tests.faultproxy import FaultProxy, ThreadedFaultProxy
-from tests.servers import S3Endpoint
+from testkit.bucket import Bucket
+from testkit.cores import write_file
+from testkit.daemon import ConfigFactory, daemon_args, running
+from testkit.faultproxy import FaultProxy, ThreadedFaultProxy
+from testkit.servers import S3Endpoint
+from testkit.waiting import wait_until, wait_until_sync
 
 MiB = 1024 * 1024
 S3_XML = "{http://s3.amazonaws.com/doc/2006-03-01/}"

@@ -22,9 +22,11 @@ from pathlib import Path
 import pytest
 
 from coredump_shipper.bucket.manifest import SUFFIX as MANIFEST_SUFFIX
-from tests.conftest import Bucket, ConfigFactory, running, wait_until
-from tests.cores import kernel_core, skip_reason
-from tests.servers import S3Endpoint
+from testkit.bucket import Bucket
+from testkit.cores import kernel_core, skip_reason
+from testkit.daemon import ConfigFactory, running
+from testkit.servers import S3Endpoint
+from testkit.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 DOC = ROOT / "docs" / "debugging.md"
