@@ -9,7 +9,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,7 +39,14 @@ class DaemonFailed(Exception):
 class Daemon:
     """One `coredump-shipper run` process watching `watch_dir`, listening on a free port."""
 
-    def __init__(self, endpoint: S3Endpoint, watch_dir: Path, log: Path, extra: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        endpoint: S3Endpoint,
+        watch_dir: Path,
+        log: Path,
+        extra: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.port = free_port()
         self.watch_dir = watch_dir
         self.log = log
@@ -66,7 +73,7 @@ class Daemon:
         self._out = log.open("wb")
         self.started = time.perf_counter()
         self.proc = subprocess.Popen(
-            argv, env=child_env(endpoint), stdout=self._out, stderr=subprocess.STDOUT
+            argv, env=child_env(endpoint) | dict(env or {}), stdout=self._out, stderr=subprocess.STDOUT
         )
 
     def wait_ready(self, timeout: float = 60.0) -> float:
@@ -131,10 +138,19 @@ class Daemon:
 
 
 @contextlib.contextmanager
-def running(endpoint: S3Endpoint, watch: Path, log: Path, extra: Sequence[str] = ()) -> Iterator[Daemon]:
-    """A daemon for the duration of the block; killed (figures discarded) if the block fails."""
+def running(
+    endpoint: S3Endpoint,
+    watch: Path,
+    log: Path,
+    extra: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+) -> Iterator[Daemon]:
+    """A daemon for the duration of the block; killed (figures discarded) if the block fails.
+
+    `env`: variables added to the daemon's environment (e.g. a C library setting to compare).
+    """
     watch.mkdir(exist_ok=True)
-    daemon = Daemon(endpoint, watch, log, extra)
+    daemon = Daemon(endpoint, watch, log, extra, env)
     try:
         yield daemon
     except BaseException:

@@ -183,8 +183,11 @@ def restore_wait(args: argparse.Namespace) -> int:
 
 
 async def _run(config: Config, args: argparse.Namespace) -> int:
+    from coredump_shipper.daemon import heap
     from coredump_shipper.daemon.service import Service
 
+    # Before any thread allocates: what a burst leaves behind must be where malloc_trim reaches it.
+    heap.use_one_arena()
     await Service(config).serve()
     return EXIT_OK
 

@@ -348,3 +348,58 @@ async def test_an_idle_daemon_lets_go_of_the_buffers_a_burst_needed(
         await wait_until(lambda: not any(watch_dir.glob("core.burst.*")), timeout=60)
         await wait_until(lambda: service.store.kept_buffer_bytes == 0, timeout=10)
         assert len(bucket.keys()) >= 2
+
+
+# `coredump-shipper run` as the image starts it, with one addition: SIGUSR1 writes glibc's own account
+# of its arenas (malloc_info's XML) to the file named first on the command line.
+MALLOC_INFO_RUN = """
+import ctypes, signal, sys
+from coredump_shipper.cli import main
+
+libc = ctypes.CDLL(None)
+libc.fopen.restype = ctypes.c_void_p
+libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+
+def write_malloc_info(signum, frame):
+    stream = libc.fopen(sys.argv[1].encode() + b".part", b"w")
+    libc.malloc_info(0, stream)
+    libc.fclose(stream)
+    import os
+    os.rename(sys.argv[1] + ".part", sys.argv[1])
+
+signal.signal(signal.SIGUSR1, write_malloc_info)
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_the_threads_that_ship_a_core_allocate_where_malloc_trim_reaches(
+    bucket: Bucket, s3_server: S3Endpoint, tmp_path: Path
+) -> None:
+    """docs/performance.md: after a burst RSS comes back near the idle figure. malloc_trim returns
+    the free top of the main arena only, so the threads that read, compress and hash a core must
+    not get arenas of their own (glibc gives each allocating thread one unless told otherwise)."""
+    watch = tmp_path / "cores"
+    watch.mkdir()
+    report = tmp_path / "malloc-info.xml"
+    args = daemon_args(watch, bucket.name, s3_server.url, "--part-size", "5MiB")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", MALLOC_INFO_RUN, str(report), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        staged = tmp_path / "core.threads"
+        staged.write_bytes(os.urandom(12 * MiB))  # three zstd parts: read, compressed and hashed in threads
+        staged.rename(watch / staged.name)
+        wait_until_sync(lambda: bucket.core_keys() != [], timeout=60)
+        proc.send_signal(signal.SIGUSR1)
+        wait_until_sync(report.exists, timeout=10)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert bucket.head(key_for("core.threads"))["ETag"].strip('"').endswith("-3"), "a multipart upload"
+    heaps = ElementTree.fromstring(report.read_text()).findall("heap")  # noqa: S314 - glibc wrote it
+    assert [heap.get("nr") for heap in heaps] == ["0"], "threads allocate in arenas of their own"
