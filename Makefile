@@ -44,7 +44,7 @@ format: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m testkit.demo
 
-# The AWS CLI v1 pins its own botocore: it gets a venv of its own (with py-spy for bench.profile).
+# The AWS CLI v1 pins its own botocore: it gets a venv of its own (with py-spy for bench.studies.profile).
 BENCH_VENV := .cache/bench-venv
 $(BENCH_VENV)/.installed: bench/requirements-awscli.txt
 	$(PYTHON) -m venv $(BENCH_VENV)

@@ -1,6 +1,6 @@
 """A fleet's worth of shipped cores in a bucket, written as the shipper writes them (core object,
 manifest, fleet index entries, day summaries) but with tiny bodies, for `ls` at scale (tests and
-bench/fleet.py)."""
+bench/studies/fleet.py)."""
 
 from __future__ import annotations
 

@@ -308,7 +308,7 @@ async def test_ls_and_group_at_10000_cores_read_one_summary_a_day(monkeypatch: p
     summaries and list one day, whatever the number of cores.
 
     Seeded straight into an in-process moto (through HTTP that alone takes moto many minutes); `ls`
-    runs over HTTP as the command does. bench/fleet.py measures the same at 100,000.
+    runs over HTTP as the command does. bench/studies/fleet.py measures the same at 100,000.
     """
     count = 10_000
     with moto_in_process() as endpoint:

@@ -185,7 +185,7 @@ def test_scheduling_covers_every_linux_node(default: list[Manifest]) -> None:
 def test_resources_fit_the_footprint(default: list[Manifest]) -> None:
     resources = shipper(default)["resources"]
     assert resources["requests"] == {"cpu": "50m", "memory": "96Mi"}
-    # bench/tls_rss.py measured a 92-97 MiB peak over HTTPS at the defaults: 128Mi leaves ~30Mi.
+    # bench/studies/tls_rss.py measured a 92-97 MiB peak over HTTPS at the defaults: 128Mi leaves ~30Mi.
     assert resources["limits"] == {"memory": "128Mi"}
 
 

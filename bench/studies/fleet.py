@@ -1,7 +1,7 @@
 """`ls` and `ls --group` at fleet scale: requests, wall and CPU time, for each kind of bucket.
 
-    .venv/bin/python -m bench.fleet                                  # 10,000 cores
-    .venv/bin/python -m bench.fleet --count 100000 --indexed-listing --no-legacy
+    .venv/bin/python -m bench.studies.fleet                                  # 10,000 cores
+    .venv/bin/python -m bench.studies.fleet --count 100000 --indexed-listing --no-legacy
 
 The cores are seeded straight into an in-process moto (testkit/servers/motoinproc.py): a 1-byte core
 object, the manifest the shipper writes, and its fleet index entries and day summaries as the bucket

@@ -1,6 +1,6 @@
 """Where does `coredump-shipper ship` spend its CPU? py-spy on one upload to the null sink.
 
-Run from the repository root: `python -m bench.profile [--size-mib 1024] [--compression zstd]
+Run from the repository root: `python -m bench.studies.profile [--size-mib 1024] [--compression zstd]
 [--plain]`; the endpoint is HTTPS with a private CA unless `--plain`.
 Prints the top frames by own time and by inclusive time, and a breakdown by kind of work; keeps
 the raw py-spy stacks (flamegraph input) in bench/results/.

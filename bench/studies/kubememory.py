@@ -1,6 +1,6 @@
 """Daemon peak RSS shipping one large core with and without the Kubernetes features (docs/kubernetes.md).
 
-    python -m bench.kubememory [--size-gib 4] [--pods 100]
+    python -m bench.studies.kubememory [--size-gib 4] [--pods 100]
 
 A real kube-apiserver (testkit/servers/kube.py) holds `--pods` pods on the daemon's node; the daemon
 uses a real service account token bound by the chart's rules, lists and watches them, names the

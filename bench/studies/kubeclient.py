@@ -1,6 +1,6 @@
 """Memory of Kubernetes API clients on top of the daemon's own imports (the choice in docs/kubernetes.md).
 
-    python -m bench.kubeclient [--extra-path DIR ...]
+    python -m bench.studies.kubeclient [--extra-path DIR ...]
 
 Each variant runs in a fresh process: the daemon's imports and one S3 client first (the baseline),
 then the Kubernetes client is imported, built from a kubeconfig (a real service account token for a

@@ -1,6 +1,6 @@
 """What one run of each one-shot command costs: CPU seconds, peak RSS and import time.
 
-Run from the repository root: `python -m bench.startup [--reps 5] [--source DIR]`. Each command runs
+Run from the repository root: `python -m bench.studies.startup [--reps 5] [--source DIR]`. Each command runs
 against the null sink (plain HTTP: this measures the process, not the transport): `ship` a 1 MiB
 core, `ls` an empty bucket, `fetch` a key the sink cannot serve, `doctor --no-write-probe`, and the
 exec probe `check` against a daemon that is not there. CPU and peak RSS come from bench/launch.py

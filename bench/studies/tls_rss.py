@@ -5,7 +5,7 @@ body-discarding sink behind haproxy terminating TLS (a private CA, so TLS buffer
 checks are real). Cores are written so that both workers ship a multipart core at the same time,
 then a burst of small cores follows; the figure is VmHWM (the peak since exec) of the daemon.
 
-Run: `.venv/bin/python -m bench.tls_rss [--core-mib 256] [--cores 4] [--small 50]`.
+Run: `.venv/bin/python -m bench.studies.tls_rss [--core-mib 256] [--cores 4] [--small 50]`.
 """
 
 from __future__ import annotations
