@@ -1,4 +1,4 @@
 """One-off studies beside `make bench`, each answering one question; run by hand.
 
-    python -m bench.studies.NAME
+python -m bench.studies.NAME
 """
