@@ -51,7 +51,14 @@ type crash struct {
 	Time      int64
 	Hostname  string
 	Comm      string
+	Capture   string // how the kernel handed the core over: capturePipe or captureSocket
 }
+
+// The ways a core reaches this binary, recorded in its facts (and so in the object's manifest).
+const (
+	capturePipe   = "pipe"   // core_pattern `|PATH`: this process, the core on standard input
+	captureSocket = "socket" // core_pattern `@@PATH`: `serve`, the core on a connection
+)
 
 // Dump modes the kernel passes as %d (fs.suid_dumpable's values as applied to this process).
 const (
@@ -245,6 +252,7 @@ func main() {
 		logf("pid %d: standard input: %v", c.GlobalPID, err)
 		os.Exit(exitFailed)
 	}
+	c.Capture = capturePipe
 	result, err := receive(c, lim, proc, stdin)
 	if err != nil {
 		logf("pid %d (%s): core not stored: %v%s", c.GlobalPID, c.Comm, err, result.RecordError)

@@ -448,7 +448,7 @@ func (s *server) handle(conn *net.UnixConn) {
 		return
 	}
 	c := crash{Dir: s.cfg.dir, GlobalPID: who.pid, UID: who.uid, GID: who.gid, Signal: who.signal,
-		Time: start.Unix(), Hostname: who.hostname, Comm: who.comm}
+		Time: start.Unix(), Hostname: who.hostname, Comm: who.comm, Capture: captureSocket}
 	lim := s.cfg.lim
 	// The pidfd's dump mode, as %d gives it to the pipe receiver; unknown counts as suid-safe.
 	lim.DumpMode = who.dumpMode

@@ -53,6 +53,7 @@ type facts struct {
 	PodUID          string `json:"pod_uid,omitempty"`
 	ContainerID     string `json:"container_id,omitempty"`
 	DumpMode        int    `json:"dump_mode,omitempty"`
+	Capture         string `json:"capture,omitempty"`
 }
 
 type stored struct {
@@ -319,7 +320,7 @@ func receive(c crash, lim limits, proc procFacts, in *os.File) (result stored, e
 		GlobalPID: c.GlobalPID, PID: proc.pid, UID: c.UID, GID: c.GID, Signal: c.Signal, Time: c.Time,
 		Hostname: cut(c.Hostname, 64), Comm: cut(c.Comm, 64), ExePath: cut(proc.exe, valueLimit),
 		Cgroup: cut(proc.pod.Cgroup, valueLimit), PodUID: proc.pod.PodUID, ContainerID: proc.pod.ContainerID,
-		DumpMode: lim.DumpMode,
+		DumpMode: lim.DumpMode, Capture: c.Capture,
 	}
 	var text bytes.Buffer
 	encoder := json.NewEncoder(&text)

@@ -33,6 +33,7 @@ _TRUNCATION = frozenset(
 )
 # The kernel's %d: 1 an ordinary dump, 2 suid-safe (the process changed credentials; fs.suid_dumpable=2).
 DUMP_MODES = frozenset({1, 2})
+CAPTURES = frozenset({"pipe", "socket"})  # the receiver's capturePipe and captureSocket
 _MAX_ID = 2**32 - 1
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
@@ -60,6 +61,7 @@ class CrashFacts:
     cut_short: str | None  # why the receiver stopped early (max-size, keep-free, deadline...)
     receiver: str
     dump_mode: int | None = None  # %d; None from a pattern line without it
+    capture: str = "pipe"  # how the kernel handed the core over; receivers before `serve` wrote none
 
 
 class _Invalid(ValueError):
@@ -100,6 +102,9 @@ def parse(text: bytes, inode: int, size: int) -> CrashFacts:
     dump_mode = _int(data, "dump_mode", 2, optional=True)
     if dump_mode is not None and dump_mode not in DUMP_MODES:
         raise _Invalid("dump_mode is not 1 or 2")
+    capture = _str(data, "capture", 8) or "pipe"
+    if capture not in CAPTURES:
+        raise _Invalid("capture is neither pipe nor socket")
     return CrashFacts(
         global_pid=_int(data, "global_pid", 2**31) or 0,
         pid=_int(data, "pid", 2**31, optional=True),
@@ -116,6 +121,7 @@ def parse(text: bytes, inode: int, size: int) -> CrashFacts:
         cut_short=cut_short,
         receiver=_str(data, "receiver", 64) or "",
         dump_mode=dump_mode,
+        capture=capture,
     )
 
 

@@ -105,7 +105,11 @@ def gather(core: CoreFile, pattern: CoreNamePattern, cluster: str, node: str, co
     if received is not None:
         # dump-mode 2: a suid-safe dump (the process changed credentials); its memory may hold what
         # the privileged part of the process read (docs/security.md).
-        described |= {"capture": "pipe", "cut-short": received.cut_short, "dump-mode": received.dump_mode}
+        described |= {
+            "capture": received.capture,
+            "cut-short": received.cut_short,
+            "dump-mode": received.dump_mode,
+        }
         if received.cut_short:
             described["truncated"] = "true"
     described |= {n: v for n, v in extra.items() if n not in described and n not in {"matched", "args"}}

@@ -104,6 +104,8 @@ def test_valid_facts_are_read() -> None:
         {"dump_mode": 3},
         {"dump_mode": "2"},
         {"dump_mode": True},
+        {"capture": "file"},
+        {"capture": 1},
     ],
 )
 def test_hostile_facts_are_refused(changes: dict[str, Any]) -> None:
@@ -175,6 +177,14 @@ def test_facts_of_another_file_are_not_used(tmp_path: Path) -> None:
     with CoreFile(core) as opened:
         facts = gather(opened, PATTERN, "prod", "node-1", "zstd")
     assert facts.template_values["pod_uid"] is None and "capture" not in facts.metadata
+
+
+def test_the_capture_is_the_receivers_and_pipe_for_older_receivers(tmp_path: Path) -> None:
+    # Receivers before `serve` wrote no capture: they could only be a core_pattern pipe.
+    for written, expected in (({"capture": "socket"}, "socket"), ({"capture": "pipe"}, "pipe"), ({}, "pipe")):
+        core = plant(tmp_path, f"core.{expected}.{len(written)}", b"core", **written)
+        with CoreFile(core) as opened:
+            assert gather(opened, PATTERN, "prod", "node-1", "zstd").metadata["capture"] == expected
 
 
 def test_suid_safe_dump_is_marked_in_metadata(tmp_path: Path) -> None:

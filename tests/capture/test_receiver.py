@@ -219,6 +219,8 @@ def test_truncated_stdin_is_stored_and_shipped_as_truncated(core_dir: Path, tmp_
         facts = gather(core, CoreNamePattern.compile("core.%h.%e.sig%s.%P.%t"), "c", "n", "zstd")
     assert facts.info.truncated and facts.metadata["truncated"] == "true"
     assert facts.metadata["capture"] == "pipe"
+    written = json.loads((core_dir / f".{name}.crash.json").read_text())
+    assert written["capture"] == "pipe"  # the receiver's own word, not the shipper's default
 
 
 def test_slow_writer_hits_the_deadline(core_dir: Path) -> None:

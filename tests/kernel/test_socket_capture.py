@@ -114,7 +114,7 @@ def test_cores_of_any_uid_reach_s3_through_the_socket(bucket: Bucket, base_dir: 
         content = bucket.content(key)
         assert hashlib.sha256(content).hexdigest() == manifest["sha256"]
         assert manifest["size"] == str(len(content)) and len(content) > 2 * 1024 * 1024
-        assert (manifest["elf"], manifest["truncated"]) == ("core", "false")
+        assert (manifest["elf"], manifest["truncated"], manifest["capture"]) == ("core", "false", "socket")
         assert meta["signal"] == "11"
         assert meta["pid"].isdigit() and meta["global-pid"].isdigit()
         by_uid[meta["uid"]] = (key, meta, manifest)
