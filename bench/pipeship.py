@@ -58,7 +58,14 @@ from bench.inputs import GiB, MiB
 from bench.targets import NullSink, Target
 from coredump_shipper.capture.disklimit import DiskLimit
 from coredump_shipper.capture.pattern import pipe_line
-from testkit.receiver import TEMP_PREFIX, build_receiver, cgroup2_root, pipe_core_pattern, repair_core_pattern
+from testkit.receiver import (
+    TEMP_PREFIX,
+    build_receiver,
+    cgroup2_root,
+    pipe_core_pattern,
+    remove_cgroup,
+    repair_core_pattern,
+)
 
 PIPE, FILE = "pipe", "file"
 MODES = (PIPE, FILE)
@@ -177,12 +184,7 @@ def accounting_cgroup(name: str) -> Iterator[Path]:
     try:
         yield group
     finally:
-        for _ in range(100):  # its last processes may still be exiting
-            try:
-                group.rmdir()
-                break
-            except OSError:
-                time.sleep(0.05)
+        remove_cgroup(group)
 
 
 def cgroup_cpu_s(group: Path) -> float:

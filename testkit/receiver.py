@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import os
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -142,6 +143,17 @@ def cgroup2_root() -> Path | None:
         if len(fields) > 2 and fields[2] == "cgroup2":
             return Path(fields[1])
     return None
+
+
+def remove_cgroup(group: Path) -> None:
+    """Remove a cgroup a test or the bench made, once its last processes have finished exiting
+    (rmdir fails while any is left; up to 5 s)."""
+    for _ in range(100):
+        try:
+            group.rmdir()
+            return
+        except OSError:
+            time.sleep(0.05)
 
 
 # The kubelet's cgroup of one container, by cgroup driver and runtime (relative to the hierarchy's

@@ -18,7 +18,15 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from testkit.receiver import CORE_PATTERN, PIPE_LIMIT, RECEIVER, TEMP_PREFIX, core_pattern_lock, unavailable
+from testkit.receiver import (
+    CORE_PATTERN,
+    PIPE_LIMIT,
+    RECEIVER,
+    TEMP_PREFIX,
+    core_pattern_lock,
+    remove_cgroup,
+    unavailable,
+)
 
 CORE_MODES = Path("/proc/sys/kernel/core_modes")
 
@@ -147,12 +155,7 @@ def slow_cgroup(percent: int) -> Iterator[Path]:
     try:
         yield group / "cgroup.procs"
     finally:
-        for _ in range(50):
-            try:
-                group.rmdir()
-                break
-            except OSError:
-                time.sleep(0.1)
+        remove_cgroup(group)
 
 
 def _read(path: Path) -> str:
